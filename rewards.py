@@ -1,0 +1,421 @@
+"""PRIME's math: implicit process rewards, the PRM loss, RLOO returns, whitening, PPO clip.
+
+Pure functions over [B, T] tensors of *response* positions (the prompt is not included):
+
+    B  rows = responses, in contiguous groups of K = group_size samples of one prompt
+       (rows 0..K-1 answer prompt 0, rows K..2K-1 prompt 1, ...);
+    T  columns = response token positions, right-padded;
+    response_mask [B, T]: 1 on valid response tokens (the EOS token included), 0 on padding.
+       Every row must be right-padded: ones, then zeros.
+    outcome [B]: the verifier's outcome reward r_o in [0, 1] (1/0 for math, the fraction of
+       tests passed for code).
+
+Where PRIME's paper (Cui et al. 2025, arXiv 2502.01456) and the official code that trained
+Eurus-2-7B-PRIME ([PR] = PRIME-RL/PRIME, training/verl: dp_prime.py, core_algos.py,
+torch_functional.py) disagree, these functions compute what [PR] computes and the docstring
+shows the paper's form beside it.
+
+Algorithm 1 of the paper, and where each step lives:
+
+    1  init policy pi_theta, PRM pi_phi, reference pi_ref, all from the SFT model   train.py
+    4  sample K responses per prompt                                                 rollout.py
+    5  outcome rewards r_o                                                           verify.py
+    6  keep prompts with 0.2 <= mean_k r_o <= 0.8                    accuracy_filter
+    7  implicit process rewards r_phi(y_t) = beta log pi_phi/pi_ref  implicit_process_rewards
+    8  update the PRM with cross-entropy on r_o                      prm_ce_loss
+           (metric: does the PRM order responses like r_o?)          prm_pairwise_accuracy
+    9  advantages, Eq. 4-5: [PR] first rescales the process rewards  normalize_process_rewards
+       then leave-one-out returns for process + outcome rewards      rloo_returns
+       then whitens the returns over all valid tokens                whiten
+   10  update the policy with the PPO clip loss, Eq. 6               ppo_clip_loss
+
+A reader new to RL: a "return" at token t is the (discounted) sum of the rewards from t to
+the end of the response; an "advantage" says how much better than expected that is. The
+policy-gradient loss pushes up the log-probability of tokens with a positive advantage.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------
+# Input checks. Bad input raises ValueError here instead of turning into a NaN downstream
+# (the official code guards none of these: K = 1 divides by zero, an empty response gives a
+# NaN mean).
+# ---------------------------------------------------------------------------------------------
+
+
+def _mask(response_mask: torch.Tensor, require_tokens: bool = False) -> torch.Tensor:
+    """Check a [B, T] 0/1 response mask and return it as bool [B, T]."""
+    if response_mask.dim() != 2:
+        raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
+    if not ((response_mask == 0) | (response_mask == 1)).all():
+        raise ValueError("response_mask must hold only 0 and 1")
+    mask = response_mask.bool()
+    # Right-padded: once a row has a 0, it has no later 1. "The last valid token" (where the
+    # outcome reward sits) is then position length - 1, as in [PR].
+    if (mask[:, 1:] & ~mask[:, :-1]).any():
+        raise ValueError("response_mask rows must be right-padded (ones, then zeros)")
+    if require_tokens and (mask.sum(-1) == 0).any():
+        raise ValueError("every response needs at least one valid token (EOS counts)")
+    return mask
+
+
+def _float(name: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Check that a per-token tensor matches the mask's [B, T]; compute in >= float32."""
+    if x.shape != mask.shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, response_mask {tuple(mask.shape)}")
+    # A sum over thousands of bf16 log-probs loses most of its digits: upcast.
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _outcome(outcome: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Check outcome rewards: [B], finite, in [0, 1]."""
+    if outcome.shape != (batch_size,):
+        raise ValueError(f"outcome must have shape ({batch_size},), got {tuple(outcome.shape)}")
+    outcome = outcome.to(torch.promote_types(outcome.dtype, torch.float32))
+    if not ((outcome >= 0) & (outcome <= 1)).all():  # also rejects NaN
+        raise ValueError("outcome rewards must lie in [0, 1]")
+    return outcome
+
+
+def _groups(batch_size: int, group_size: int) -> int:
+    """Check the grouping and return the number of groups B // K."""
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (leave-one-out needs others), got {group_size}")
+    if batch_size % group_size != 0:
+        raise ValueError(f"batch of {batch_size} rows is not a whole number of groups of {group_size}")
+    return batch_size // group_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Alg. 1 line 7: implicit process rewards (Eq. 3)
+# ---------------------------------------------------------------------------------------------
+
+
+def implicit_process_rewards(prm_logprobs, ref_logprobs, response_mask, beta):
+    """Per-token implicit process reward, Eq. 3:  r_phi(y_t) = beta * log pi_phi(y_t|y_<t) / pi_ref(y_t|y_<t).
+
+    prm_logprobs, ref_logprobs: [B, T] log-probs of the sampled response tokens under the
+    implicit PRM pi_phi and the frozen reference pi_ref. Returns [B, T]: beta * (logp_prm -
+    logp_ref) on valid tokens (EOS included, as in [PR]), 0 on padding, detached: rewards are
+    data for the advantage, not part of a graph (the PRM's gradient comes from prm_ce_loss).
+
+    Summed over a response this is the implicit outcome reward r_phi(y) = beta log pi_phi(y)/pi_ref(y);
+    its prefix sums are the PRM's Q-values. At step 0 pi_phi == pi_ref, so every reward is 0.
+
+    [PR] hands the raw q = logp_prm - logp_ref (no beta) to the advantage; beta enters only the
+    loss. The next step, normalize_process_rewards (divide by the largest |return|), cancels any
+    positive scale, so beta here changes nothing downstream and keeps Eq. 3 as written.
+    """
+    mask = _mask(response_mask)
+    prm = _float("prm_logprobs", prm_logprobs, mask)
+    ref = _float("ref_logprobs", ref_logprobs, mask)
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    return torch.where(mask, beta * (prm - ref), 0.0).detach()  # [B, T]
+
+
+# ---------------------------------------------------------------------------------------------
+# Alg. 1 line 8: the PRM's cross-entropy loss
+# ---------------------------------------------------------------------------------------------
+
+
+def prm_ce_loss(prm_logprobs, ref_logprobs, response_mask, outcome, beta):
+    """Cross-entropy of the implicit PRM against outcome labels, Alg. 1 line 8:
+
+        L_CE(phi) = -E[ r_o log sigmoid(r_phi(y)) + (1 - r_o) log(1 - sigmoid(r_phi(y))) ],
+        r_phi(y)  = beta * sum_t (log pi_phi(y_t|.) - log pi_ref(y_t|.))   over valid tokens.
+
+    Returns a 0-dim tensor: the mean over the B responses given. outcome [B] may be fractional
+    (code pass rates): a soft-label BCE. The gradient flows into prm_logprobs only
+    (ref_logprobs is detached; the reference is frozen).
+
+    Gradient accumulation: the loss is a mean over *these* rows. A caller splitting one PRM
+    mini-batch into micro-batches should weight each micro-batch's loss by
+    rows_in_micro / rows_in_mini (with equal micro-batches: divide by their number, as [PR]'s
+    `loss / gradient_accumulation` does), so the accumulated gradient is that of the mean over
+    the mini-batch.
+
+    Numerics: [PR] computes F.binary_cross_entropy(sigmoid(r), r_o), which clamps each log at
+    -100. Here binary_cross_entropy_with_logits(r, r_o) = softplus(r) - r_o * r computes the
+    same value without forming sigmoid(r). They agree while sigmoid(r) does not round to 0 or 1
+    (|r| below about 16 in float32); beyond that [PR]'s loss saturates at 100 and its gradient
+    vanishes, while this one stays exact, with gradient sigmoid(r) - r_o.
+    """
+    mask = _mask(response_mask)
+    prm = _float("prm_logprobs", prm_logprobs, mask)
+    ref = _float("ref_logprobs", ref_logprobs, mask).detach()
+    outcome = _outcome(outcome, mask.shape[0])
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    logit = beta * torch.where(mask, prm - ref, 0.0).sum(-1)  # [B]  r_phi(y)
+    return F.binary_cross_entropy_with_logits(logit, outcome.to(logit.dtype))  # mean over B
+
+
+# ---------------------------------------------------------------------------------------------
+# Alg. 1 line 8, the metric: PRM pairwise accuracy
+# ---------------------------------------------------------------------------------------------
+
+
+def prm_pairwise_accuracy(process_rewards, outcome, response_mask, group_size):
+    """Does the PRM rank a prompt's responses like the verifier does? [PR] compute_dpo_accuracy.
+
+    The "PRM accuracy" of the paper's Fig. 6 (v1; Fig. 5 in v2), logged by [PR] as
+    reward_model/dpo_acc_before. Within each group of K responses, with R_i = sum_t r[i,t]
+    and over the pairs i < j:
+
+        acc_group = sum_{i<j} |o_i - o_j| * 1[(R_i - R_j > 0) == (o_i - o_j > 0)] / sum_{i<j} |o_i - o_j|
+
+    (o = outcome), i.e. the share of pairs with different outcomes that the summed process
+    rewards order like the outcomes, weighted by how far apart the outcomes are. A group whose outcomes
+    are all equal counts 0.5. Returns a 0-dim tensor: the plain mean over the B/K groups (each
+    group weighs the same, as [PR] does; [PR] computes it per data-parallel shard, and the
+    logger averages the shards).
+
+    As in [PR], the test is (R_i - R_j > 0) == (o_i - o_j > 0), not a comparison of signs: a tie
+    R_i == R_j counts as "j is at least as good", right exactly when o_i < o_j. So at step 0,
+    when every reward is 0, the metric is the weighted share of pairs with o_i < o_j, which
+    depends on the order of rows inside a group. Any positive rescaling of the rewards (beta,
+    normalize_process_rewards) leaves the metric unchanged.
+    """
+    mask = _mask(response_mask)
+    rewards = _float("process_rewards", process_rewards, mask)
+    outcome = _outcome(outcome, mask.shape[0])
+    n_groups = _groups(mask.shape[0], group_size)
+    score = torch.where(mask, rewards, 0.0).sum(-1).view(n_groups, group_size)  # [G, K]  R_i
+    o = outcome.view(n_groups, group_size)                                       # [G, K]
+    i, j = torch.triu_indices(group_size, group_size, offset=1)                  # pairs i < j
+    score_diff = score[:, i] - score[:, j]                                       # [G, P]
+    o_diff = o[:, i] - o[:, j]                                                   # [G, P]
+    weight = o_diff.abs()                                                        # [G, P]
+    right = ((score_diff > 0) == (o_diff > 0)).to(weight.dtype)                  # [G, P]
+    total = weight.sum(-1)                                                       # [G]
+    # clamp_min only keeps the unused branch of an all-equal group from computing 0/0.
+    per_group = torch.where(total > 0, (right * weight).sum(-1) / total.clamp_min(1e-30), 0.5)
+    return per_group.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Alg. 1 line 9: advantages (normalise, leave-one-out returns, whiten)
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize_process_rewards(rewards, response_mask):
+    """Rescale process rewards so the largest |process return| is 1 ([PR] prime_norm=batch_norm).
+
+    Not in the paper. [PR] (the default, "batch_norm") divides every token's reward by
+
+        max_{i,t} | sum_{s>=t} r[i,s] | + 1e-6
+
+    the largest absolute reverse cumulative sum (the largest |undiscounted process return|)
+    over valid tokens. Returns [B, T], 0 on padding. It normalises exactly the batch it is
+    given; note that [PR] runs it inside each data-parallel worker, i.e. on the local shard of
+    responses (128 of 1024 on 8 GPUs), not the global batch.
+
+    Step 0: the PRM equals the reference, so all rewards are 0 and stay 0 here (0 / 1e-6).
+    If they were tiny non-zero noise instead, this would blow the noise up to unit size; the
+    trainer must make the step-0 PRM and reference log-probs identical.
+    """
+    mask = _mask(response_mask)
+    r = torch.where(mask, _float("rewards", rewards, mask), 0.0)  # [B, T]
+    reverse_cumsum = r.flip(-1).cumsum(-1).flip(-1)               # [B, T]  sum_{s>=t} r[i,s]
+    return r / (reverse_cumsum.abs().max() + 1e-6)
+
+
+def _leave_one_out(x, mask, group_size):
+    """[PR]'s per-token leave-one-out baseline for one reward source, on its own mask.
+
+    x, mask: [B, T]. With m_i = mean of x[i] over mask_i, on masked positions
+        x'[i,t] = x[i,t] * K/(K-1) - (sum_{j in group} m_j) / (K-1),
+    0 elsewhere.
+    """
+    n_groups = x.shape[0] // group_size
+    k = group_size
+    x = torch.where(mask, x, 0.0)
+    row_mean = x.sum(-1) / mask.sum(-1)                                  # [B]  m_i
+    group_sum = row_mean.view(n_groups, k).sum(-1).repeat_interleave(k)  # [B]  sum_j m_j
+    return torch.where(mask, x * k / (k - 1) - group_sum[:, None] / (k - 1), 0.0)
+
+
+def _discounted_returns(x, gamma):
+    """G[:, t] = x[:, t] + gamma * G[:, t+1] over the full padded width [B, T] (G[:, T] = 0)."""
+    returns = torch.zeros_like(x)
+    running = torch.zeros_like(x[:, 0])
+    for t in reversed(range(x.shape[1])):
+        running = x[:, t] + gamma * running
+        returns[:, t] = running
+    return returns
+
+
+def rloo_returns(process_rewards, outcome, response_mask, group_size, gamma=1.0):
+    """Leave-one-out (RLOO) returns of process and outcome rewards, summed; Eq. 4-5.
+
+    process_rewards [B, T] (after normalize_process_rewards), outcome [B] in [0, 1]. Returns
+    the per-token returns [B, T], 0 on padding; whiten() turns them into advantages.
+
+    The paper, Eq. 5 (Eq. 4 is the outcome-only RLOO), for response i of K, token t:
+
+        A_t^i = sum_{s=t}^{|y^i|} gamma^{s-t} [ r_phi(y_s^i) - 1/(K-1) sum_{j!=i} r_phi(y^j) ]
+                + r_o(y^i) - 1/(K-1) sum_{j!=i} r_o(y^j)
+
+    where r_phi(y^j) is response j's *mean* per-token process reward ("the averaged implicit
+    process rewards" of §3.2).
+
+    What [PR] (core_algos.compute_rloo_returns) computes, and this function with it: each
+    source x gets, on its own mask, with m_i = mean_t x[i,t]:
+
+        x'[i,t] = x[i,t] * K/(K-1) - (sum_{j in group} m_j) / (K-1),
+        G[i,t]  = x'[i,t] + gamma * G[i,t+1]       (over the padded width; 0 on padding),
+
+    and the result is G_process + G_outcome.
+
+    * Outcome: r_o sits on the response's last valid token, with a mask of that token alone,
+      so m_i = r_o(i) and x'_i = r_o(i) - mean_{j!=i} r_o(j): exactly Eq. 4. With gamma = 1
+      the outcome return is that constant at every token of response i.
+    * Process: x'[i,t] = (r[i,t] - mean_{j!=i} m_j) + (r[i,t] - m_i)/(K-1), i.e. Eq. 5's term
+      plus (r[i,t] - m_i)/(K-1), which sums to 0 over response i. So with gamma = 1 the process
+      return at t = 0 equals Eq. 5's, and at t > 0 it differs from Eq. 5 by
+      sum_{s>=t} (r[i,s] - m_i) / (K-1).
+    """
+    mask = _mask(response_mask, require_tokens=True)  # an empty row would give m_i = 0/0
+    rewards = _float("process_rewards", process_rewards, mask)
+    outcome = _outcome(outcome, mask.shape[0])
+    _groups(mask.shape[0], group_size)
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+
+    # Process rewards: every valid token.
+    process = _discounted_returns(_leave_one_out(rewards, mask, group_size), gamma)  # [B, T]
+
+    # Outcome reward: placed on the last valid token (position length - 1), its own mask.
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    last = mask.sum(-1) - 1                                                          # [B]
+    last_mask = torch.zeros_like(mask)
+    last_mask[rows, last] = True
+    outcome_tokens = torch.zeros_like(rewards)
+    outcome_tokens[rows, last] = outcome.to(rewards.dtype)
+    outcome_part = _discounted_returns(_leave_one_out(outcome_tokens, last_mask, group_size), gamma)
+
+    return torch.where(mask, process + outcome_part, 0.0)
+
+
+def whiten(values, response_mask):
+    """Advantages from returns: (x - mean) / sqrt(var + 1e-8) over all valid tokens.
+
+    [PR] verl masked_whiten, applied to the RLOO returns of the whole batch; not in the paper
+    (Eq. 5 uses the returns themselves as advantages). The mean and the unbiased (Bessel)
+    variance run over every valid token of every response, and, when torch.distributed is
+    initialised, over all ranks: every rank must call it (it all-reduces). The statistics are
+    two-pass (all-reduce count and sum -> mean; then the sum of squared deviations) so a large
+    mean cannot cancel the variance. Returns [B, T], 0 on padding.
+    """
+    mask = _mask(response_mask)
+    x = torch.where(mask, _float("values", values, mask), 0.0)  # [B, T]
+    distributed = dist.is_available() and dist.is_initialized()
+
+    # The statistics in float64: exact token counts, and sums over millions of tokens.
+    stats = torch.stack([mask.sum().double(), x.double().sum()])  # [2]  count, sum
+    if distributed:
+        dist.all_reduce(stats)
+    count, total = stats
+    if count < 2:
+        raise ValueError("whiten needs at least 2 valid tokens for an unbiased variance")
+    mean = total / count
+
+    squares = torch.where(mask, (x.double() - mean) ** 2, 0.0).sum()  # 0-dim
+    if distributed:
+        dist.all_reduce(squares)
+    var = squares / (count - 1)
+    whitened = (x - mean.to(x.dtype)) * torch.rsqrt(var + 1e-8).to(x.dtype)  # [B, T]
+    return torch.where(mask, whitened, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alg. 1 line 10: the policy's PPO clip loss (Eq. 6)
+# ---------------------------------------------------------------------------------------------
+
+
+class PPOStats(NamedTuple):
+    """Diagnostics of ppo_clip_loss, 0-dim detached tensors, aggregated like the loss."""
+
+    clip_frac: torch.Tensor  # share of tokens where the clipped term is the active one
+    approx_kl: torch.Tensor  # mean of old_logp - logp: the k1 estimate of KL(pi_old || pi_theta)
+
+
+def ppo_clip_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2):
+    """The PPO clipped surrogate, Eq. 6, as a loss to minimise.
+
+    Paper: L_CLIP(theta) = E_t[ min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t) ],
+    rho_t = pi_theta(y_t|.) / pi_theta_old(y_t|.). [PR] core_algos.compute_policy_loss, per
+    token (the same thing negated):
+
+        loss_t = max(-A_t * rho_t, -A_t * clip(rho_t, 1-eps, 1+eps)),  rho_t = exp(logp - old_logp)
+
+    logprobs [B, T] (with grad) under the current policy; old_logprobs [B, T] under the policy
+    that sampled (detached here); advantages [B, T] from whiten (detached here). No KL and no
+    entropy term: the paper sets both coefficients to 0.
+
+    Returns (loss, PPOStats(clip_frac, approx_kl)): loss is a 0-dim tensor, the token mean per
+    response, then the mean over the B responses given ("sequence-mean of token-means"). That
+    is [PR]'s weighting: it took the token mean per micro-batch, and a micro-batch held one
+    response (8 per micro-batch over 8 GPUs). Not the paper's global token mean.
+
+    Gradient accumulation: a caller splitting a mini-batch into micro-batches should weight each
+    micro-batch's loss by rows_in_micro / rows_in_mini (equal micro-batches: divide by their
+    number); then the accumulated gradient is that of the mean over the mini-batch's responses.
+    The diagnostics use the same weighting ([PR] took them per micro-batch and averaged).
+    """
+    mask = _mask(response_mask, require_tokens=True)  # an empty row has no token mean
+    logp = _float("logprobs", logprobs, mask)
+    old = _float("old_logprobs", old_logprobs, mask).detach()
+    adv = _float("advantages", advantages, mask).detach()
+    if not 0 < clip_eps < 1:
+        raise ValueError(f"clip_eps must lie in (0, 1), got {clip_eps}")
+
+    # Zero the padding first: garbage log-probs there must not reach exp() (an inf would
+    # turn the masked-out gradient into NaN).
+    log_ratio = torch.where(mask, logp - old, 0.0)                       # [B, T]
+    adv = torch.where(mask, adv, 0.0)                                    # [B, T]
+    ratio = torch.exp(log_ratio)                                         # [B, T]  rho
+    unclipped = -adv * ratio                                             # [B, T]
+    clipped = -adv * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)     # [B, T]
+    per_token = torch.max(unclipped, clipped)                            # [B, T]
+
+    lengths = mask.sum(-1)                                               # [B]
+
+    def seq_mean_token_mean(x):  # [B, T] -> 0-dim: token mean per response, mean over responses
+        return (torch.where(mask, x, 0.0).sum(-1) / lengths).mean()
+
+    loss = seq_mean_token_mean(per_token)
+    with torch.no_grad():
+        stats = PPOStats(
+            clip_frac=seq_mean_token_mean((clipped > unclipped).to(logp.dtype)),
+            approx_kl=seq_mean_token_mean(-log_ratio),
+        )
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Alg. 1 line 6: the online accuracy filter
+# ---------------------------------------------------------------------------------------------
+
+
+def accuracy_filter(outcome, group_size, low=0.2, high=0.8):
+    """Which prompts to keep: low <= mean_k r_o <= high, bounds inclusive (paper §3.3, [PR]).
+
+    outcome [B] in [0, 1], rows in groups of K. Returns a bool tensor [B // K], one per group
+    (True = keep; expand to rows with .repeat_interleave(group_size)). With K = 4 and 0/1
+    rewards, groups with 1, 2 or 3 correct answers survive. The group mean is taken in float64
+    so that e.g. 1 of 5 correct gives exactly 0.2 and is kept.
+    """
+    if outcome.dim() != 1:
+        raise ValueError(f"outcome must be [B], got shape {tuple(outcome.shape)}")
+    outcome = _outcome(outcome, outcome.shape[0])
+    n_groups = _groups(outcome.shape[0], group_size)
+    if not 0 <= low <= high <= 1:
+        raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
+    mean = outcome.double().view(n_groups, group_size).mean(-1)  # [G]
+    return (mean >= low) & (mean <= high)
