@@ -1,0 +1,620 @@
+"""model.py: the network behind all three of PRIME's models.
+
+PRIME trains a policy pi_theta and an implicit process reward model (PRM) pi_phi, and keeps a
+frozen reference pi_ref; all three are copies of one decoder-only language model, initialised
+from the same SFT checkpoint (paper Alg. 1 line 1; PRIME_NOTES.md §1). For Eurus-2-7B-PRIME that
+network is Qwen2.5-Math-7B's: the Qwen2 architecture. This file writes it in plain PyTorch:
+
+    tokens -> embedding -> N x [RMSNorm -> attention (+residual) -> RMSNorm -> SwiGLU MLP (+residual)]
+           -> final RMSNorm -> LM head -> logits
+
+Parameter names equal Hugging Face's `Qwen2ForCausalLM`, so a checkpoint folder (config.json +
+safetensors) loads with no renaming and saves back in a form `transformers` reads.
+
+Everything runs on *packed* batches: sequences of different lengths are concatenated into one
+row of N tokens, with `cu_seqlens` (cumulative lengths, [S+1]) marking where each starts. RL
+responses are long-tailed (a few hit 3072 tokens, most are far shorter), so padding every row to
+the longest would waste most of the compute. Rotary positions restart at 0 in each sequence.
+
+Attention has two backends behind one function, `attention()`:
+  * flash-attn (CUDA, bf16/fp16): `flash_attn_varlen_func` for packed training and prefill,
+    `flash_attn_with_kvcache` for cached decoding;
+  * PyTorch SDPA everywhere else (CPU, tests, CUDA without flash-attn), with the equivalent masks.
+
+Also here: `KVCache` (the preallocated cache the sampler in rollout.py fills), memory-frugal
+token log-probs (`chunked_logprobs`), checkpoint I/O (`load_model`, `save_model`) and FSDP2
+(`fsdp_wrap`, `full_state_dict`, `gathered_params`).
+
+Shapes: N packed tokens, S sequences, H query heads, Hkv key/value heads, D head dim,
+C hidden size, V vocabulary.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+from transformers import Qwen2Config
+
+try:  # CUDA-only fast path; `pip install -r requirements-gpu.txt`
+    from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
+except ImportError:
+    flash_attn_varlen_func = flash_attn_with_kvcache = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Config helpers: transformers has spelled a few Qwen2 fields two ways across versions.
+
+def rope_theta(config):
+    """RoPE base frequency (10000 for Qwen2.5-Math-7B). Only plain RoPE is implemented."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"rope type {rope_type!r} is not supported (only plain RoPE)")
+    return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def head_dim(config):
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+# ----------------------------------------------------------------------------------------------
+# The packed-batch layout, computed once per forward and shared by every layer.
+
+@dataclass
+class Layout:
+    """Where each of the N packed tokens sits.
+
+    cu_seqlens [S+1] int32: sequence s is tokens cu_seqlens[s] : cu_seqlens[s+1].
+    max_seqlen: the longest sequence (a Python int, so no device sync in the layers).
+    positions [N] long: each token's position in its own sequence (rotary angle).
+    seq_ids [N] long: which sequence each token belongs to.
+    """
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    positions: torch.Tensor
+    seq_ids: torch.Tensor
+
+    @staticmethod
+    def from_cu_seqlens(cu_seqlens, max_seqlen=None):
+        cu_seqlens = cu_seqlens.to(torch.int32)
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [S]
+        if max_seqlen is None:
+            max_seqlen = int(lengths.max())
+        seq_ids = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+        positions = torch.arange(int(cu_seqlens[-1]), device=lengths.device) - cu_seqlens[:-1].long()[seq_ids]
+        return Layout(cu_seqlens, max_seqlen, positions, seq_ids)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of past tokens, preallocated once for a whole sampling call.
+
+    k[l], v[l]: [B, T_max, Hkv, D] for layer l. Only the Hkv key/value heads are stored (GQA
+    shares each among H/Hkv query heads), in flash-attn's (batch, time, head, dim) layout.
+    lengths [B] int32: how many tokens row b holds. Row b's next token goes to position
+    lengths[b] (no left padding: each row keeps its exact positions).
+    max_length: max(lengths) as a Python int, so decode knows how far to look without a sync.
+
+    The buffers are allocated by the first (prefill) forward, which knows B, the dtype the
+    model computes in (bf16 under FSDP mixed precision) and the device.
+    """
+    max_len: int
+    k: list = None
+    v: list = None
+    lengths: torch.Tensor = None
+    max_length: int = 0
+
+    def keep(self, rows):
+        """Drop finished rows: keep only `rows` ([B'] long), in that order. One copy per call,
+        so the sampler calls it every few steps, not per token; afterwards decode runs on a
+        smaller batch."""
+        self.k = [t.index_select(0, rows) for t in self.k]
+        self.v = [t.index_select(0, rows) for t in self.v]
+        self.lengths = self.lengths.index_select(0, rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention, one function, two backends.
+
+def attention(q, k, v, layout, cache, layer_idx, backend):
+    """Causal attention of each token over the earlier tokens of its own sequence.
+
+    q [N, H, D], k and v [N, Hkv, D], after rotary embedding. Returns [N, H, D].
+    No cache: packed training / scoring forward. With a cache and a layout: prefill (the prompts
+    are written into the cache rows 0..S-1). With a cache and no layout: decode, one new token per
+    cache row (N == B), attending over everything the row holds.
+    """
+    if cache is not None and layout is None:
+        return _decode_attention(q, k, v, cache, layer_idx, backend)
+    if cache is not None:  # prefill: store this layer's keys/values at (row, position)
+        if len(cache.k) == layer_idx:
+            shape = (len(layout.cu_seqlens) - 1, cache.max_len, k.shape[1], k.shape[2])
+            cache.k.append(k.new_zeros(shape))
+            cache.v.append(v.new_zeros(shape))
+        cache.k[layer_idx][layout.seq_ids, layout.positions] = k
+        cache.v[layer_idx][layout.seq_ids, layout.positions] = v
+    if backend == "flash":
+        return flash_attn_varlen_func(
+            q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen, causal=True)
+    return _sdpa_packed(q, k, v, layout)
+
+
+def _sdpa_packed(q, k, v, layout):
+    """SDPA on a packed batch: scatter the tokens into a right-padded [S, H, L, D] block and run
+    plain causal attention. That equals block-diagonal causal attention on the packed tokens:
+    a real token at position t sees keys 0..t of its own row, all real; the padding sits after
+    every real token, so only padded queries (discarded) ever see it. Cost is S*L^2, not N^2."""
+    S, L = len(layout.cu_seqlens) - 1, layout.max_seqlen
+    slot = layout.seq_ids * L + layout.positions  # [N]: flat index into the [S*L] padded grid
+
+    def pad(x):  # [N, h, D] -> [S, h, L, D]
+        out = x.new_zeros(S * L, x.shape[1], x.shape[2])
+        out[slot] = x
+        return out.view(S, L, x.shape[1], x.shape[2]).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), is_causal=True,
+                                         enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2).reshape(S * L, q.shape[1], q.shape[2])[slot]
+
+
+def _decode_attention(q, k, v, cache, layer_idx, backend):
+    """One new token per row: append its key/value at position lengths[b], attend over 0..lengths[b]."""
+    k_cache, v_cache = cache.k[layer_idx], cache.v[layer_idx]
+    if backend == "flash":  # writes k, v into the cache in place, at cache_seqlens
+        out = flash_attn_with_kvcache(q[:, None], k_cache, v_cache, k=k[:, None], v=v[:, None],
+                                      cache_seqlens=cache.lengths, causal=True)
+        return out[:, 0]
+    rows = torch.arange(len(q), device=q.device)
+    k_cache[rows, cache.lengths] = k
+    v_cache[rows, cache.lengths] = v
+    L = cache.max_length + 1  # no row holds more than this after the append
+    visible = torch.arange(L, device=q.device)[None, :] <= cache.lengths[:, None]  # [B, L]
+    out = F.scaled_dot_product_attention(
+        q[:, :, None], k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2),
+        attn_mask=visible[:, None, None, :], enable_gqa=q.shape[1] != k.shape[1])  # [B, H, 1, D]
+    return out[:, :, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The network.
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # The mean of squares is taken in fp32 (bf16 keeps 8 mantissa bits), then the result is
+        # cast back before the scale, in the same order as Hugging Face's Qwen2RMSNorm.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_cos_sin(positions, dim, theta, dtype):
+    """RoPE angles position * theta^(-2i/dim) for i < dim/2, as [N, dim] cos and sin (the
+    half-split layout: dims i and i + dim/2 form one rotating pair)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [N, dim/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [N, dim]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate each (x_i, x_{i+D/2}) pair of x [N, h, D] by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = head_dim(config)
+        C = config.hidden_size
+        # Qwen2 gives q, k and v a bias (and o none).
+        self.q_proj = nn.Linear(C, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(C, self.n_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(C, self.n_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, C, bias=False)
+
+    def forward(self, x, cos, sin, layout, cache, backend):  # x [N, C]
+        N = x.shape[0]
+        q = self.q_proj(x).view(N, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(N, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(N, self.n_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = attention(q, k, v, layout, cache, self.layer_idx, backend)  # [N, H, D]
+        return self.o_proj(out.reshape(N, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, layout, cache, backend):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout, cache, backend)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Body(nn.Module):
+    """Embedding, decoder layers, final norm: Hugging Face's `Qwen2Model` (the `model.` prefix)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+IGNORE = -100  # a `targets` entry that asks for no log-prob (prompt tokens, padding)
+
+
+class Qwen2ForCausalLM(nn.Module):
+    """The Qwen2 decoder with its LM head. `config` is a `transformers.Qwen2Config`.
+
+    Calls (all return float tensors; see `forward`):
+      model(input_ids [B, T])                               -> logits [B, T, V]
+      model(input_ids [N], cu_seqlens)                      -> logits [N, V]      (packed)
+      model(input_ids [N], cu_seqlens, targets=[N])         -> (logp [N], entropy [N])
+      model(input_ids [N], cu_seqlens, cache=KVCache(...))  -> next-token logits [S, V] (prefill)
+      model(input_ids [B], cache=cache)                     -> next-token logits [B, V] (decode)
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        if getattr(config, "use_sliding_window", False):
+            raise ValueError("sliding-window attention is not supported (Qwen2.5 checkpoints disable it)")
+        self.config = config
+        self.theta = rope_theta(config)
+        self.model = Body(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.attn_backend = None  # None: flash-attn where it can run, else SDPA; or "flash"/"sdpa"
+        self.activation_checkpointing = False  # recompute each layer in backward (saves memory)
+
+    def _backend(self, x):
+        if self.attn_backend is not None:
+            return self.attn_backend
+        if flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            return "flash"
+        return "sdpa"
+
+    def forward(self, input_ids, cu_seqlens=None, *, targets=None, temperature=1.0, cache=None):
+        """input_ids [B, T] (B rows of T real tokens each) or packed [N] with cu_seqlens [S+1].
+
+        targets [N]: score mode. targets[n] is the token whose log-prob is wanted after token n
+        (the next token of the same sequence), or IGNORE. Returns (logp [N], entropy [N]) in fp32,
+        0 at IGNORE positions, with logits divided by `temperature` first. The LM head runs on the
+        scored positions only, a chunk at a time (see `chunked_logprobs`). Gradients flow to logp.
+
+        cache: sampling mode (rollout.py). With cu_seqlens it is prefill: the S sequences are the
+        prompts of cache rows 0..S-1. Without, it is decode: input_ids [B] holds one new token for
+        each cache row. Returns fp32 logits for each row's next token, [S, V] or [B, V].
+        """
+        batch_shape = None
+        if cu_seqlens is None and cache is None:  # [B, T]: B equal-length sequences
+            batch_shape = input_ids.shape
+            B, T = batch_shape
+            input_ids = input_ids.reshape(B * T)
+            cu_seqlens = torch.arange(0, B * T + 1, T, device=input_ids.device, dtype=torch.int32)
+            layout = Layout.from_cu_seqlens(cu_seqlens, max_seqlen=T)
+        elif cu_seqlens is not None:
+            layout = Layout.from_cu_seqlens(cu_seqlens)
+        else:
+            layout = None  # decode
+        positions = cache.lengths.long() if layout is None else layout.positions
+
+        x = self.model.embed_tokens(input_ids)  # [N, C]
+        backend = self._backend(x)
+        cos, sin = rotary_cos_sin(positions, head_dim(self.config), self.theta, x.dtype)
+        if cache is not None and layout is not None:
+            cache.k, cache.v = [], []
+        for layer in self.model.layers:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, layout, cache, backend, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, layout, cache, backend)
+        x = self.model.norm(x)  # [N, C]
+
+        if cache is not None:
+            if layout is not None:  # prefill: rows now hold their prompts
+                cache.lengths = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).to(torch.int32)
+                cache.max_length = layout.max_seqlen
+                x = x[layout.cu_seqlens[1:].long() - 1]  # each prompt's last token [S, C]
+            else:
+                cache.lengths = cache.lengths + 1
+                cache.max_length += 1
+            return self.lm_head(x).float()
+        if targets is not None:
+            return chunked_logprobs(x, self.lm_head.weight, targets, temperature)
+        logits = self.lm_head(x)
+        return logits.view(*batch_shape, -1) if batch_shape is not None else logits
+
+
+def init_weights(model, std=0.02):
+    """Random initialisation for a model trained from scratch (the CPU toy): normal(0, std)
+    weights, zero biases, unit norms, like Hugging Face's Qwen2 `_init_weights`."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token log-probs without the full [N, V] fp32 logits.
+
+LOGPROB_CHUNK_ELEMENTS = 2 ** 25  # logits held at once: 32M fp32 values = 128 MiB per buffer
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """log p(target_n) and entropy from hidden [M, C] and head weight [V, C], never holding more
+    than about LOGPROB_CHUNK_ELEMENTS logits.
+
+    Forward runs the head on a chunk of tokens at a time and keeps only each token's
+    log-normaliser log Z_n ([M] floats). Backward recomputes the logits one *vocabulary* slice at a
+    time: d logp_n / d logit_nv = (1[v = target_n] - p_nv) / temperature, so slice v0:v1 of the
+    weight gradient is one matmul over all tokens (no accumulation across chunks, so no precision
+    lost in bf16), and the hidden-state gradient is summed over slices in fp32 ([M, C], small).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature):
+        M, V = len(targets), weight.shape[0]
+        logp = torch.empty(M, device=hidden.device, dtype=torch.float32)
+        entropy, log_z = torch.empty_like(logp), torch.empty_like(logp)
+        step = max(1, LOGPROB_CHUNK_ELEMENTS // V)
+        for a in range(0, M, step):
+            b = min(a + step, M)
+            logits = F.linear(hidden[a:b], weight).float()  # [n, V]
+            if temperature != 1.0:
+                logits.div_(temperature)
+            log_z[a:b] = torch.logsumexp(logits, dim=-1)
+            logp[a:b] = logits.gather(-1, targets[a:b, None]).squeeze(-1) - log_z[a:b]
+            logits.sub_(log_z[a:b, None])  # now log-softmax, in place
+            entropy[a:b] = -(logits.exp().mul_(logits)).sum(-1)  # -sum_v p_v log p_v
+        ctx.save_for_backward(hidden, weight, targets, log_z)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)  # logged, not trained (entropy coefficient 0)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, weight, targets, log_z = ctx.saved_tensors
+        M, V = len(targets), weight.shape[0]
+        g = grad_logp.float()[:, None] / ctx.temperature  # [M, 1]
+        grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        step = max(1, LOGPROB_CHUNK_ELEMENTS // max(M, 1))
+        for a in range(0, V, step):
+            b = min(a + step, V)
+            logits = F.linear(hidden, weight[a:b]).float()  # [M, v]
+            if ctx.temperature != 1.0:
+                logits.div_(ctx.temperature)
+            grad = logits.sub_(log_z[:, None]).exp_().mul_(-g)  # -p * g
+            hit = ((targets >= a) & (targets < b)).nonzero().squeeze(-1)  # tokens whose target is here
+            grad[hit, targets[hit] - a] += g[hit, 0]  # + 1[v = target] * g
+            grad = grad.to(weight.dtype)
+            grad_hidden += grad @ weight[a:b]
+            if grad_weight is not None:
+                grad_weight[a:b] = grad.T @ hidden
+        return grad_hidden.to(hidden.dtype), grad_weight, None, None
+
+
+def chunked_logprobs(hidden, weight, targets, temperature=1.0):
+    """log pi(target_n | tokens <= n) and the entropy of that next-token distribution, for every
+    n with targets[n] != IGNORE; 0 elsewhere. hidden [N, C] (after the final norm), weight [V, C].
+
+    Naively this is log_softmax(hidden @ weight.T).gather(...): at V = 152064 a 4096-token
+    sequence makes 2.5 GB of fp32 logits, and as much again for log_softmax and for each of their
+    gradients. `_TokenLogProbs` computes the same values and gradients a slice at a time.
+    Returns (logp [N], entropy [N]), fp32; gradients flow to `hidden` and `weight` through logp.
+    """
+    scored = (targets != IGNORE).nonzero().squeeze(-1)  # [M] positions to score
+    logp_m, entropy_m = _TokenLogProbs.apply(hidden[scored], weight, targets[scored], temperature)
+    logp = logp_m.new_zeros(len(targets)).index_put((scored,), logp_m)
+    entropy = entropy_m.new_zeros(len(targets)).index_put((scored,), entropy_m)
+    return logp, entropy
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face checkpoint folders in and out.
+
+def load_config(path):
+    """The Qwen2 config of a checkpoint folder, with clear errors for a wrong folder."""
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model path {path!r} is not a directory")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"no config.json in {path!r}: not a Hugging Face checkpoint folder")
+    with open(config_file) as f:
+        raw = json.load(f)
+    if raw.get("model_type") != "qwen2":
+        raise ValueError(f"{config_file}: model_type is {raw.get('model_type')!r}; "
+                         f"only the Qwen2 architecture (model_type 'qwen2') is implemented")
+    return Qwen2Config.from_pretrained(path)
+
+
+def _weight_files(path):
+    index_file = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index_file):
+        with open(index_file) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        names = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path!r}")
+    files = [os.path.join(path, name) for name in names]
+    for file in files:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"checkpoint shard {file!r} (listed in the index) is missing")
+    return files
+
+
+def load_model(path, device="cpu", dtype=torch.float32):
+    """Build the network from a Hugging Face folder (config.json + model.safetensors, or shards
+    with model.safetensors.index.json), with weights on `device` in `dtype`.
+
+    The module is first built on the meta device (shapes, no memory); each shard is then read
+    straight to `device` and its tensors are assigned into place, so the weights exist once.
+    """
+    config = load_config(path)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    expected = set(model.state_dict().keys())
+    if config.tie_word_embeddings:
+        expected.discard("lm_head.weight")  # the head *is* the embedding
+    loaded = set()
+    for file in _weight_files(path):
+        shard = load_file(file, device=str(device))
+        if config.tie_word_embeddings:
+            shard.pop("lm_head.weight", None)
+        unknown = set(shard) - expected
+        if unknown:
+            raise ValueError(f"{file}: unexpected weights {sorted(unknown)[:5]} for a Qwen2 model")
+        model.load_state_dict({k: v.to(dtype) for k, v in shard.items()}, strict=False, assign=True)
+        loaded |= set(shard)
+    missing = expected - loaded
+    if missing:
+        raise ValueError(f"{path}: weights missing from the checkpoint: {sorted(missing)[:5]}")
+    if config.tie_word_embeddings:  # assign replaced the embedding Parameter: tie again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def save_model(model, path, max_shard_bytes=5 * 2 ** 30):
+    """Write `model` as a Hugging Face folder: config.json and safetensors, split into shards
+    of at most `max_shard_bytes` with an index when larger. Works on a plain module or on an
+    FSDP2-sharded one (every rank must call it then; rank 0 writes). The folder appears whole
+    or not at all: it is written beside `path` and renamed into place.
+    """
+    state = full_state_dict(model)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        config = model.config
+        if config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # stored once, as the embedding
+        config.torch_dtype = next(iter(state.values())).dtype  # older transformers read this
+        config.dtype = config.torch_dtype
+        config.architectures = ["Qwen2ForCausalLM"]
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
+        config.save_pretrained(tmp)
+        _write_safetensors(state, tmp, max_shard_bytes)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _write_safetensors(state, folder, max_shard_bytes):
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor.contiguous()
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(folder, name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP2: each decoder layer is one sharding unit, the root (embedding, norm, head) another.
+
+def fsdp_wrap(model, device_type, mixed_precision, activation_checkpointing=False):
+    """Shard `model` over all ranks of the default process group with FSDP2's `fully_shard`.
+
+    Each rank keeps 1/world of every parameter (and so of its gradients and AdamW states); a
+    layer's full weights are all-gathered just before it runs and freed after. With
+    `mixed_precision` (the recipe's setting on CUDA), master weights and optimizer states stay
+    fp32, layers compute in bf16 and gradients are reduce-scattered in fp32, as the official code
+    did after its PRM-precision fix (PRIME_NOTES.md §9). device_type: "cuda" or "cpu" (gloo).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if mixed_precision else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.activation_checkpointing = activation_checkpointing
+    return model
+
+
+def full_state_dict(model):
+    """The complete weights as CPU tensors: on rank 0 for an FSDP2 model (a collective: every
+    rank must call it; the others get {}), or simply the module's own for an unsharded one."""
+    from torch.distributed.fsdp import FSDPModule
+    if isinstance(model, FSDPModule):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+
+
+@contextmanager
+def gathered_params(model):
+    """Keep an FSDP2 model's full weights gathered for a block of many forwards (sampling runs
+    one forward per token; re-gathering every layer each time would cost an all-gather per token
+    per layer). The weights are freed again on exit. A no-op for an unsharded model."""
+    from torch.distributed.fsdp import FSDPModule
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield model
+        return
+    model.set_reshard_after_forward(False)
+    try:
+        yield model
+    finally:
+        model.set_reshard_after_forward(True)
+        model.set_reshard_after_forward(False, recurse=False)  # FSDP2's own default for the root
+        for unit in units:
+            unit.reshard()

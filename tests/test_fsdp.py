@@ -1,0 +1,74 @@
+"""FSDP2 on two gloo ranks (CPU) against the same step in one process."""
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
+
+import model as M
+from tests.tiny import random_checkpoint
+
+LENGTHS = [[7, 5], [6, 6]]  # rank 0's and rank 1's sequences: 10 scored tokens each
+
+
+def shard_batch(rank):
+    """Rank `rank`'s packed sequences, every token scored against its successor."""
+    g = torch.Generator().manual_seed(1234 + rank)
+    seqs = [torch.randint(0, 97, (n,), generator=g) for n in LENGTHS[rank]]
+    ids = torch.cat(seqs)
+    targets = torch.cat([torch.cat([s[1:], torch.tensor([M.IGNORE])]) for s in seqs])
+    cu = torch.tensor([0] + torch.tensor(LENGTHS[rank]).cumsum(0).tolist(), dtype=torch.int32)
+    return ids, cu, targets
+
+
+def sgd_step(model, ids, cu, targets):
+    """Mean negative log-likelihood over the scored tokens, one SGD step; returns the loss."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    logp, _ = model(ids, cu, targets=targets)
+    loss = -logp.sum() / (targets != M.IGNORE).sum()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def _worker(rank, init_file, ckpt, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model = M.fsdp_wrap(M.load_model(ckpt), "cpu", mixed_precision=False)
+    ids, cu, targets = shard_batch(rank)
+    loss = sgd_step(model, ids, cu, targets)
+
+    q_proj = model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        outside = model(ids, cu)
+        with M.gathered_params(model):
+            inside = [model(ids, cu) for _ in range(2)]
+            gathered = not isinstance(q_proj.weight, DTensor)
+    resharded = isinstance(q_proj.weight, DTensor) and q_proj.weight.to_local().shape[0] == 32
+
+    M.save_model(model, f"{out}/saved")
+    torch.save({"loss": loss, "gathered": gathered, "resharded": resharded,
+                "same_inside": all(torch.equal(outside, x) for x in inside)}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_fsdp_step_equals_single_process_step(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    random_checkpoint(ckpt, hidden_size=64, heads=4, kv_heads=2)
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(ckpt), str(tmp_path)), nprocs=2, join=True)
+
+    # The same step in one process, on both shards at once. FSDP averages the two ranks'
+    # gradients; each rank's loss is a mean over 10 tokens, so that average is the 20-token mean.
+    single = M.load_model(ckpt)
+    batches = [shard_batch(r) for r in range(2)]
+    ids = torch.cat([b[0] for b in batches])
+    cu = torch.cat([batches[0][1], batches[1][1][1:] + batches[0][1][-1]])
+    targets = torch.cat([b[2] for b in batches])
+    loss = sgd_step(single, ids, cu, targets)
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert abs((ranks[0]["loss"] + ranks[1]["loss"]) / 2 - loss) < 1e-5
+    assert all(r["gathered"] and r["resharded"] and r["same_inside"] for r in ranks)
+    saved = M.load_model(tmp_path / "saved").state_dict()
+    for name, tensor in single.state_dict().items():
+        assert torch.allclose(saved[name], tensor, atol=1e-5), name
+    assert any(not torch.allclose(saved[n], t) for n, t in M.load_model(ckpt).state_dict().items())

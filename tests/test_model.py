@@ -1,0 +1,203 @@
+"""model.py against transformers' Qwen2 (the ground truth we did not write), and against itself
+across its code paths: packed vs per-sequence, flash-attn call sites vs SDPA, cached decode vs
+full recompute, chunked vs naive log-probs, FSDP2 on two gloo ranks vs one process."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+import model as M
+from tests import flash_standin
+from tests.tiny import random_checkpoint
+
+
+@pytest.fixture
+def flash_standin_backend(monkeypatch):
+    """Route model.py's flash-attn call sites to the pure-PyTorch stand-ins."""
+    monkeypatch.setattr(M, "flash_attn_varlen_func", flash_standin.flash_attn_varlen_func)
+    monkeypatch.setattr(M, "flash_attn_with_kvcache", flash_standin.flash_attn_with_kvcache)
+
+
+def packed(seqs):
+    """A list of 1-D token tensors -> (ids [N], cu_seqlens [S+1] int32)."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+    cu[1:] = lengths.cumsum(0)
+    return torch.cat(seqs), cu
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])  # query heads per KV head: 1, 2, 4
+def test_logits_match_transformers_and_save_roundtrip(tmp_path, tie, kv_heads):
+    hf = random_checkpoint(tmp_path / "hf", tie=tie, heads=4, kv_heads=kv_heads)
+    ours = M.load_model(tmp_path / "hf")
+    ids = torch.randint(0, 97, (3, 17))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = ours(ids)
+    assert got.shape == (3, 17, 97)
+    assert (got - expected).abs().max() < 1e-4
+
+    M.save_model(ours, tmp_path / "ours")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        assert (reloaded(ids).logits - expected).abs().max() < 1e-4
+    assert reloaded.config.tie_word_embeddings == tie
+
+
+def test_sharded_save_loads_in_transformers_and_ours(tmp_path):
+    hf = random_checkpoint(tmp_path / "hf", layers=3)
+    ours = M.load_model(tmp_path / "hf")
+    M.save_model(ours, tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert (AutoModelForCausalLM.from_pretrained(tmp_path / "sharded")(ids).logits - expected).abs().max() < 1e-4
+        assert (M.load_model(tmp_path / "sharded")(ids) - expected).abs().max() < 1e-4
+
+
+def test_load_in_bf16(tmp_path):
+    random_checkpoint(tmp_path / "hf")
+    ours = M.load_model(tmp_path / "hf", dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in ours.parameters())
+    assert not any(p.is_meta for p in ours.parameters())
+
+
+def test_clear_errors_for_bad_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        M.load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        M.load_model(tmp_path / "empty")
+
+    random_checkpoint(tmp_path / "llama")
+    cfg = json.loads((tmp_path / "llama" / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="'llama'"):
+        M.load_model(tmp_path / "llama")
+
+    random_checkpoint(tmp_path / "hf")
+    M.save_model(M.load_model(tmp_path / "hf"), tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[1]
+    os.remove(tmp_path / "sharded" / shard)
+    with pytest.raises(FileNotFoundError, match=shard):
+        M.load_model(tmp_path / "sharded")
+
+
+def test_packed_forward_equals_per_sequence(tmp_path):
+    random_checkpoint(tmp_path / "hf")
+    ours = M.load_model(tmp_path / "hf")
+    seqs = [torch.randint(0, 97, (n,)) for n in (5, 1, 12, 7)]
+    ids, cu = packed(seqs)
+    with torch.no_grad():
+        logits = ours(ids, cu)
+        for s, seq in enumerate(seqs):
+            alone = ours(seq[None])[0]
+            assert (logits[cu[s]:cu[s + 1]] - alone).abs().max() < 1e-5
+
+
+def test_flash_call_sites_equal_sdpa(tmp_path, flash_standin_backend):
+    random_checkpoint(tmp_path / "hf")
+    ours = M.load_model(tmp_path / "hf")
+    ids, cu = packed([torch.randint(0, 97, (n,)) for n in (6, 3, 10)])
+    with torch.no_grad():
+        ours.attn_backend = "sdpa"
+        sdpa = ours(ids, cu)
+        ours.attn_backend = "flash"
+        flash = ours(ids, cu)
+    assert (flash - sdpa).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flash"])
+def test_cached_decode_equals_full_recompute(tmp_path, flash_standin_backend, backend):
+    random_checkpoint(tmp_path / "hf", kv_heads=1)
+    ours = M.load_model(tmp_path / "hf")
+    ours.attn_backend = backend
+    prompts = [torch.randint(0, 97, (n,)) for n in (4, 9, 1)]
+    steps = 5
+    new = torch.randint(0, 97, (3, steps))  # the tokens "sampled" at each step, fixed here
+    ids, cu = packed(prompts)
+    cache = M.KVCache(max_len=9 + steps)
+    with torch.no_grad():
+        step_logits = [ours(ids, cu, cache=cache)]
+        for t in range(steps):
+            if t == 3:  # row 1 "finishes": rows 0 and 2 go on in a smaller batch
+                cache.keep(torch.tensor([0, 2]))
+            rows = [0, 1, 2] if t < 3 else [0, 2]
+            step_logits.append(ours(new[rows, t], cache=cache))
+        for b, prompt in enumerate(prompts):
+            full = ours(torch.cat([prompt, new[b]])[None])[0]  # [len + steps, V]
+            for t, logits in enumerate(step_logits):
+                if b == 1 and t > 3:
+                    continue
+                row = b if t <= 3 else [0, 2].index(b)
+                assert (logits[row] - full[len(prompt) - 1 + t]).abs().max() < 1e-5, (b, t)
+
+
+def naive_logprobs(logits, targets, temperature):
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+def test_chunked_logprobs_equal_naive_values_and_gradients(monkeypatch):
+    # 200 logits at a time: forward chunks of 4 tokens, backward slices of 10 vocabulary entries
+    monkeypatch.setattr(M, "LOGPROB_CHUNK_ELEMENTS", 200)
+    torch.manual_seed(0)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    targets[[0, 5, 6]] = M.IGNORE
+    scored = targets != M.IGNORE
+    upstream = torch.randn(23)
+
+    logp, entropy = M.chunked_logprobs(hidden, weight, targets, temperature=0.7)
+    (logp * upstream).sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+
+    ref_logp, ref_entropy = naive_logprobs(hidden @ weight.T, targets.clamp(min=0), 0.7)
+    ref_logp = torch.where(scored, ref_logp, 0.0)
+    (ref_logp * upstream).sum().backward()
+    assert torch.allclose(logp, ref_logp, atol=1e-5)
+    assert torch.allclose(entropy[scored], ref_entropy[scored], atol=1e-5)
+    assert (entropy[~scored] == 0).all() and (logp[~scored] == 0).all()
+    assert torch.allclose(grads[0], hidden.grad, atol=1e-5)
+    assert torch.allclose(grads[1], weight.grad, atol=1e-5)
+
+
+def test_score_mode_matches_logits(tmp_path):
+    random_checkpoint(tmp_path / "hf")
+    ours = M.load_model(tmp_path / "hf")
+    seqs = [torch.randint(0, 97, (n,)) for n in (6, 4)]
+    ids, cu = packed(seqs)
+    targets = torch.full_like(ids, M.IGNORE)
+    targets[2:5] = ids[3:6]  # score the last 3 tokens of sequence 0 ...
+    targets[7:9] = ids[8:10]  # ... and the last 2 of sequence 1
+    with torch.no_grad():
+        logp, entropy = ours(ids, cu, targets=targets, temperature=1.3)
+        ref_logp, ref_entropy = naive_logprobs(ours(ids, cu), targets.clamp(min=0), 1.3)
+    scored = targets != M.IGNORE
+    assert torch.allclose(logp[scored], ref_logp[scored], atol=1e-5)
+    assert torch.allclose(entropy[scored], ref_entropy[scored], atol=1e-5)
+
+
+def test_activation_checkpointing_gives_same_gradients(tmp_path):
+    random_checkpoint(tmp_path / "hf")
+    ids, cu = packed([torch.randint(0, 97, (n,)) for n in (7, 5)])
+    targets = torch.roll(ids, -1)
+    grads = []
+    for ac in (False, True):
+        ours = M.load_model(tmp_path / "hf")
+        ours.activation_checkpointing = ac
+        logp, _ = ours(ids, cu, targets=targets)
+        logp.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in ours.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

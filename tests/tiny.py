@@ -1,0 +1,32 @@
+"""Tiny random Qwen2 checkpoints for tests, made with transformers' own implementation."""
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+
+def tiny_config(vocab_size=97, hidden_size=64, layers=2, heads=4, kv_heads=2, tie=False, **extra):
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       max_position_embeddings=256, rope_theta=500.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=tie, **extra)
+
+
+def random_hf_model(config, seed=0):
+    """transformers' Qwen2ForCausalLM with every weight random, norms and biases included
+    (its own init leaves norms at 1 and biases at 0, which would hide a misplaced one)."""
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            else:
+                param.copy_(0.1 * torch.randn_like(param))
+    return model
+
+
+def random_checkpoint(path, seed=0, **config_kwargs):
+    """Write a random tiny Qwen2 checkpoint folder at `path`; return the transformers model."""
+    model = random_hf_model(tiny_config(**config_kwargs), seed)
+    model.save_pretrained(path)
+    return model
