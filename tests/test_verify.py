@@ -353,7 +353,10 @@ def test_writing_or_deleting_outside_is_refused(sandbox_root, tmp_path):
                    f"import os\nos.symlink({str(target)!r}, 'link')\nopen('link', 'w').write('x')",
                    f"import os\nos.remove({str(victim)!r})",
                    f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
-                   f"import os\nos.rename({str(victim)!r}, 'stolen')"):
+                   f"import os\nos.rename({str(victim)!r}, 'stolen')",
+                   # a directory fd outside would make relative paths escape
+                   f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+                   f"os.close(os.open('outside.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd))"):
         assert _attack(source)[0] == "refused", source
     assert not target.exists() and victim.read_text() == "keep me"
     # Inside its own directory a program may write, read back and delete.

@@ -1,0 +1,77 @@
+"""Throughput of verify.score_batch: responses per second for 256 math and 64 code samples.
+
+    python bench_verify.py [--workers N]
+
+Math responses are short model-style solutions ending in a boxed answer; half have plain
+number answers (decided without sympy), half need Math-Verify (radicals, pi, fractions,
+intervals, matrices). Code responses are stdin/stdout programs with 5 tests each, half
+correct. The first (cold) math batch includes starting the Math-Verify workers; the
+second (warm) batch is what a training step sees after its first.
+"""
+import argparse
+import json
+import os
+import random
+import time
+
+import verify
+
+SYMBOLIC = [  # (response answer, ground truth, correct?)
+    ("2\\sqrt{2}", "\\sqrt{8}", True), ("\\frac{\\pi}{3}", "\\frac{2\\pi}{6}", True),
+    ("(x+1)^2", "x^2+2x+1", True), ("(-\\infty, 3]", "x \\le 3", True),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+    ("6.28", "2\\pi", False), ("\\sqrt{3}", "\\sqrt{2}", False), ("\\{1,2\\}", "\\{1,2,3\\}", False),
+]
+
+
+def math_samples(n: int, rng: random.Random) -> list[dict]:
+    samples = []
+    for i in range(n):
+        if i % 2 == 0:
+            gold = rng.randint(-10**6, 10**6)
+            answer = gold if rng.random() < 0.5 else gold + rng.randint(1, 100)
+            answer, gold = f"{answer:,}", str(gold)
+        else:
+            answer, gold, _ = SYMBOLIC[i // 2 % len(SYMBOLIC)]
+        response = ("Let me think step by step.\nStep 1: set up the problem.\n" * 5
+                    + f"Therefore the final answer is $\\boxed{{{answer}}}$.")
+        samples.append({"id": i, "ability": "math", "response": response, "ground_truth": gold})
+    return samples
+
+
+def code_samples(n: int, rng: random.Random) -> list[dict]:
+    samples = []
+    for i in range(n):
+        numbers = [[rng.randint(1, 1000) for _ in range(20)] for _ in range(5)]
+        tests = {"inputs": [" ".join(map(str, xs)) + "\n" for xs in numbers],
+                 "outputs": [f"{sum(xs)}\n" for xs in numbers]}
+        body = "sum(xs)" if i % 2 == 0 else "max(xs)"
+        response = ("Here is my solution.\n```python\nxs = list(map(int, input().split()))\n"
+                    f"print({body})\n```\n")
+        samples.append({"id": i, "ability": "code", "response": response,
+                        "ground_truth": json.dumps(tests)})
+    return samples
+
+
+def timed(samples: list[dict], workers: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    scores = verify.score_batch(samples, workers=workers)
+    seconds = time.perf_counter() - start
+    return seconds, sum(scores) / len(scores)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    rng = random.Random(0)
+    maths, codes = math_samples(256, rng), code_samples(64, rng)
+    print(f"{os.cpu_count()} CPUs, workers={args.workers}")
+    for label, samples in (("math, cold", maths), ("math, warm", maths), ("code", codes)):
+        seconds, mean = timed(samples, args.workers)
+        print(f"{label:11s} {len(samples):4d} samples  {seconds:6.2f} s  "
+              f"{len(samples) / seconds:7.1f} responses/s  (mean reward {mean:.2f})")
+
+
+if __name__ == "__main__":
+    main()

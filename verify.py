@@ -1,0 +1,779 @@
+"""Outcome verifiers: the reward r_o in [0, 1] that PRIME learns from.
+
+PRIME trains on one number per response, the outcome reward r_o, which a rule-based
+verifier computes ([P1 §4.2]): 1 if a math answer is right, the fraction of unit tests a
+program passes for code. The implicit PRM then spreads that number over the tokens, so a
+wrong verdict here is a wrong training signal, and a verifier that hangs stalls a whole
+step (the official code could hang on CPU-bound programs: PRIME issue #56). This file:
+
+  math     extract_answer(response)         -> the final answer as a string, or None
+           math_correct(response, ground_truth) -> bool
+  code     extract_program(response)        -> the program text
+           code_score(program, tests)       -> fraction of the first (at most) 10 tests passed
+           code_correct(program, tests)     -> every test passes
+  bulk     score_batch(samples)             -> one float per sample, in input order
+
+"[PR]" below means the official PRIME code, as summarised in PRIME_NOTES.md §7.
+
+What the code sandbox does NOT stop
+-----------------------------------
+Programs run as ordinary Python processes under our own user (root in the containers we
+train in), guarded only by resource limits and a Python audit hook. An audit hook is a
+tripwire, not a security boundary: code that reaches an operation the interpreter does
+not audit (for example a C extension module, including `_posixsubprocess.fork_exec`
+called directly, or a bug in CPython) gets past it; such code could then fork, call
+`setsid()` to leave the process group we kill, and outlive the call. Some file operations
+are not audited at all: os.mkfifo and os.mknod can create entries outside the temporary
+directory. Reading is not
+restricted except `/proc/<other pid>`: a program can read any file our user can read
+(credentials in the home directory such as ~/.netrc or a Hugging Face token, the
+training data including other problems' tests, this source file). There is no network
+namespace (sockets are refused only through the hook), no filesystem namespace, no
+seccomp filter, no cgroup: RLIMIT_NPROC does not bind root, so the process count is
+limited by the hook alone, and memory is limited per process (RLIMIT_AS), not per group.
+Timing and CPU side channels between concurrent programs are not prevented. Run untrusted
+code at scale inside a container or VM you can throw away, as an unprivileged user; this
+sandbox is a second line of defence that keeps honest-but-buggy and casually hostile
+programs (infinite loops, memory bombs, fork bombs, shelling out, deleting files,
+peeking at the environment) from hurting the trainer.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import queue
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+
+logger = logging.getLogger(__name__)
+
+
+# =========================================================================================
+# Math, part 1: find the final answer in a response.
+# =========================================================================================
+# The paper's prompt asks the model to put its final answer in \boxed{} ([P1 App. A]), so
+# the last \boxed{...} is the answer. [PR] match_answer also looks after "the answer is";
+# we use that and a final inline formula only as fallbacks when nothing is boxed.
+
+_BOX = re.compile(r"\\(?:boxed|fbox)")
+_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*", re.IGNORECASE)
+_INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} / \\fbox{...} (nested braces matched), or of
+    `\\boxed 5` (no braces: the argument runs to the next space or `$`)."""
+    for match in reversed(list(_BOX.finditer(text))):
+        rest = text[match.end():]
+        stripped = rest.lstrip()
+        if stripped.startswith("{"):
+            start = len(rest) - len(stripped) + 1
+            depth = 1
+            for i in range(start, len(rest)):
+                depth += {"{": 1, "}": -1}.get(rest[i], 0)
+                if depth == 0:
+                    return rest[start:i].strip()
+            continue  # unbalanced: the response was cut off inside this box, try an earlier one
+        if rest[:1] == " ":
+            argument = re.match(r"\s*([^\s$]+)", rest)
+            if argument:
+                return argument.group(1)
+    return None
+
+
+def extract_answer(response: str) -> str | None:
+    """The final answer in `response` as a string, or None when there is none.
+
+    In order: the last \\boxed{} (or \\fbox{}, or `\\boxed 5`); the text after the last
+    "the answer is" / "final answer:" up to the end of its line (a formula in it wins);
+    the last $...$, \\(...\\) or \\[...\\] on the last non-empty line. A one-line response
+    is taken to be a bare answer (ground truths and hand-written tests look like that;
+    model responses never do).
+    """
+    boxed = _last_boxed(response)
+    if boxed is not None:
+        return boxed
+    markers = list(_ANSWER_IS.finditer(response))
+    if markers:
+        tail = response[markers[-1].end():].split("\n")[0]
+        formula = _last_inline_math(tail)
+        answer = (formula if formula is not None else tail).strip().rstrip(".").strip()
+        if answer:
+            return answer
+    lines = [line for line in response.strip().split("\n") if line.strip()]
+    if not lines:
+        return None
+    formula = _last_inline_math(lines[-1])
+    if formula is not None:
+        return formula
+    return lines[0].strip() if len(lines) == 1 else None
+
+
+def _last_inline_math(text: str) -> str | None:
+    found = list(_INLINE_MATH.finditer(text))
+    if not found:
+        return None
+    return next(group for group in found[-1].groups() if group is not None).strip()
+
+
+# =========================================================================================
+# Math, part 2: normalise, then decide. Cheap exact rules first, Math-Verify for the rest.
+# =========================================================================================
+# [PR] graded with the PRM800K/Hendrycks string normaliser plus sympy and a *relative*
+# tolerance of 1e-4, also trying gt*100 and gt/100. That gives false credit: 1000100
+# "equals" 1000000 and 50 "equals" 0.5. We keep the normalisation idea but compare plain
+# numbers ourselves, exactly, and hand everything else (radicals, pi, sets, intervals,
+# matrices, equations) to Math-Verify, the field's LaTeX-to-sympy grader.
+
+_TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+# A number followed by a unit in \text{...} (optionally squared/cubed): "5\text{ cm}^2".
+_TRAILING_UNIT = re.compile(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?\d\}?)?$")
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}([, ]\d{3})+(\.\d+)?")
+_ASSIGNMENT = re.compile(r"^\\?[a-zA-Z]+(?:_\{?\w+\}?)?\s*=\s*([^=]+)$")
+_CHOICE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:])")
+_WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
+
+
+def _normalize(answer: str) -> tuple[str, bool]:
+    """Strip presentation (math delimiters, \\left/\\right, spacing macros, \\dfrac,
+    degrees, currency, \\text units, a final period, thousands separators). Returns the
+    text and whether it carried a percent sign."""
+    s = answer.strip()
+    for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        while s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
+            s = s[len(left):len(s) - len(right)].strip()
+    s = re.sub(r"\\left\.|\\right\.|\\left|\\right|\\displaystyle", "", s)
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = s.replace("{,}", ",").replace("\\!", "").replace("\\,", "")
+    s = re.sub(r"\\[;:]|\\q?quad|~", " ", s)
+    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)  # 30^\circ -> 30
+    s = s.strip().rstrip(".").strip()
+    percent = s.endswith("%")
+    if percent:
+        s = s[:-1].rstrip("\\").strip()
+    s = re.sub(r"^\\\$\s*", "", s)  # \$5 -> 5
+    unit = _TRAILING_UNIT.match(s)
+    if unit:
+        s = unit.group(1)
+    while _TEXT_MACRO.search(s):
+        s = _TEXT_MACRO.sub(r"\1", s)
+    s = " ".join(s.split()).rstrip(".").strip()
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "").replace(" ", "")
+    return s, percent
+
+
+def _as_number(s: str) -> tuple[Fraction, bool] | None:
+    """A plain number (integer, decimal, a/b, \\frac{a}{b}, \\frac12) as an exact
+    Fraction plus whether it was written as a decimal; None for anything else."""
+    s = s.replace(" ", "")
+    sign = -1 if s.startswith("-") else 1
+    body = s.lstrip("+-") if s[:1] in "+-" and s[1:2] not in "+-" else s
+    if re.fullmatch(r"\d+", body):
+        return sign * Fraction(int(body)), False
+    if re.fullmatch(r"\d*\.\d+|\d+\.", body):
+        return sign * Fraction(body if not body.endswith(".") else body[:-1]), True
+    frac = (re.fullmatch(r"(\d+)/(\d+)", body)
+            or re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", body)
+            or re.fullmatch(r"\\frac(\d)(\d)", body))
+    if frac and int(frac.group(2)) != 0:
+        return sign * Fraction(int(frac.group(1)), int(frac.group(2))), False
+    return None
+
+
+def _numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
+    """Exact numbers compare exactly (1000100 != 1000000). Only when one side is written
+    as a decimal may they differ, by at most 1e-6 (Math-Verify rounds floats to 6 places),
+    so 1/3 == 0.333333 but 1/3 != 0.33."""
+    (x, x_decimal), (y, y_decimal) = a, b
+    if x == y:
+        return True
+    return (x_decimal or y_decimal) and abs(x - y) <= Fraction(1, 10**6)
+
+
+def _quick_verdict(pred: str, gold: str) -> bool | None:
+    """Decide without sympy when we can; None means "ask Math-Verify"."""
+    (p, p_pct), (g, g_pct) = _normalize(pred), _normalize(gold)
+    if p.replace(" ", "") == g.replace(" ", "") and p_pct == g_pct:
+        return True
+    # Multiple choice: the key is a capital letter A-E; "(C)", "C", "\text{(C)} 12" match C.
+    gold_choice = _CHOICE.fullmatch(g)
+    if gold_choice:
+        pred_choice = _CHOICE.match(p)
+        return bool(pred_choice) and pred_choice.group(1) == gold_choice.group(1)
+    # Word answers ("odd", "Monday", "no solution") compare as text, case-insensitively:
+    # sympy would read "no" as n*o and credit "on". (A product of letters like "ab" is
+    # taken for a word too, so "ba" is not credited for it.)
+    if _WORDS.fullmatch(g):
+        return p.casefold() == g.casefold()
+    # "x = 3" against "3": compare the right-hand side (but "x=3" vs "y=3" goes to sympy).
+    if "=" in p and "=" not in g and _ASSIGNMENT.match(p):
+        p = _ASSIGNMENT.match(p).group(1)
+    if "=" in g and "=" not in p and _ASSIGNMENT.match(g):
+        g = _ASSIGNMENT.match(g).group(1)
+    p_num, g_num = _as_number(p), _as_number(g)
+    if p_num is not None and g_num is not None:
+        if p_pct == g_pct:
+            return _numbers_equal(p_num, g_num)
+        # One side has a percent sign: 50% matches 50 and 0.5, but 50 never matches 0.5.
+        pct_side, other = (p_num, g_num) if p_pct else (g_num, p_num)
+        return _numbers_equal(pct_side, other) or _numbers_equal(
+            (pct_side[0] / 100, pct_side[1]), other)
+    return None
+
+
+def _symbolic_equal(pred: str, gold: str) -> bool:
+    """Math-Verify's verdict on two answer strings. Runs only inside a worker process
+    (see _SymbolicPool), so its own signal-based timeouts are switched off (they only
+    work on a main thread) and our pool's hard kill bounds the time instead."""
+    from math_verify import parse, verify
+
+    def as_latex(answer: str) -> str:
+        text, percent = _normalize(answer)
+        return "$" + text + ("\\%" if percent else "") + "$"
+
+    try:
+        gold_parsed = parse(as_latex(gold), parsing_timeout=None)
+        pred_parsed = parse(as_latex(pred), parsing_timeout=None)
+        if not gold_parsed or not pred_parsed:
+            return False
+        # allow_set_relation_comp: "x <= 3" and "(-\infty, 3]" are the same answer.
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None,
+                           allow_set_relation_comp=True))
+    except Exception:  # an unparsable answer is a wrong answer
+        return False
+
+
+# ----- a pool of Math-Verify worker processes with hard kills ------------------------------
+# sympy can run for minutes or eat gigabytes on a hostile answer (10^{10^{10}}), and a
+# thread cannot be stopped, so every symbolic comparison runs in a worker process that is
+# killed when it misses its deadline. A worker is a plain `python -I` child that imports
+# math_verify once (about a second) and then answers one request per line on its stdin, so
+# it works the same from any thread of any caller (multiprocessing's spawn/forkserver
+# would re-run the caller's __main__ in every worker; forking a multi-threaded trainer is
+# unsafe). Idle workers are kept for the next call; they are our own trusted code, they
+# exit when our end of their stdin closes, and atexit kills any that remain.
+
+MATH_TIMEOUT = 10.0  # seconds per symbolic comparison ([PR]: 1 s per sympy step, 300 s per sample)
+_MATH_WORKER_MEMORY = 2 << 30  # bytes of address space per worker (sympy on 10^{10^{10}})
+_WORKER_START_TIMEOUT = 60.0   # importing sympy on a loaded 2-core machine can take seconds
+_WORKER_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "import importlib; importlib.import_module(sys.argv[2])._symbolic_worker()")
+
+
+def _symbolic_worker() -> None:
+    """Worker main loop: a JSON [pred, gold] per stdin line -> "1" or "0" per stdout line."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (_MATH_WORKER_MEMORY, _MATH_WORKER_MEMORY))
+    replies = os.fdopen(os.dup(1), "w")
+    sys.stdout = sys.stderr  # nothing but verdicts may reach our stdout
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" notes
+    import math_verify  # noqa: F401  (the slow import, done before saying "ready")
+    replies.write("ready\n")
+    replies.flush()
+    for line in sys.stdin:
+        pred, gold = json.loads(line)
+        replies.write("1\n" if _symbolic_equal(pred, gold) else "0\n")
+        replies.flush()
+
+
+def _read_line(process: subprocess.Popen, deadline: float) -> str | None:
+    """One line from a worker's stdout, or None if it did not come before `deadline`."""
+    fd = process.stdout.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:  # the worker died (e.g. out of memory)
+            return None
+        data += chunk
+    return data.decode()
+
+
+class _SymbolicPool:
+    """Worker processes shared by every caller: a caller borrows an idle worker (or starts
+    one), sends one comparison, and gets the verdict back, or kills the worker when the
+    deadline passes. There are never more workers than concurrent callers."""
+
+    def __init__(self):
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._live: set = set()
+
+    def _start(self) -> subprocess.Popen | None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        module = os.path.splitext(os.path.basename(__file__))[0]
+        worker = subprocess.Popen(
+            [sys.executable, "-I", "-c", _WORKER_BOOT, here, module],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # a Ctrl-C meant for us does not kill it mid-reply
+        with self._lock:
+            self._live.add(worker)
+        if _read_line(worker, time.monotonic() + _WORKER_START_TIMEOUT) != "ready\n":
+            self._kill(worker)
+            return None
+        return worker
+
+    def _kill(self, worker: subprocess.Popen) -> None:
+        worker.kill()
+        worker.wait()
+        worker.stdin.close()
+        worker.stdout.close()
+        with self._lock:
+            self._live.discard(worker)
+
+    def equal(self, pred: str, gold: str, timeout: float) -> bool:
+        try:
+            worker = self._idle.get_nowait()
+        except queue.Empty:
+            worker = self._start()
+            if worker is None:
+                logger.warning("math: a Math-Verify worker failed to start; scored as wrong")
+                return False
+        try:
+            worker.stdin.write((json.dumps([pred, gold]) + "\n").encode())
+            worker.stdin.flush()
+            reply = _read_line(worker, time.monotonic() + timeout)
+        except OSError:  # BrokenPipeError: the worker had died
+            reply = None
+        if reply is None:
+            logger.info("math: symbolic comparison gave no verdict in %.1f s; wrong", timeout)
+            self._kill(worker)
+            return False
+        self._idle.put(worker)
+        return reply == "1\n"
+
+    def close(self) -> None:
+        with self._lock:
+            workers = list(self._live)
+        for worker in workers:
+            self._kill(worker)
+        while not self._idle.empty():
+            self._idle.get_nowait()
+
+
+_SYMBOLIC_POOL = _SymbolicPool()
+atexit.register(_SYMBOLIC_POOL.close)
+
+
+def _require_text(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _gold_answer(ground_truth) -> str:
+    """The reference answer: a dataset's answer string, or a solution with a \\boxed{}."""
+    text = _require_text(ground_truth, "ground_truth")
+    if not text.strip():
+        raise ValueError("ground_truth is missing (empty string)")
+    boxed = _last_boxed(text)
+    return boxed if boxed is not None else text.strip()
+
+
+def _math_correct(response, ground_truth, timeout: float) -> bool:
+    gold = _gold_answer(ground_truth)
+    pred = extract_answer(_require_text(response, "response"))
+    if pred is None or not pred.strip():
+        return False
+    verdict = _quick_verdict(pred, gold)
+    if verdict is not None:
+        return verdict
+    return _SYMBOLIC_POOL.equal(pred, gold, timeout)
+
+
+def math_correct(response: str, ground_truth: str, timeout: float = MATH_TIMEOUT) -> bool:
+    """Is the final answer in `response` (a model response or a bare answer) equal to
+    `ground_truth` (a dataset answer string)? Raises ValueError/TypeError on a missing
+    ground truth; a response without an answer is simply wrong. Symbolic comparisons run
+    in a worker process killed after `timeout` seconds (then: False)."""
+    return _math_correct(response, ground_truth, timeout)
+
+
+# =========================================================================================
+# Code, part 1: the program and its tests.
+# =========================================================================================
+
+def extract_program(response: str) -> str:
+    """The last ```python block of a response, or the whole text if there is none (the
+    [PR] rule: completion.split('```python')[-1].split('```')[0])."""
+    return _require_text(response, "response").split("```python")[-1].split("```")[0]
+
+
+def _parse_tests(tests) -> list[tuple[str, str | None, bytes, object]]:
+    """APPS / Eurus / TACO / LiveCodeBench test JSON -> [(mode, fn_name, stdin, expected)].
+
+    stdin/stdout form: {"inputs": [str, ...], "outputs": [str, ...]} (a list of lines is
+    joined with newlines, as APPS stores some). Call-based form adds "fn_name"; each input
+    is then a list of arguments (TACO/APPS) or a string of newline-separated JSON arguments
+    (LiveCodeBench), whose output is a JSON string too. The arguments travel to the child
+    as JSON on stdin. Raises ValueError naming what is wrong."""
+    if isinstance(tests, (str, bytes)):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"tests is not valid JSON: {error}") from None
+    if not isinstance(tests, dict):
+        raise ValueError(f"tests must be a dict or a JSON object, got {type(tests).__name__}")
+    inputs, outputs = tests.get("inputs"), tests.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list):
+        raise ValueError("tests needs list fields 'inputs' and 'outputs'")
+    if len(inputs) != len(outputs):
+        raise ValueError(f"tests has {len(inputs)} inputs but {len(outputs)} outputs")
+    if not inputs:
+        raise ValueError("tests has no test cases")
+    fn_name = tests.get("fn_name") or None
+    if fn_name is not None and not isinstance(fn_name, str):
+        raise ValueError("tests field 'fn_name' must be a string")
+    cases = []
+    for index, (given, expected) in enumerate(zip(inputs, outputs)):
+        if fn_name is None:
+            given, expected = (
+                "\n".join(map(str, x)) if isinstance(x, list) else x for x in (given, expected))
+            if not isinstance(given, str) or not isinstance(expected, str):
+                raise ValueError(f"test {index}: stdin/stdout tests need string input and output")
+            cases.append(("stdio", None, given.encode(), expected))
+            continue
+        try:
+            if isinstance(given, str):  # LiveCodeBench: one JSON value per line
+                arguments = [json.loads(line) for line in given.split("\n") if line.strip()]
+                expected = json.loads(expected) if isinstance(expected, str) else expected
+                unwrap = False
+            elif isinstance(given, list):  # TACO/APPS: the argument list itself
+                arguments = given
+                unwrap = True
+            else:
+                raise ValueError(f"test {index}: call-based input must be a list or a string")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"test {index}: bad JSON in call-based test: {error}") from None
+        cases.append(("call", fn_name, json.dumps(arguments).encode(), (expected, unwrap)))
+    return cases
+
+
+# =========================================================================================
+# Code, part 2: judging output.
+# =========================================================================================
+
+def _tokens_equal(got: str, want: str) -> bool:
+    """Standard judge: whitespace-separated tokens, equal as strings, or as numbers within
+    1e-6 (absolute or relative) when either is not an integer. So CRLF, trailing spaces and
+    blank lines do not matter; case, extra tokens and "007" vs "7" do."""
+    got_tokens, want_tokens = got.split(), want.split()
+    if len(got_tokens) != len(want_tokens):
+        return False
+    for a, b in zip(got_tokens, want_tokens):
+        if a == b:
+            continue
+        if re.fullmatch(r"[+-]?\d+", a) and re.fullmatch(r"[+-]?\d+", b):
+            return False
+        try:
+            x, y = float(a), float(b)
+        except ValueError:
+            return False
+        if not (math.isfinite(x) and math.isfinite(y) and abs(x - y) <= 1e-6 * max(1.0, abs(y))):
+            return False
+    return True
+
+
+def _values_equal(got, want) -> bool:
+    """Deserialised JSON values: same structure, ints exact, floats within 1e-6, bools only
+    equal bools. `got` was produced by json.loads, so no user-defined __eq__ exists here."""
+    if isinstance(got, bool) or isinstance(want, bool):
+        return type(got) is type(want) and got == want
+    if isinstance(got, (int, float)) and isinstance(want, (int, float)):
+        if isinstance(got, int) and isinstance(want, int):
+            return got == want
+        return math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6) or got == want
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(map(_values_equal, got, want))
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(_values_equal(got[k], want[k]) for k in got)
+    return type(got) is type(want) and got == want
+
+
+# =========================================================================================
+# Code, part 3: the sandbox.
+# =========================================================================================
+# [PR] ran programs in a multiprocessing child with APPS' reliability_guard (destructive
+# os functions set to None), a signal.alarm of 5 s per test and no memory limit. Here each
+# test runs in a fresh `python -I` process (isolated mode: no PYTHON* variables, no user
+# site, no script directory on sys.path) in its own temporary directory and its own
+# session, so one os.killpg reaches everything it started. The prelude below runs first in
+# that process: it sets resource limits, then installs an audit hook that kills the process
+# (exit code _REFUSED) on any refused action, then runs the program.
+
+_REFUSED = 86                  # exit code of a process whose audit hook refused an action
+_MEMORY_LIMIT = 1 << 30        # RLIMIT_AS per test program: 1 GiB of address space
+_FILE_SIZE_LIMIT = 16 << 20    # RLIMIT_FSIZE: no file written bigger than 16 MiB
+_OPEN_FILES_LIMIT = 64         # RLIMIT_NOFILE
+_OUTPUT_LIMIT = 16 << 20       # bytes of stdout read; past it the test fails and the program is
+                               # killed at once (no test expects that much; waiting for the
+                               # timeout while draining would only burn CPU)
+CODE_TIMEOUT = 5.0             # [PR] code_util: 5 s wall clock per test
+MAX_SCORED_TESTS = 10          # [PR] code_util: reward = passed / min(#tests, 10)
+
+# Names pre-imported for the program, as LeetCode's judge and [PR]'s testing_util (which
+# prepends a block of imports) provide: `List[int]` annotations must not be a NameError.
+_PREAMBLE = """\
+import sys, math, collections, itertools, functools, heapq, bisect, string, re
+from typing import *
+from collections import Counter, defaultdict, deque, OrderedDict
+from functools import lru_cache, cache, reduce
+from itertools import accumulate, product, permutations, combinations
+from heapq import heappush, heappop, heapify
+from bisect import bisect_left, bisect_right
+from math import gcd, inf, sqrt, ceil, floor, log, log2
+"""
+
+_PRELUDE = r'''
+import json, os, resource, sys
+mode, fn_name, cpu_seconds, memory, file_size, open_files, refused_code, preamble = sys.argv[1:]
+for limit, value in ((resource.RLIMIT_CPU, int(cpu_seconds)), (resource.RLIMIT_AS, int(memory)),
+                     (resource.RLIMIT_FSIZE, int(file_size)), (resource.RLIMIT_NOFILE, int(open_files)),
+                     (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(limit, (value, value))
+root = os.path.realpath(os.getcwd())
+with open("solution.py") as f:
+    source = f.read()
+if mode == "call":
+    arguments = json.loads(sys.stdin.read())
+    result_fd = os.dup(1)                      # the result goes here; the program's own
+    devnull = os.open(os.devnull, os.O_WRONLY) # prints go to /dev/null
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+def inside(path):
+    if isinstance(path, int):
+        return False
+    real = os.path.realpath(os.fsdecode(path))
+    return real == root or real.startswith(root + os.sep)
+
+def refuse(event):
+    os.write(2, ("sandbox: refused " + event + "\n").encode())
+    os._exit(int(refused_code))
+
+ALWAYS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+          "subprocess.Popen", "os.killpg", "os.link", "os.symlink", "resource.setrlimit",
+          "resource.prlimit", "pty.spawn"}
+PATHS = {"os.remove": (0,), "os.rmdir": (0,), "shutil.rmtree": (0,), "os.rename": (0, 1),
+         "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.mkdir": (0,),
+         "os.utime": (0,), "os.chflags": (0,), "os.setxattr": (0,), "os.removexattr": (0,)}
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+OWN_PID = str(os.getpid())
+
+def hook(event, args):
+    if event in ALWAYS or event.startswith("socket."):
+        refuse(event)
+    elif event.startswith("ctypes."):
+        if not (event == "ctypes.dlopen" and args[0] is None):  # numpy's import opens itself
+            refuse(event)
+    elif event == "os.kill":
+        if args[0] != os.getpid():
+            refuse(event)
+    elif event in PATHS:
+        if not all(inside(args[i]) for i in PATHS[event]):
+            refuse(event)
+    elif event == "open":
+        path, mode_, flags = args
+        if isinstance(path, int):
+            return
+        name = os.fsdecode(path)
+        parts = os.path.realpath(name).split(os.sep)
+        if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != OWN_PID:
+            refuse("open " + name)         # another process's environ, memory, fds
+        writing = (flags or 0) & WRITE_FLAGS or any(c in (mode_ or "") for c in "wax+")
+        if writing and name not in (os.devnull, "/dev/stdout", "/dev/stderr") and not inside(name):
+            refuse("open for writing " + name)
+        if os.path.isdir(name) and not inside(name):  # a dir_fd outside would let relative
+            refuse("open directory " + name)           # paths in os.open(dir_fd=) escape
+
+sys.addaudithook(hook)
+del hook
+namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": __builtins__}
+exec(preamble, namespace)
+exec(compile(source, "solution.py", "exec"), namespace)
+if mode == "call":
+    sys.stdin = open(os.devnull)
+    solution = namespace.get("Solution")
+    if isinstance(solution, type) and hasattr(solution, fn_name):   # LeetCode style
+        function = getattr(solution(), fn_name)
+    else:
+        function = namespace[fn_name]
+    result = json.dumps(function(*arguments))  # a non-JSON result (any object) fails here
+    os.write(result_fd, result.encode())
+'''
+
+# The child's whole environment: no inherited variables, so no inherited secrets.
+_CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
+                    timeout: float) -> tuple[str, bytes]:
+    """Run one program on one input. Returns (status, stdout) with status one of
+    "ok" (exit code 0), "error" (non-zero exit, e.g. an exception), "refused" (the audit
+    hook stopped it), "timeout", "output_limit". The process group is killed and the
+    temporary directory removed before this returns, whatever happened."""
+    workdir = tempfile.mkdtemp(prefix="prime_verify_")
+    try:
+        with open(os.path.join(workdir, "solution.py"), "w") as f:
+            f.write(source)
+        with open(os.path.join(workdir, "stdin"), "wb") as f:
+            f.write(stdin)
+        env = dict(_CHILD_ENV, HOME=workdir, TMPDIR=workdir)
+        limits = [str(math.ceil(timeout) + 1), str(_MEMORY_LIMIT), str(_FILE_SIZE_LIMIT),
+                  str(_OPEN_FILES_LIMIT), str(_REFUSED)]
+        with open(os.path.join(workdir, "stdin"), "rb") as stdin_file:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, _PREAMBLE],
+                stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                cwd=workdir, env=env, start_new_session=True, close_fds=True)
+        try:
+            status, output = _collect(process, time.monotonic() + timeout)
+        finally:
+            _kill_group(process)
+        if status is None:
+            status = {0: "ok", _REFUSED: "refused"}.get(process.returncode, "error")
+        return status, output
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _collect(process: subprocess.Popen, deadline: float) -> tuple[str | None, bytes]:
+    """Read stdout until EOF and wait for the exit, both before `deadline`. The child is
+    left unreaped (os.waitid WNOWAIT) so that its process group id cannot be reused before
+    _kill_group runs. Returns (None, output) on a normal exit, else a failure status."""
+    fd = process.stdout.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks, size = [], 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout", b"".join(chunks)
+        if not poller.poll(remaining * 1000):
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > _OUTPUT_LIMIT:
+            return "output_limit", b""
+        chunks.append(chunk)
+    while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() > deadline:  # closed stdout but kept running
+            return "timeout", b"".join(chunks)
+        time.sleep(0.002)
+    return None, b"".join(chunks)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group, then reap the child."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    process.stdout.close()
+
+
+def _passes(source: str, case, timeout: float) -> bool:
+    mode, fn_name, stdin, expected = case
+    status, output = _run_in_sandbox(source, mode, fn_name, stdin, timeout)
+    if status != "ok":
+        return False
+    text = output.decode("utf-8", errors="replace")
+    if mode == "stdio":
+        return _tokens_equal(text, expected)
+    try:
+        got = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    want, unwrap = expected
+    # [PR]/APPS testing_util: TACO/APPS outputs wrap the return value in a list, and a
+    # result equal to that list's element passes. We allow it only for one-element lists,
+    # so [5, 6] is not credited by returning 5.
+    return _values_equal(got, want) or (
+        unwrap and isinstance(want, list) and len(want) == 1 and _values_equal(got, want[0]))
+
+
+def code_score(program: str, tests, timeout: float = CODE_TIMEOUT) -> float:
+    """Fraction of the first min(#tests, 10) tests that `program` passes ([PR]'s reward:
+    its first pass ran every test and gave 1.0 if all passed, else it scored the first 10
+    one by one; both cases equal this). `program` may be a whole response (the last
+    ```python block is used). Raises ValueError on malformed `tests`."""
+    cases = _parse_tests(tests)[:MAX_SCORED_TESTS]
+    source = extract_program(program)
+    return sum(_passes(source, case, timeout) for case in cases) / len(cases)
+
+
+def code_correct(program: str, tests, timeout: float = CODE_TIMEOUT) -> bool:
+    """Does `program` pass every test (all of them, not only the first 10)? Stops at the
+    first failure. Raises ValueError on malformed `tests`."""
+    cases = _parse_tests(tests)
+    source = extract_program(program)
+    return all(_passes(source, case, timeout) for case in cases)
+
+
+# =========================================================================================
+# Bulk: score_batch for training and evaluation.
+# =========================================================================================
+
+def score_batch(samples: list[dict], workers: int | None = None,
+                math_timeout: float = MATH_TIMEOUT, code_timeout: float = CODE_TIMEOUT) -> list[float]:
+    """Outcome rewards r_o for a batch, in input order, each in [0, 1].
+
+    Each sample is a dict in the spirit of an Eurus-2-RL-Data row:
+        "ability":      "math" or "code"
+        "response":     the model's decoded response (str)
+        "ground_truth": math: the answer string; code: the tests, as a JSON string or a
+                        dict {"inputs": [...], "outputs": [...], "fn_name"?: str}
+        "id":           optional, anything printable; named in warnings
+    Math scores 1.0 or 0.0 (math_correct); code scores code_score (fraction of the first
+    10 tests passed).
+
+    `workers` (default: the CPU count) samples are scored at once by threads; each symbolic
+    math comparison runs in a worker process killed after `math_timeout` s, and each code
+    test in its own sandboxed process killed after `code_timeout` s, so no sample can hang
+    the batch. A malformed row (unknown ability, missing or bad fields, bad tests) scores 0
+    and logs a warning naming its id: one bad row must not crash training. Unlike [PR]
+    (which set every score to 0.5 when anything failed globally) nothing else is affected.
+    """
+    workers = workers or os.cpu_count() or 1
+
+    def score(index: int, sample) -> float:
+        row_id = sample.get("id", index) if isinstance(sample, dict) else index
+        try:
+            if not isinstance(sample, dict):
+                raise TypeError(f"sample must be a dict, got {type(sample).__name__}")
+            ability, response = sample.get("ability"), sample.get("response")
+            ground_truth = sample.get("ground_truth")
+            if ability == "math":
+                return float(_math_correct(response, ground_truth, math_timeout))
+            if ability == "code":
+                return code_score(_require_text(response, "response"), ground_truth, code_timeout)
+            raise ValueError(f"unknown ability {ability!r} (expected 'math' or 'code')")
+        except Exception as error:  # never let one row take down a training step
+            logger.warning("score_batch: row id=%r scored 0: %s: %s",
+                           row_id, type(error).__name__, error)
+            return 0.0
+
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        return list(executor.map(score, range(len(samples)), samples))
