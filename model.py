@@ -94,7 +94,6 @@ class Layout:
         return Layout(cu_seqlens, max_seqlen, positions, seq_ids)
 
 
-@dataclass
 class KVCache:
     """Keys and values of past tokens, preallocated once for a whole sampling call.
 
@@ -106,12 +105,15 @@ class KVCache:
 
     The buffers are allocated by the first (prefill) forward, which knows B, the dtype the
     model computes in (bf16 under FSDP mixed precision) and the device.
+    (A plain class on purpose: FSDP2 rebuilds dataclass arguments when it casts forward inputs
+    to bf16, and the forward must update this very object.)
     """
-    max_len: int
-    k: list = None
-    v: list = None
-    lengths: torch.Tensor = None
-    max_length: int = 0
+
+    def __init__(self, max_len):
+        self.max_len = max_len
+        self.k, self.v = [], []
+        self.lengths = None
+        self.max_length = 0
 
     def keep(self, rows):
         """Drop finished rows: keep only `rows` ([B'] long), in that order. One copy per call,
@@ -611,6 +613,8 @@ def gathered_params(model):
         yield model
         return
     model.set_reshard_after_forward(False)
+    for unit in units:  # gather now, on every rank together: no collective runs while sampling,
+        unit.unshard()  # so a rank that finishes early (or has nothing to sample) hangs nobody
     try:
         yield model
     finally:
