@@ -1,0 +1,560 @@
+"""data.py: prompts in, the chat template, the toy task.
+
+PRIME learns from prompts alone: each step samples K responses per prompt, and a rule-based
+verifier turns each response into an outcome reward r_o by comparing it with the prompt's
+ground truth (PRIME_NOTES.md §5-§7). So the data the trainer needs is, per problem, the
+chat-templated prompt token ids and a ground truth (an answer string for math, the tests for
+code). This file produces exactly that, from three sources:
+
+  1. Eurus-2-RL-Data, the paper's RL prompts, from local parquet files (`load_rl_data`);
+  2. the built-in toy task, multi-step integer arithmetic, for CPU runs (`toy_rows`), with
+     its character-level tokenizer (`build_toy_tokenizer`) and tiny Qwen2 config
+     (`toy_model_config`);
+  3. benchmark files for eval.py (`load_benchmark`, `benchmark_messages`).
+
+Sources 1 and 2 share one row schema (the verl / Eurus-2-RL-Data schema, PRIME_NOTES.md §6):
+
+    {"data_source": str,
+     "prompt": [{"role": "system"|"user"|"assistant", "content": str}, ...],   # a chat
+     "ability": "math" | "code",
+     "reward_model": {"style": "rule", "ground_truth": str},                 # answer or tests JSON
+     "extra_info": {...}}                                                    # free-form
+
+and one code path from rows to `Problem`s (`rows_to_problems`), so every CPU run of the toy
+exercises the same templating, validation and length filter the 7B run uses.
+
+Read top to bottom: the paper's prompts, the chat template, rows -> Problems, the parquet
+loader, the toy task, its tokenizer and model config, benchmark files.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+from dataclasses import dataclass
+
+import datasets
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config
+
+logger = logging.getLogger(__name__)
+
+
+# ==============================================================================================
+# 1. The paper's prompts (PRIME_NOTES.md §6 and §8).
+# ==============================================================================================
+
+# The Eurus "action-centric" system prompt. Eurus-2-7B-SFT was fine-tuned on responses written
+# under it and every Eurus-2-RL-Data prompt carries it as its system message, so the RL policy
+# only ever saw prompts that start with it; eval therefore uses it too.
+#
+# The text is data, copied verbatim from the official code: `short_system_prompt` in [PR]
+# `training/scripts/data_prepare.py` (read from the stored copy in the fork sijial430/PRIME, the
+# stored PRIME-RL/PRIME snapshot lacks that file). It starts with one newline and ends with two;
+# a decoded Eurus-2-RL-Data prompt quoted in public PRIME-derived code shows the same text between
+# "<|im_start|>system\n" and "<|im_end|>", so this is the string the RL policy was trained with.
+#
+# Quirk of the official *evaluation* (not reproduced here): `eval/system_prompt.md` (read from the
+# fork zkcpku/PRIME, the same eval tree) holds this text with every newline written as the two
+# characters backslash + "n", ends with one "\n" instead of two, and is read with `open().read()`,
+# so the benchmark prompts of Table 2 contained literal "\n" sequences. We use the training text
+# everywhere; a user who wants the eval prompt byte for byte can apply that substitution.
+SYSTEM_PROMPT = """
+When tackling complex reasoning tasks, you have access to the following actions. Use them as needed to progress through your thought process.
+
+[ASSESS]
+
+[ADVANCE]
+
+[VERIFY]
+
+[SIMPLIFY]
+
+[SYNTHESIZE]
+
+[PIVOT]
+
+[OUTPUT]
+
+You should strictly follow the format below:
+
+[ACTION NAME]
+
+# Your action step 1
+
+# Your action step 2
+
+# Your action step 3
+
+...
+
+Next action: [NEXT ACTION NAME]
+
+"""
+
+# Appended to the question by ability (PRIME README "Usage" and the eval scripts). The math
+# suffix asks for the \boxed{} answer that the verifier extracts; the code suffix asks for a
+# final ```python block, which is what the code verifier executes (PRIME_NOTES.md §7).
+MATH_SUFFIX = "\n\nPresent the answer in LaTex format: \\boxed{Your answer}"
+CODE_SUFFIX = "\n\nWrite Python code to solve the problem. Present the code in \n```python\nYour code\n```\nat the end."
+
+ABILITIES = ("math", "code")
+
+
+def benchmark_messages(question, ability):
+    """The chat for one benchmark question, formatted as the official eval scripts do:
+    the system prompt, then the question plus the math or code suffix as the user turn."""
+    if ability not in ABILITIES:
+        raise ValueError(f"ability must be one of {ABILITIES}, got {ability!r}")
+    suffix = MATH_SUFFIX if ability == "math" else CODE_SUFFIX
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": question + suffix}]
+
+
+# ==============================================================================================
+# 2. The chat template: messages -> prompt text -> token ids.
+# ==============================================================================================
+# The policy continues the prompt after the template's generation prompt (for Qwen's ChatML:
+# "<|im_start|>assistant\n"), so a prompt must end with it. Like the official data loader we
+# render the template to text and then tokenize that text without adding special tokens (the
+# template already wrote them); in transformers 5 this is what `apply_chat_template(...,
+# tokenize=True)` does internally, and rendering first lets a whole dataset be tokenized in one
+# fast batched call.
+
+def render_prompt(tokenizer, messages):
+    """The chat-templated prompt text, ending with the assistant generation prompt."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_prompt(tokenizer, messages):
+    """Token ids (a list of int) of the chat-templated prompt, generation prompt included."""
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+# ==============================================================================================
+# 3. Rows -> Problems: validation, the template, the prompt-length filter.
+# ==============================================================================================
+
+@dataclass
+class Problem:
+    """One RL prompt, ready for the sampler and the verifier.
+
+    id: "<source>:<row>" (the file, or toy split, and the row number), for logs and errors.
+    ability: "math" or "code" (picks the verifier).
+    prompt_ids: the chat-templated prompt tokens, ending with the generation prompt.
+    ground_truth: math: the answer string; code: the tests as a JSON string
+        {"inputs": [...], "outputs": [...], "fn_name"?: str}.
+    data_source: the row's `data_source` (e.g. "numina_olympiads", "apps", "toy_arithmetic").
+    prompt_text: the same prompt as text (what prompt_ids encode), for logs.
+    """
+    id: str
+    ability: str
+    prompt_ids: list[int]
+    ground_truth: str
+    data_source: str
+    prompt_text: str
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _check_row(row, where):
+    """Check one row of the shared schema; return (messages, ability, ground_truth, data_source).
+    `where` names the file (or toy split) and row for the error message."""
+    def bad(field, why):
+        return ValueError(f"{where}, field {field!r}: {why}")
+
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a row must be a dict, got {type(row).__name__}")
+    data_source = row.get("data_source")
+    if not isinstance(data_source, str) or not data_source:
+        raise bad("data_source", f"expected a non-empty string, got {data_source!r}")
+    messages = row.get("prompt")
+    if not isinstance(messages, list) or not messages:
+        raise bad("prompt", f"expected a non-empty list of {{role, content}} messages, "
+                            f"got {type(messages).__name__}")
+    for k, message in enumerate(messages):
+        if (not isinstance(message, dict) or message.get("role") not in ROLES
+                or not isinstance(message.get("content"), str)):
+            raise bad("prompt", f"message {k} must be {{'role': one of {ROLES}, 'content': str}}, "
+                                f"got {message!r:.200}")
+    ability = row.get("ability")
+    if ability not in ABILITIES:
+        raise bad("ability", f"expected one of {ABILITIES}, got {ability!r}")
+    reward_model = row.get("reward_model")
+    ground_truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
+    if not isinstance(ground_truth, str) or not ground_truth.strip():
+        raise bad("reward_model.ground_truth", f"expected a non-empty string, got {ground_truth!r:.200}")
+    return messages, ability, ground_truth, data_source
+
+
+def rows_to_problems(rows, tokenizer, max_prompt_tokens=None, source="rows"):
+    """Turn rows of the shared schema into `Problem`s: check each row, apply the tokenizer's
+    chat template, and drop prompts longer than `max_prompt_tokens` after templating (the
+    official recipe drops prompts over 1024 tokens, PRIME_NOTES.md §6; None keeps all).
+
+    Returns (problems, n_dropped). Raises ValueError naming `source`, the row number
+    (0-based) and the field for a malformed row.
+    """
+    checked, texts = [], []
+    for i, row in enumerate(rows):
+        messages, ability, ground_truth, data_source = _check_row(row, f"{source}: row {i}")
+        checked.append((i, ability, ground_truth, data_source))
+        texts.append(render_prompt(tokenizer, messages))
+    all_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    problems = []
+    for (i, ability, ground_truth, data_source), text, ids in zip(checked, texts, all_ids):
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            continue
+        problems.append(Problem(f"{source}:{i}", ability, ids, ground_truth, data_source, text))
+    n_dropped = len(checked) - len(problems)
+    if n_dropped:
+        logger.info("%s: dropped %d of %d prompts longer than %d tokens",
+                    source, n_dropped, len(checked), max_prompt_tokens)
+    return problems, n_dropped
+
+
+# ==============================================================================================
+# 4. Eurus-2-RL-Data: local parquet files (PRIME_NOTES.md §6).
+# ==============================================================================================
+# Download train.parquet / validation.parquet of PRIME-RL/Eurus-2-RL-Data and pass their paths.
+# Each row's `prompt` already holds the system prompt above and the user question; we apply the
+# model's chat template to it as given, as the official data loader does.
+
+RL_COLUMNS = ("data_source", "prompt", "ability", "reward_model")  # `extra_info` is not used
+
+
+def load_rl_data(paths, tokenizer, max_prompt_tokens):
+    """Load Eurus-2-RL-Data-style parquet file(s) into `Problem`s.
+
+    paths: one path or a list of paths. Returns (problems, n_dropped), where n_dropped counts
+    the prompts longer than `max_prompt_tokens` tokens after the chat template (also logged).
+    A missing file is a FileNotFoundError; a missing column or a malformed row is a ValueError
+    naming the file (and the row number and field).
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    problems, n_dropped = [], 0
+    for path in paths:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"RL data file {path!r} does not exist")
+        table = datasets.Dataset.from_parquet(path)
+        missing = [c for c in RL_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; found {table.column_names}, "
+                             f"need {list(RL_COLUMNS)} (the Eurus-2-RL-Data schema)")
+        file_problems, file_dropped = rows_to_problems(table, tokenizer, max_prompt_tokens, source=path)
+        problems += file_problems
+        n_dropped += file_dropped
+    return problems, n_dropped
+
+
+# ==============================================================================================
+# 5. The toy task: multi-step integer arithmetic, for CPU runs.
+# ==============================================================================================
+# `python train.py` must show PRIME raising held-out accuracy on a 2-core CPU within minutes, so
+# it needs a task a tiny model can partly learn by SFT and then improve on by RL, with a verifiable
+# answer and several steps per solution (PRIME's implicit PRM credits the tokens of each step,
+# so the solutions should have steps that can go wrong one by one). The task:
+# an expression of `steps` operations on integers 1..max_operand, evaluated with the usual
+# precedence (* before + and -, then left to right), e.g.
+#
+#   prompt (user turn):  7+4*6-9
+#   solution:            7+24-9
+#                        31-9
+#                        \boxed{22}
+#
+# Each line of the worked solution performs exactly one operation and rewrites what is left of
+# the expression, and the last operation's result is written as \boxed{answer}, which
+# verify.math_correct extracts and compares with the ground truth "22". Difficulty knobs:
+# `steps` (length), `max_operand` (operand size), `ops` (without "*" the numbers stay small).
+#
+# The rows use the Eurus schema with data_source "toy_arithmetic" and a bare user turn: the
+# system prompt would cost ~400 character tokens per prompt for nothing a tiny model can use.
+# Toy rows become Problems through the parquet path: rows_to_problems(rows, tokenizer, ...).
+#
+# Held-out problems must never appear in training. A problem's split is a function of its text
+# alone (a hash), and each split's generator keeps only its own problems (rejection sampling),
+# so train and test are disjoint for every seed and every difficulty setting.
+
+TOY_SOURCE = "toy_arithmetic"
+TOY_TEST_SHARE = 4  # one problem text in 4 belongs to the held-out split
+
+
+def toy_split_of(question):
+    """"train" or "test": which split the problem with this text belongs to (fixed forever)."""
+    digest = hashlib.sha256(question.encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") % TOY_TEST_SHARE == 0 else "train"
+
+
+def _apply(a, op, b):
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _expression(numbers, ops):
+    """Interleave numbers and operators: [7, 4, 6], ["+", "*"] -> "7+4*6"."""
+    return "".join(str(n) + op for n, op in zip(numbers, ops)) + str(numbers[-1])
+
+
+def toy_solution(numbers, ops):
+    """The worked solution and the answer for numbers[0] ops[0] numbers[1] ...
+
+    One line per operation: the first "*" if any is left, else the leftmost operation (+ and -
+    are left-associative), then the rest of the expression rewritten; the final result is boxed.
+    Products are of positive numbers, so a negative value can only appear as the leftmost term
+    ("3-9+4" -> "-6+4"), and every line stays a valid expression with the same value.
+    """
+    numbers, ops = list(numbers), list(ops)
+    lines = []
+    while ops:
+        k = ops.index("*") if "*" in ops else 0
+        numbers[k:k + 2] = [_apply(numbers[k], ops[k], numbers[k + 1])]
+        del ops[k]
+        lines.append(_expression(numbers, ops))
+    answer = numbers[0]
+    lines[-1] = f"\\boxed{{{answer}}}"
+    return "\n".join(lines), answer
+
+
+def toy_rows(split, n, seed=0, steps=3, max_operand=9, ops="+-*"):
+    """`n` distinct toy problems of `split` ("train" or "test") as Eurus-schema rows.
+
+    Deterministic in (split, n, seed, steps, max_operand, ops); a larger n extends a smaller
+    one. extra_info holds {"split", "index", "solution"}: the solution is the SFT target.
+    Raises ValueError when the split holds fewer than n distinct problems of this size.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if steps < 1 or max_operand < 1 or not ops or set(ops) - set("+-*"):
+        raise ValueError(f"need steps >= 1, max_operand >= 1 and ops drawn from '+-*'; "
+                         f"got steps={steps}, max_operand={max_operand}, ops={ops!r}")
+    rng = random.Random(f"{TOY_SOURCE}:{split}:{seed}")
+    seen, rows = set(), []
+    attempts = 0
+    while len(rows) < n:
+        attempts += 1
+        if attempts > 100 * n + 10_000:  # the problem space is (nearly) exhausted
+            raise ValueError(f"only {len(rows)} distinct {split} problems found with steps={steps}, "
+                             f"max_operand={max_operand}, ops={ops!r}; asked for {n}")
+        numbers = [rng.randint(1, max_operand) for _ in range(steps + 1)]
+        chosen_ops = [rng.choice(ops) for _ in range(steps)]
+        question = _expression(numbers, chosen_ops)
+        if question in seen or toy_split_of(question) != split:
+            continue
+        seen.add(question)
+        solution, answer = toy_solution(numbers, chosen_ops)
+        rows.append({
+            "data_source": TOY_SOURCE,
+            "prompt": [{"role": "user", "content": question}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": str(answer)},
+            "extra_info": {"split": split, "index": len(rows), "solution": solution},
+        })
+    return rows
+
+
+def sft_pairs(rows, tokenizer):
+    """The SFT warm-start data: for each row with extra_info["solution"], a pair
+    (prompt_ids, response_ids), where response = the solution followed by the end-of-turn token
+    (the tokenizer's EOS, <|im_end|> for the toy tokenizer), so the model learns to stop there,
+    as the sampler stops on it."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token: SFT responses need an end-of-turn token")
+    pairs = []
+    for i, row in enumerate(rows):
+        solution = (row.get("extra_info") or {}).get("solution")
+        if not isinstance(solution, str) or not solution:
+            raise ValueError(f"SFT row {i}, field 'extra_info.solution': expected a non-empty string")
+        prompt_ids = tokenize_prompt(tokenizer, row["prompt"])
+        response_ids = tokenizer(solution, add_special_tokens=False)["input_ids"] + [eos]
+        pairs.append((prompt_ids, response_ids))
+    return pairs
+
+
+# ==============================================================================================
+# 6. The toy tokenizer and the tiny Qwen2 config.
+# ==============================================================================================
+# One token per character keeps the toy honest and small: digits are read and written one at a
+# time, and the vocabulary is ~100 ids, so the embedding and LM head are tiny. The tokenizer is
+# an ordinary Hugging Face tokenizer folder, and the special tokens and chat template are
+# Qwen2.5's (ChatML), so every piece of the pipeline (template, EOS handling, saving/loading,
+# eval.py) runs the way it does for Eurus-2-7B.
+
+TOY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII and newline
+# Qwen2.5's special tokens, placed after the ordinary vocabulary as Qwen places them.
+# <|endoftext|> pads; <|im_end|> ends a chat turn and is the EOS the sampler stops on (as for
+# Qwen2.5 chat models).
+PAD_TOKEN, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+
+# Qwen2.5's ChatML layout, without Qwen's default system message (no tools either).
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def build_toy_tokenizer(path):
+    """Write the character-level ChatML tokenizer as a Hugging Face tokenizer folder at `path`
+    and return it as loaded back by `AutoTokenizer.from_pretrained(path)` (offline).
+
+    Every printable ASCII character and "\\n" is one token; <|endoftext|> (pad), <|im_start|> and
+    <|im_end|> (eos) are one token each. decode() returns the exact text. A character outside
+    the vocabulary is an error at encode time (there is no <unk> to hide it).
+    """
+    vocab = {token: i for i, token in enumerate(TOY_CHARS + [PAD_TOKEN, IM_START, IM_END])}
+    # WordLevel over single characters: the pre-tokenizer cuts the text into characters ([\s\S]
+    # also matches "\n"), each of which is a vocabulary word. The unk token is deliberately not
+    # in the vocabulary, so unknown characters raise instead of vanishing.
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # join the characters back with nothing in between
+    backend.add_special_tokens([PAD_TOKEN, IM_START, IM_END])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=IM_END,
+        additional_special_tokens=[IM_START], chat_template=CHATML_TEMPLATE,
+        clean_up_tokenization_spaces=False)  # "1 , 2" must not decode as "1, 2"
+    tokenizer.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def toy_model_config(tokenizer, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                     intermediate_size=384, max_position_embeddings=512, tie_word_embeddings=False):
+    """A tiny Qwen2 config for `tokenizer` (model.Qwen2ForCausalLM(config) builds it).
+
+    vocab_size is the real vocabulary rounded up to a multiple of 64, as Qwen pads its embedding
+    matrix (Qwen2.5-Math-7B: 152,064 rows for 151,665 tokens); the extra ids are never produced
+    by the tokenizer, so the sampler must not sample them. max_position_embeddings must cover prompt + response.
+    Qwen2.5 has no BOS token; like its config we name <|endoftext|> as bos_token_id (never
+    prepended). Defaults follow Qwen2.5-Math-7B where size does not matter: GQA (2 query heads
+    per key/value head), untied head, RMSNorm eps 1e-6, RoPE base 10000, no sliding window.
+    """
+    return Qwen2Config(
+        vocab_size=64 * math.ceil(len(tokenizer) / 64),
+        hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-6, use_sliding_window=False,
+        tie_word_embeddings=tie_word_embeddings, bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+# ==============================================================================================
+# 7. Benchmark files for eval.py (PRIME_NOTES.md §8).
+# ==============================================================================================
+# Benchmarks come as local JSON Lines (or JSON array) or parquet files with various column names.
+# `load_benchmark` maps them to one form, {"id", "question", "ability", "ground_truth"}; eval.py
+# then builds the prompt with `benchmark_messages` and scores with verify.py. The first present
+# name in each list wins (e.g. MATH-500 has both `answer` and `solution`: `answer` is taken).
+
+QUESTION_COLUMNS = ("problem", "question", "prompt")
+ANSWER_COLUMNS = ("answer", "ground_truth", "reward_model.ground_truth", "solution")
+TESTS_COLUMNS = ("tests", "input_output", "test_cases")
+ID_COLUMNS = ("id", "idx", "problem_id", "unique_id")
+
+# AIME 2024. AI-MO's aimo-validation-aime has 90 problems: AIME 2022, 2023 and 2024, contests I
+# and II, 15 each. The paper's AIME 2024 score counts only the 30 of 2024: the official
+# eval/Math/aime/evaluate_aime.py groups rows by `url.split("/")[-2]` and reports the
+# "2024_AIME_I_Problems" + "2024_AIME_II_Problems" groups. The url is the AoPS wiki page, e.g.
+# https://artofproblemsolving.com/wiki/index.php/2024_AIME_II_Problems/Problem_8.
+AIME_URL = re.compile(r"/(\d{4})_AIME_(?:I|II)_Problems/")
+
+
+def _read_records(path):
+    """The file's rows as dicts: parquet through `datasets`, else JSON Lines (or one JSON array)."""
+    if path.endswith(".parquet"):
+        return datasets.Dataset.from_parquet(path).to_list()
+    if not path.endswith((".jsonl", ".json")):
+        raise ValueError(f"{path}: unknown file type; expected .jsonl, .json or .parquet")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        records = json.loads(text)
+    else:
+        records = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: every record must be a JSON object")
+    return records
+
+
+def _get(record, column):
+    """record[column], where "a.b" reads a nested field (reward_model.ground_truth)."""
+    value = record
+    for key in column.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _as_text(value):
+    """A ground truth as a string: numbers without a spurious ".0" (AMC answers are floats),
+    tests dicts/lists as JSON, strings as they are."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def load_benchmark(path):
+    """Read a benchmark file into a list of {"id", "question", "ability", "ground_truth"} dicts.
+
+    Columns are found by name: the question from problem/question/prompt (a string); for code
+    the tests from tests/input_output/test_cases (ability "code" whenever such a column exists;
+    ground_truth is then the tests JSON); for math the answer from answer/ground_truth/
+    reward_model.ground_truth/solution; the id from id/idx/problem_id/unique_id, else the row
+    number. Given AI-MO's aimo-validation-aime (AIME 2022-2024), only the 30 problems of 2024
+    are kept, as in the paper. A missing file, an unknown column layout, an empty file or an
+    empty field is a clear error.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"benchmark file {path!r} does not exist")
+    records = _read_records(path)
+    if not records:
+        raise ValueError(f"{path}: the file holds no problems")
+
+    columns = sorted({key for r in records for key in r})
+
+    def present(names):  # the first of `names` that some row fills
+        return next((c for c in names if any(_get(r, c) is not None for r in records)), None)
+
+    question_col, tests_col = present(QUESTION_COLUMNS), present(TESTS_COLUMNS)
+    answer_col = tests_col or present(ANSWER_COLUMNS)
+    if question_col is None or answer_col is None:
+        raise ValueError(f"{path}: unknown column layout; found columns {columns}. Accepted: question "
+                         f"from {list(QUESTION_COLUMNS)}, and math answers from {list(ANSWER_COLUMNS)} "
+                         f"or code tests from {list(TESTS_COLUMNS)}")
+    id_col = present(ID_COLUMNS)
+    ability = "code" if tests_col else "math"
+
+    problems = []
+    for i, record in enumerate(records):
+        question, truth = _get(record, question_col), _get(record, answer_col)
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{path}: row {i}, field {question_col!r}: expected a non-empty string, "
+                             f"got {question!r:.100}")
+        if truth is None or (isinstance(truth, str) and not truth.strip()):
+            raise ValueError(f"{path}: row {i}, field {answer_col!r}: missing")
+        problem_id = _get(record, id_col) if id_col else None
+        problems.append({"id": str(i if problem_id is None else problem_id), "question": question,
+                         "ability": ability, "ground_truth": _as_text(truth)})
+
+    # The AIME 2024 selection: only for a file whose every row is an AoPS AIME page, spanning
+    # several years, 2024 among them (a file of 2024 or 2025 problems alone is kept whole).
+    years = [AIME_URL.search(str(r.get("url", ""))) for r in records]
+    if all(years) and len({m.group(1) for m in years}) > 1 and any(m.group(1) == "2024" for m in years):
+        problems = [p for p, m in zip(problems, years) if m.group(1) == "2024"]
+        logger.info("%s: AIME file with several years: kept the %d problems of 2024 of %d",
+                    path, len(problems), len(records))
+    return problems

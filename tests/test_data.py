@@ -1,0 +1,342 @@
+"""data.py: the toy tokenizer and chat template, the toy task, the parquet path, benchmark files."""
+import itertools
+import json
+import random
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import data
+import model
+
+
+@pytest.fixture(autouse=True)
+def private_datasets_cache(tmp_path, monkeypatch):
+    """`datasets` converts each parquet file into a cache; keep the tests' out of ~/.cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets_cache"))
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return data.build_toy_tokenizer(str(tmp_path_factory.mktemp("toy_tokenizer")))
+
+
+# --- the paper's prompts -----------------------------------------------------------------------
+
+
+def test_system_prompt_and_benchmark_messages():
+    p = data.SYSTEM_PROMPT
+    assert p.startswith("\nWhen tackling complex reasoning tasks, you have access to the following actions.")
+    assert p.endswith("\n\nNext action: [NEXT ACTION NAME]\n\n")
+    actions = ["[ASSESS]", "[ADVANCE]", "[VERIFY]", "[SIMPLIFY]", "[SYNTHESIZE]", "[PIVOT]", "[OUTPUT]"]
+    assert [p.index(a) for a in actions] == sorted(p.index(a) for a in actions)
+    assert "\n\n".join(actions) in p  # one blank line between actions, as in the official text
+
+    math_chat = data.benchmark_messages("What is 1+1?", "math")
+    assert math_chat == [{"role": "system", "content": p},
+                         {"role": "user",
+                          "content": "What is 1+1?\n\nPresent the answer in LaTex format: \\boxed{Your answer}"}]
+    code_chat = data.benchmark_messages("Print 1.", "code")
+    assert code_chat[1]["content"] == ("Print 1.\n\nWrite Python code to solve the problem. Present the code in "
+                                       "\n```python\nYour code\n```\nat the end.")
+    with pytest.raises(ValueError, match="ability"):
+        data.benchmark_messages("x", "physics")
+
+
+# --- the toy tokenizer, chat template and config -------------------------------------------------
+
+
+def test_toy_tokenizer_round_trip(tok):
+    assert len(tok) == 96 + 3
+    for ch in data.TOY_CHARS:
+        ids = tok(ch, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and tok.decode(ids) == ch
+    special = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
+    assert len(set(special.values())) == 3 and all(i >= 96 for i in special.values())
+    assert tok.pad_token_id == special["<|endoftext|>"] and tok.eos_token_id == special["<|im_end|>"]
+
+    text = "  a  b\n\\boxed{-12}<|im_start|>x , y<|im_end|>."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) - len("<|im_start|>") - len("<|im_end|>") + 2  # each special is one id
+    assert tok.decode(ids) == text  # no spaces inserted or cleaned up
+
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = [rng.randrange(len(tok)) for _ in range(rng.randint(1, 40))]
+        assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
+    with pytest.raises(Exception):
+        tok("é", add_special_tokens=False)  # no <unk>: an unknown character is an error
+
+
+def test_chat_template(tok):
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "1+2"}]
+    text = data.render_prompt(tok, messages)
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n1+2<|im_end|>\n<|im_start|>assistant\n"
+    ids = data.tokenize_prompt(tok, messages)
+    assert ids == tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    generation_prompt = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    assert len(generation_prompt) == 1 + len("assistant\n")
+    assert ids[-len(generation_prompt):] == generation_prompt
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3
+
+
+def test_toy_model_config_builds_the_network(tok):
+    config = data.toy_model_config(tok, hidden_size=64, num_layers=2, intermediate_size=96, tie_word_embeddings=True)
+    assert config.vocab_size == 128 and config.vocab_size % 64 == 0 and config.vocab_size > len(tok)
+    assert (config.eos_token_id, config.pad_token_id) == (tok.eos_token_id, tok.pad_token_id)
+    assert config.tie_word_embeddings and config.num_key_value_heads == 2
+    net = model.Qwen2ForCausalLM(config)
+    model.init_weights(net)
+    ids = torch.tensor([data.tokenize_prompt(tok, [{"role": "user", "content": "1+2"}])])
+    assert net(ids).shape == (1, ids.shape[1], 128)
+    assert data.toy_model_config(tok).hidden_size == 128
+
+
+# --- the toy task --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps,max_operand,ops", [(1, 9, "+-*"), (3, 9, "+-*"), (5, 30, "+-*"), (4, 99, "+-")])
+def test_toy_answers_and_solutions_are_correct(steps, max_operand, ops):
+    for split in ("train", "test"):
+        for row in data.toy_rows(split, 40, seed=1, steps=steps, max_operand=max_operand, ops=ops):
+            question = row["prompt"][0]["content"]
+            assert row["prompt"] == [{"role": "user", "content": question}]
+            assert row["data_source"] == "toy_arithmetic" and row["ability"] == "math"
+            assert row["reward_model"]["style"] == "rule"
+            numbers = [int(x) for x in question.replace("*", " ").replace("+", " ").replace("-", " ").split()]
+            assert len(numbers) == steps + 1 and all(1 <= x <= max_operand for x in numbers)
+            assert set(question) - set("0123456789") <= set(ops)
+            answer = eval(question)  # Python's own precedence, independent of data.py
+            assert row["reward_model"]["ground_truth"] == str(answer)
+            lines = row["extra_info"]["solution"].split("\n")
+            assert len(lines) == steps and lines[-1] == f"\\boxed{{{answer}}}"
+            def n_ops(expression):  # a leading "-" is a sign, not an operation
+                return expression.count("+") + expression.count("*") + expression.lstrip("-").count("-")
+            for previous, line in zip([question] + lines, lines[:-1]):
+                assert eval(line) == answer  # every step keeps the value ...
+                assert n_ops(line) == n_ops(previous) - 1  # ... and does one operation
+
+
+def test_toy_splits_never_overlap_and_are_deterministic():
+    train = [r["prompt"][0]["content"] for r in data.toy_rows("train", 3000, seed=0, steps=2, max_operand=9)]
+    test = [r["prompt"][0]["content"] for r in data.toy_rows("test", 1000, seed=0, steps=2, max_operand=9)]
+    other_seed = [r["prompt"][0]["content"] for r in data.toy_rows("train", 3000, seed=7, steps=2, max_operand=9)]
+    assert len(set(train)) == 3000 and len(set(test)) == 1000  # distinct within a split
+    assert not set(train) & set(test) and not set(other_seed) & set(test)
+    assert all(data.toy_split_of(q) == "train" for q in train) and all(data.toy_split_of(q) == "test" for q in test)
+
+    again = data.toy_rows("test", 1000, seed=0, steps=2, max_operand=9)
+    assert [r["prompt"][0]["content"] for r in again] == test
+    assert [r["extra_info"]["index"] for r in again] == list(range(1000))
+    assert other_seed != train
+    assert [r["prompt"][0]["content"] for r in data.toy_rows("test", 10, seed=0, steps=2, max_operand=9)] == test[:10]
+
+
+def test_toy_rows_errors():
+    with pytest.raises(ValueError, match="distinct"):  # 1+1, 1+2, 2+1, 2+2: too few problems
+        data.toy_rows("train", 10, steps=1, max_operand=2, ops="+")
+    with pytest.raises(ValueError, match="split"):
+        data.toy_rows("val", 10)
+    with pytest.raises(ValueError, match="ops"):
+        data.toy_rows("train", 10, ops="/")
+
+
+def test_toy_rows_to_problems_and_sft_pairs(tok):
+    rows = data.toy_rows("test", 50, seed=3)
+    problems, dropped = data.rows_to_problems(rows, tok, source="toy-test")
+    assert dropped == 0 and len(problems) == 50
+    for row, p in zip(rows, problems):
+        question = row["prompt"][0]["content"]
+        assert p.prompt_text == f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        assert tok.decode(p.prompt_ids) == p.prompt_text
+        assert (p.ability, p.data_source) == ("math", "toy_arithmetic")
+        assert p.ground_truth == row["reward_model"]["ground_truth"]
+    assert problems[7].id == "toy-test:7"
+
+    pairs = data.sft_pairs(rows, tok)
+    for row, p, (prompt_ids, response_ids) in zip(rows, problems, pairs):
+        assert prompt_ids == p.prompt_ids
+        assert response_ids[-1] == tok.eos_token_id and tok.eos_token_id not in response_ids[:-1]
+        assert tok.decode(response_ids[:-1]) == row["extra_info"]["solution"]
+    with pytest.raises(ValueError, match="row 0.*solution"):
+        data.sft_pairs([{"prompt": rows[0]["prompt"], "extra_info": {}}], tok)
+
+
+def test_toy_answers_pass_the_verifier():
+    import verify
+    for row in data.toy_rows("train", 30, seed=5, steps=3, max_operand=9):
+        truth = row["reward_model"]["ground_truth"]
+        assert verify.math_correct(row["extra_info"]["solution"], truth)
+        assert not verify.math_correct(f"\\boxed{{{int(truth) + 1}}}", truth)
+
+
+# --- Eurus-2-RL-Data from parquet ----------------------------------------------------------------
+
+
+def eurus_row(question, ability="math", truth="3", source="numina_olympiads"):
+    return {"data_source": source,
+            "prompt": [{"role": "system", "content": "Be careful."}, {"role": "user", "content": question}],
+            "ability": ability, "reward_model": {"style": "rule", "ground_truth": truth},
+            "extra_info": {"split": "dummy", "index": 0}}
+
+
+def write_parquet(path, rows):
+    pq.write_table(pa.Table.from_pylist(rows), str(path))
+    return str(path)
+
+
+def test_load_rl_data(tok, tmp_path):
+    tests = json.dumps({"inputs": ["1\n"], "outputs": ["2\n"]})
+    first = write_parquet(tmp_path / "a.parquet", [
+        eurus_row("What is 1+2?" + data.MATH_SUFFIX),
+        eurus_row("x" * 200),  # too long after the template
+        eurus_row("Add one." + data.CODE_SUFFIX, ability="code", truth=tests, source="apps"),
+    ])
+    second = write_parquet(tmp_path / "b.parquet", [eurus_row("What is 2+2?", truth="4")])
+    problems, dropped = data.load_rl_data([first, second], tok, max_prompt_tokens=150)
+    assert dropped == 1
+    assert [p.id for p in problems] == [f"{first}:0", f"{first}:2", f"{second}:0"]
+    assert [p.ability for p in problems] == ["math", "code", "math"]
+    assert [p.ground_truth for p in problems] == ["3", tests, "4"]
+    assert problems[1].data_source == "apps"
+    messages = eurus_row("What is 1+2?" + data.MATH_SUFFIX)["prompt"]
+    assert problems[0].prompt_ids == data.tokenize_prompt(tok, messages)
+    assert all(len(p.prompt_ids) <= 150 for p in problems)
+
+    everything, none_dropped = data.load_rl_data(first, tok, max_prompt_tokens=1000)  # one path
+    assert none_dropped == 0 and len(everything) == 3
+
+
+def test_load_rl_data_missing_file_and_column(tok, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.parquet"):
+        data.load_rl_data(str(tmp_path / "nowhere.parquet"), tok, 100)
+    row = eurus_row("q")
+    del row["ability"]
+    path = write_parquet(tmp_path / "no_ability.parquet", [row])
+    with pytest.raises(ValueError, match=r"no_ability\.parquet.*missing column.*'ability'"):
+        data.load_rl_data(path, tok, 100)
+
+
+def _bad(field, value):
+    row = eurus_row("q")
+    if field == "ground_truth":
+        row["reward_model"] = {"style": "rule", "ground_truth": value}
+    else:
+        row[field] = value
+    return row
+
+
+@pytest.mark.parametrize("bad_row,field", [
+    (_bad("ability", "physics"), "ability"),
+    (_bad("ground_truth", ""), "reward_model.ground_truth"),
+    (_bad("ground_truth", None), "reward_model.ground_truth"),
+    (_bad("prompt", [{"role": "user", "content": None}]), "prompt"),
+    (_bad("prompt", [{"role": "narrator", "content": "q"}]), "prompt"),
+    (_bad("data_source", None), "data_source"),
+])
+def test_load_rl_data_malformed_row(tok, tmp_path, bad_row, field):
+    path = write_parquet(tmp_path / "bad.parquet", [eurus_row("a"), eurus_row("b"), bad_row])
+    with pytest.raises(ValueError) as error:
+        data.load_rl_data(path, tok, 100)
+    message = str(error.value)
+    assert path in message and "row 2" in message and f"field {field!r}" in message
+
+
+def test_load_rl_data_prompt_not_a_chat(tok, tmp_path):
+    row = eurus_row("q")
+    row["prompt"] = "just a string"
+    path = write_parquet(tmp_path / "string_prompt.parquet", [row])
+    with pytest.raises(ValueError, match=r"string_prompt\.parquet: row 0, field 'prompt'"):
+        data.load_rl_data(path, tok, 100)
+
+
+# --- benchmark files -----------------------------------------------------------------------------
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_load_benchmark_column_names(tmp_path):
+    aime_style = write_jsonl(tmp_path / "aime.jsonl", [
+        {"id": 5, "question": "Q1", "answer": "033", "url": "u"},
+        {"id": 6, "question": "Q2", "answer": "7", "url": "u"}])
+    assert data.load_benchmark(aime_style) == [
+        {"id": "5", "question": "Q1", "ability": "math", "ground_truth": "033"},
+        {"id": "6", "question": "Q2", "ability": "math", "ground_truth": "7"}]
+
+    math500_style = write_jsonl(tmp_path / "math500.jsonl", [
+        {"problem": "P", "solution": "long \\boxed{2}", "answer": "2", "unique_id": "test/algebra/1.json"}])
+    assert data.load_benchmark(math500_style) == [
+        {"id": "test/algebra/1.json", "question": "P", "ability": "math", "ground_truth": "2"}]
+
+    amc_style = write_jsonl(tmp_path / "amc.json", [{"problem": "A", "answer": 142.0},
+                                                    {"problem": "B", "answer": 2.5}])
+    assert [(p["id"], p["ground_truth"]) for p in data.load_benchmark(amc_style)] == [("0", "142"), ("1", "2.5")]
+
+    array_file = tmp_path / "array.json"
+    array_file.write_text(json.dumps([{"question": "Q", "solution": "\\boxed{1}"}]))
+    assert data.load_benchmark(str(array_file))[0]["ground_truth"] == "\\boxed{1}"
+
+    eurus_style = write_parquet(tmp_path / "val.parquet", [
+        {"prompt": "P0", "reward_model": {"style": "rule", "ground_truth": "9"}, "idx": 3}])
+    assert data.load_benchmark(eurus_style) == [{"id": "3", "question": "P0", "ability": "math", "ground_truth": "9"}]
+
+    tests = {"inputs": ["1\n"], "outputs": ["2\n"]}
+    code_file = write_parquet(tmp_path / "code.parquet", [
+        {"question": "C", "input_output": json.dumps(tests), "problem_id": "lc-1", "solution": "print(2)"}])
+    [code] = data.load_benchmark(code_file)
+    assert (code["ability"], code["id"], json.loads(code["ground_truth"])) == ("code", "lc-1", tests)
+    code_dict = write_jsonl(tmp_path / "code.jsonl", [{"problem": "C", "tests": tests}])
+    assert json.loads(data.load_benchmark(code_dict)[0]["ground_truth"]) == tests
+
+
+def test_load_benchmark_aime_2024_selection(tmp_path):
+    base = "https://artofproblemsolving.com/wiki/index.php/{}_AIME_{}_Problems/Problem_{}"
+    problems = itertools.product((2022, 2023, 2024), ("I", "II"), range(1, 16))
+    records = [{"id": i, "question": f"{year} {contest} {k}", "answer": str(k), "url": base.format(year, contest, k)}
+               for i, (year, contest, k) in enumerate(problems)]
+    assert len(records) == 90
+    kept = data.load_benchmark(write_jsonl(tmp_path / "aimo-validation-aime.jsonl", records))
+    assert len(kept) == 30 and all(p["question"].startswith("2024 ") for p in kept)
+    assert [p["id"] for p in kept] == [str(i) for i in range(60, 90)]
+    only_2024 = data.load_benchmark(write_jsonl(tmp_path / "aime24.jsonl", records[60:]))
+    assert len(only_2024) == 30  # already the right set: kept whole
+    not_aime = data.load_benchmark(write_jsonl(tmp_path / "mixed.jsonl", records[:1] + [
+        {"id": 1, "question": "q", "answer": "1", "url": "https://example.com/2024"}]))
+    assert len(not_aime) == 2  # not every row is an AIME page: no selection
+
+
+def test_load_benchmark_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        data.load_benchmark(str(tmp_path / "missing.jsonl"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="no problems"):
+        data.load_benchmark(str(empty))
+    layout = write_jsonl(tmp_path / "layout.jsonl", [{"text": "q", "label": "1"}])
+    accepted = r"unknown column layout; found columns \['label', 'text'\].*'problem'.*'answer'.*'tests'"
+    with pytest.raises(ValueError, match=accepted):
+        data.load_benchmark(layout)
+    no_answer = write_jsonl(tmp_path / "no_answer.jsonl", [{"question": "q"}])
+    with pytest.raises(ValueError, match="unknown column layout"):
+        data.load_benchmark(no_answer)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "q", "answer": "1"}\n{"question": \n')
+    with pytest.raises(ValueError, match="line 2"):
+        data.load_benchmark(str(broken))
+    blank = write_jsonl(tmp_path / "blank.jsonl", [{"question": "q", "answer": "1"},
+                                                   {"question": " ", "answer": "2"}])
+    with pytest.raises(ValueError, match=r"blank\.jsonl: row 1, field 'question'"):
+        data.load_benchmark(blank)
+    gap = write_jsonl(tmp_path / "gap.jsonl", [{"question": "q", "answer": "1"}, {"question": "r"}])
+    with pytest.raises(ValueError, match=r"row 1, field 'answer': missing"):
+        data.load_benchmark(gap)
+    csv = tmp_path / "bench.csv"
+    csv.write_text("question,answer\nq,1\n")
+    with pytest.raises(ValueError, match="unknown file type"):
+        data.load_benchmark(str(csv))
