@@ -175,15 +175,19 @@ def _decode_attention(q, k, v, cache, layer_idx, backend):
         out = flash_attn_with_kvcache(q[:, None], k_cache, v_cache, k=k[:, None], v=v[:, None],
                                       cache_seqlens=cache.lengths, causal=True)
         return out[:, 0]
-    rows = torch.arange(len(q), device=q.device)
+    B, H, D = q.shape
+    Hkv = k.shape[1]
+    rows = torch.arange(B, device=q.device)
     k_cache[rows, cache.lengths] = k
     v_cache[rows, cache.lengths] = v
     L = cache.max_length + 1  # no row holds more than this after the append
     visible = torch.arange(L, device=q.device)[None, :] <= cache.lengths[:, None]  # [B, L]
+    # The H/Hkv query heads that share a KV head are laid out as that head's query *rows*
+    # ([B, Hkv, H/Hkv, D]): one attention per KV head, and K/V are never repeated per query head.
     out = F.scaled_dot_product_attention(
-        q[:, :, None], k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2),
-        attn_mask=visible[:, None, None, :], enable_gqa=q.shape[1] != k.shape[1])  # [B, H, 1, D]
-    return out[:, :, 0]
+        q.view(B, Hkv, H // Hkv, D), k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2),
+        attn_mask=visible[:, None, None, :])  # [B, Hkv, H/Hkv, D]
+    return out.reshape(B, H, D)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,12 +200,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # The mean of squares is taken in fp32 (bf16 keeps 8 mantissa bits), then the result is
-        # cast back before the scale, in the same order as Hugging Face's Qwen2RMSNorm.
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # x / sqrt(mean(x^2) + eps) in fp32 (bf16 keeps 8 mantissa bits), cast back, then scaled:
+        # the same order as Hugging Face's Qwen2RMSNorm, with PyTorch's fused kernel.
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 def rotary_cos_sin(positions, dim, theta, dtype):

@@ -147,8 +147,10 @@ def sample(logits, temperature, top_p, top_k, generator, vocab_size):
         mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, index, sorted_logits)
-    probs = logits.softmax(-1)
-    # argmax(p / E) with E ~ Exponential(1) is an exact draw from p (the exponential-race form of
-    # the Gumbel-max trick); unlike torch.multinomial it never syncs with the host.
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / noise).argmax(-1)
+    # Inverse-CDF sampling: one uniform number per row, located in the row's cumulative
+    # distribution. x = (1 - u) * total lies in (0, total], and the first index whose cumulative
+    # mass reaches x always has positive probability, so masked tokens are never drawn. It needs
+    # B random numbers (not B x V, as the Gumbel-max trick does) and never syncs with the host.
+    cdf = logits.softmax(-1).cumsum(-1)  # [B, V]
+    u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device)
+    return torch.searchsorted(cdf, (1 - u) * cdf[:, -1:]).squeeze(-1)
