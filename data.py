@@ -37,8 +37,8 @@ import re
 from dataclasses import dataclass
 
 import datasets
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config
+from transformers import AutoTokenizer, Qwen2Config, Qwen2Tokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -404,22 +404,20 @@ def build_toy_tokenizer(path):
     """Write the character-level ChatML tokenizer as a Hugging Face tokenizer folder at `path`
     and return it as loaded back by `AutoTokenizer.from_pretrained(path)` (offline).
 
-    Every printable ASCII character and "\\n" is one token; <|endoftext|> (pad), <|im_start|> and
-    <|im_end|> (eos) are one token each. decode() returns the exact text. A character outside
-    the vocabulary is an error at encode time (there is no <unk> to hide it).
+    It is a genuine `Qwen2Tokenizer` (byte-level BPE, Qwen's pre-tokenizer) whose vocabulary is
+    single characters and which has no merges, so every printable ASCII character and "\n" is
+    one token; <|endoftext|> (pad), <|im_start|> and <|im_end|> (eos) are one token each, and
+    decode() returns the exact text. Being Qwen2's own class matters: a checkpoint folder holds
+    a config.json with model_type "qwen2", and transformers' AutoTokenizer then loads the
+    tokenizer files in it *as* a Qwen2Tokenizer whatever class they were saved from.
+    (Without merges, a character outside the vocabulary has no token and is dropped.)
     """
-    vocab = {token: i for i, token in enumerate(TOY_CHARS + [PAD_TOKEN, IM_START, IM_END])}
-    # WordLevel over single characters: the pre-tokenizer cuts the text into characters ([\s\S]
-    # also matches "\n"), each of which is a vocabulary word. The unk token is deliberately not
-    # in the vocabulary, so unknown characters raise instead of vanishing.
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()  # join the characters back with nothing in between
-    backend.add_special_tokens([PAD_TOKEN, IM_START, IM_END])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=IM_END,
-        additional_special_tokens=[IM_START], chat_template=CHATML_TEMPLATE,
-        clean_up_tokenization_spaces=False)  # "1 , 2" must not decode as "1, 2"
+    byte_symbol = bytes_to_unicode()  # byte-level BPE spells " " as "Ġ" and "\n" as "Ċ"
+    vocab = {byte_symbol[ord(c)]: i for i, c in enumerate(TOY_CHARS)}
+    vocab.update({token: len(TOY_CHARS) + i for i, token in enumerate((PAD_TOKEN, IM_START, IM_END))})
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, pad_token=PAD_TOKEN,
+                               eos_token=IM_END, extra_special_tokens=[IM_START], chat_template=CHATML_TEMPLATE,
+                               clean_up_tokenization_spaces=False)  # "1 , 2" must not decode as "1, 2"
     tokenizer.save_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 import data
 import model
@@ -67,8 +68,17 @@ def test_toy_tokenizer_round_trip(tok):
     for _ in range(20):
         ids = [rng.randrange(len(tok)) for _ in range(rng.randint(1, 40))]
         assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
-    with pytest.raises(Exception):
-        tok("é", add_special_tokens=False)  # no <unk>: an unknown character is an error
+
+
+def test_tokenizer_survives_a_checkpoint_folder(tok, tmp_path):
+    """Saved beside a Qwen2 config.json (as in every checkpoint), AutoTokenizer must load the
+    same tokenizer: transformers picks the class from the config's model_type."""
+    data.toy_model_config(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "<|im_start|>user\n7+4*6-9<|im_end|>\n<|im_start|>assistant\n7+24-9\n\\boxed{22}<|im_end|>"
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert loaded.decode(loaded(text)["input_ids"]) == text
 
 
 def test_chat_template(tok):
