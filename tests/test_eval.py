@@ -1,0 +1,371 @@
+"""eval.py: the scoring and aggregation of `evaluate` (with known responses), a real run on a tiny
+random model, the command line on benchmark files (columns, AIME 2024, the table, the outputs,
+errors), and a 2-rank gloo run that must equal one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import AutoTokenizer
+
+import data
+import eval as ev
+import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POSITIONS = 1024  # room for a benchmark prompt (~560 characters with the system prompt) and more
+
+
+def make_checkpoint(path, with_tokenizer=True):
+    """A tiny random model for the toy tokenizer, saved as train.py saves a checkpoint: the model
+    folder first (save_model replaces the folder), then the tokenizer into it."""
+    tokenizer = data.build_toy_tokenizer(str(path) + "-tokenizer")
+    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                   intermediate_size=64, max_position_embeddings=POSITIONS)
+    torch.manual_seed(0)
+    network = M.Qwen2ForCausalLM(config)
+    M.init_weights(network, std=0.5)
+    M.save_model(network, str(path))
+    if with_tokenizer:
+        tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("eval") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def tok(ckpt):
+    return AutoTokenizer.from_pretrained(ckpt)
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+# --- the paper's benchmarks: names, settings -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name, title", [
+    ("aimo-validation-aime", "AIME 2024"), ("AIME_2024", "AIME 2024"), ("aime24", "AIME 2024"),
+    ("aime25", None), ("aimo-validation-amc", "AMC"), ("amc23", None), ("MATH-500", "MATH-500"),
+    ("math_500", "MATH-500"), ("Math 500", "MATH-500"), ("math", None), ("minerva_math", "Minerva Math"),
+    ("OlympiadBench", "OlympiadBench"), ("leetcode-test", "LeetCode"), ("LiveCodeBench_v2", "LiveCodeBench (v2)"),
+    ("lcb", "LiveCodeBench (v2)"), ("my_quiz", None), ("toy", None),
+])
+def test_paper_benchmark_matches_names_case_and_separator_blind(name, title):
+    paper = ev.paper_benchmark(name)
+    assert (paper.title if paper else None) == title
+
+
+def test_paper_settings_per_benchmark():
+    greedy = {"temperature": 0.0, "top_p": 1.0, "n_samples": 1}
+    assert ev.paper_settings("math_500") == {**greedy, "max_new_tokens": 8192}
+    assert ev.paper_settings("leetcode") == {**greedy, "max_new_tokens": 8192}
+    assert ev.paper_settings("aimo-validation-aime") == {**greedy, "max_new_tokens": 4096}
+    assert ev.paper_settings("olympiadbench") == {**greedy, "max_new_tokens": 4096}
+    assert ev.paper_settings("my_quiz") == {**greedy, "max_new_tokens": 4096}
+    assert ev.paper_settings("livecodebench") == {"temperature": 0.2, "top_p": 0.95, "n_samples": 10,
+                                                  "max_new_tokens": 4096}
+    assert (ev.paper_benchmark("amc").sft, ev.paper_benchmark("amc").prime) == (30.1, 57.8)
+
+
+def test_benchmark_name_is_the_stem_or_the_folder_of_a_split_file(tmp_path):
+    assert ev.benchmark_name("a/b/aime24.jsonl") == "aime24"
+    assert ev.benchmark_name(tmp_path / "minerva_math" / "test.jsonl") == "minerva_math"
+    assert ev.benchmark_name(tmp_path / "MATH-500" / "test-00000-of-00001.parquet") == "MATH-500"
+
+
+# --- evaluate: scoring and aggregation with known responses --------------------------------------
+
+
+def test_stop_token_ids_are_eos_im_end_and_endoftext_once(tok):
+    vocab = tok.get_vocab()
+    assert tok.eos_token_id == vocab["<|im_end|>"]  # so the list must not hold it twice
+    assert ev.stop_token_ids(tok) == [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
+
+
+def test_evaluate_scores_and_averages_known_responses(tok, monkeypatch):
+    problems = ev.toy_problems(tok, 5)
+    im_end, endoftext, im_start = (tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>"))
+    limit = 20
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    gt = [p.ground_truth for p in problems]
+    wanted = [
+        enc(f"\\boxed{{{gt[0]}}}") + [im_end],                                   # right
+        enc(f"\\boxed{{{int(gt[1]) + 1}}}") + [endoftext],                       # wrong, the other EOS
+        enc("7" * limit),                                                        # cut off: no EOS
+        enc(f"\\boxed{{{gt[3]}}}".ljust(limit - 1)) + [im_end],                  # right, EOS at the limit
+        [im_start] + enc(f"\\boxed{{{gt[4]}}}") + [im_end],                      # right, a special token inside
+    ]
+    calls = []
+
+    def fake_generate(model, prompts, max_new_tokens, eos_token_id, **kwargs):
+        calls.append((prompts, max_new_tokens, eos_token_id, kwargs))
+        return [wanted[[p.prompt_ids for p in problems].index(prompt)] for prompt in prompts]
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    result = ev.evaluate("model", tok, problems, limit, temperature=0.0, progress=False)
+
+    prompts, max_new_tokens, eos, kwargs = calls[0]
+    assert prompts == [p.prompt_ids for p in problems] and max_new_tokens == limit
+    assert eos == [im_end, endoftext] and kwargs["vocab_size"] == len(tok) == 99
+    assert kwargs["temperature"] == 0.0 and kwargs["seed"] == 0
+    assert result["n"] == 5 and result["n_samples"] == 1
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["truncation_rate"] == pytest.approx(1 / 5)
+    assert result["mean_response_tokens"] == pytest.approx(sum(map(len, wanted)) / 5)
+    records = result["records"]
+    assert [r["id"] for r in records] == [p.id for p in problems]
+    assert [r["score"] for r in records] == [1.0, 0.0, 0.0, 1.0, 1.0]
+    assert [r["truncated"] for r in records] == [False, False, True, False, False]
+    assert [r["extracted"] for r in records] == [gt[0], str(int(gt[1]) + 1), "7" * limit, gt[3], gt[4]]
+    # decoded without special tokens, as the official reward code did
+    assert records[4]["response"] == f"\\boxed{{{gt[4]}}}" and records[0]["response"] == f"\\boxed{{{gt[0]}}}"
+    assert records[0]["prompt"] == problems[0].prompt_text and records[0]["ground_truth"] == gt[0]
+
+
+def test_evaluate_n_samples_is_avg_at_k_over_adjacent_samples(tok, monkeypatch):
+    problems = ev.toy_problems(tok, 2)
+    im_end = tok.eos_token_id
+    seen = []
+
+    def fake_generate(model, prompts, max_new_tokens, eos_token_id, **kwargs):
+        seen.extend(prompts)
+        out = []
+        for k, prompt in enumerate(prompts):  # only the first sample of each problem is right
+            truth = problems[[p.prompt_ids for p in problems].index(prompt)].ground_truth
+            answer = truth if k % 3 == 0 else str(int(truth) + 1)
+            out.append(tok(f"\\boxed{{{answer}}}", add_special_tokens=False)["input_ids"] + [im_end])
+        return out
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    result = ev.evaluate("model", tok, problems, 16, temperature=1.0, n_samples=3, progress=False)
+    assert seen == [problems[0].prompt_ids] * 3 + [problems[1].prompt_ids] * 3
+    assert result["n"] == 2 and result["accuracy"] == pytest.approx(2 / 6)
+    assert [(r["id"], r["sample"]) for r in result["records"]] == [
+        (p.id, k) for p in problems for k in range(3)]
+
+
+def test_evaluate_code_counts_only_programs_that_pass_every_test(tok, monkeypatch):
+    doubles = lambda n, last: {"inputs": [f"{i}\n" for i in range(n)],  # noqa: E731
+                               "outputs": [f"{2 * i}\n" for i in range(n - 1)] + [last]}
+    tests = [doubles(11, "20\n"),   # all 11 pass
+             doubles(11, "99\n"),   # the first 10 pass (the training reward is 1.0), the 11th fails
+             doubles(2, "99\n")]    # one of two passes (the training reward is 0.5)
+    messages = [data.benchmark_messages(f"Double it ({k}).", "code") for k in range(3)]
+    problems = [data.Problem(f"code:{k}", "code", data.tokenize_prompt(tok, m), json.dumps(t), "code", "")
+                for k, (m, t) in enumerate(zip(messages, tests))]
+    program = tok("```python\nprint(2 * int(input()))\n```", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(ev, "generate", lambda model, prompts, *a, **k: [program + [tok.eos_token_id]] * len(prompts))
+    result = ev.evaluate("model", tok, problems, 64, progress=False)
+    assert [r["score"] for r in result["records"]] == [1.0, 0.0, 0.0]
+    assert result["records"][0]["extracted"] == "\nprint(2 * int(input()))\n"
+    assert result["records"][0]["ground_truth"] is None
+
+
+def test_evaluate_rejects_nothing_to_do(tok):
+    with pytest.raises(ValueError, match="no problems"):
+        ev.evaluate("model", tok, [], 8)
+    with pytest.raises(ValueError, match="n_samples"):
+        ev.evaluate("model", tok, ev.toy_problems(tok, 1), 8, n_samples=0)
+
+
+# --- evaluate: a real run -------------------------------------------------------------------------
+
+
+def test_evaluate_real_tiny_model(ckpt, tok):
+    network = M.load_model(ckpt)
+    problems = ev.toy_problems(tok, 3)
+    result = ev.evaluate(network, tok, problems, 6, progress=False)
+    assert result["n"] == 3 and len(result["records"]) == 3
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0 < result["mean_response_tokens"] <= 6
+    for record, problem in zip(result["records"], problems):
+        assert set(record) == {"id", "sample", "prompt", "response", "extracted", "ground_truth", "score",
+                               "response_tokens", "truncated"}
+        assert record["id"] == problem.id and record["prompt"] == problem.prompt_text
+        assert record["ground_truth"] == problem.ground_truth and record["score"] in (0.0, 1.0)
+        if record["response_tokens"] < 6:  # stopped early: an EOS, so not truncated
+            assert not record["truncated"]
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_cli_toy_default(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    ev.main(["--model", ckpt, "--toy_problems", "3", "--out", str(out)])
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    [row] = results["benchmarks"]
+    assert row["benchmark"] == "toy" and row["n"] == 3 and row["metric"] == "pass@1"
+    assert row["max_new_tokens"] == ev.TOY_MAX_NEW_TOKENS == 64 and row["temperature"] == 0.0
+    assert "| toy | 3 | pass@1 |" in printed and "Eurus" not in printed  # no paper benchmark: no reference columns
+    samples = read_jsonl(out / "samples_toy.jsonl")
+    # the toy prompts are the training prompts: the user turn alone, no system prompt
+    assert [s["prompt"] for s in samples] == [p.prompt_text for p in ev.toy_problems(AutoTokenizer.from_pretrained(ckpt), 3)]
+    assert "system" not in samples[0]["prompt"]
+
+
+def test_cli_files_and_columns_table_lists_every_benchmark(ckpt, tmp_path, capsys):
+    import pandas as pd
+    math500 = write_jsonl(tmp_path / "MATH-500.jsonl", [
+        {"problem": "What is 1+1?", "solution": "It is \\boxed{2}.", "answer": "2", "unique_id": "test/a.json"},
+        {"problem": "What is 2+3?", "solution": "\\boxed{5}", "answer": "5", "unique_id": "test/b.json"}])
+    quiz = str(tmp_path / "quiz.parquet")  # alternative names: question / ground_truth, no id column
+    pd.DataFrame({"question": ["Name 3 plus 4.", "And 6 times 7?", "Or 9 minus 9?"],
+                  "ground_truth": ["7", "42", "0"]}).to_parquet(quiz)
+    code = write_jsonl(tmp_path / "code.jsonl", [
+        {"prompt": "Read n, print 2n.", "input_output": {"inputs": ["3\n"], "outputs": ["6\n"]}}])
+    out = tmp_path / "out"
+    ev.main(["--model", ckpt, "--data", math500, quiz, code, "--max_new_tokens", "4", "--out", str(out)])
+    printed = capsys.readouterr().out
+
+    rows = {row["benchmark"]: row for row in json.loads((out / "results.json").read_text())["benchmarks"]}
+    assert list(rows) == ["MATH-500", "quiz", "code"]
+    assert [rows[name]["n"] for name in rows] == [2, 3, 1]
+    assert rows["MATH-500"]["paper"] == {"Eurus-2-7B-SFT": 66.2, "Eurus-2-7B-PRIME": 79.2}
+    assert rows["quiz"]["paper"] is None and rows["code"]["paper"] is None
+    assert all(row["max_new_tokens"] == 4 for row in rows.values())
+    assert "Eurus-2-7B-SFT %" in printed
+    assert [line for line in printed.splitlines() if line.startswith("| MATH-500 |")][0].endswith("| 66.2 | 79.2 |")
+    assert [line for line in printed.splitlines() if line.startswith("| quiz |")][0].endswith("| - | - |")
+
+    math_samples = read_jsonl(out / "samples_MATH-500.jsonl")
+    assert [s["id"] for s in math_samples] == ["MATH-500:test/a.json", "MATH-500:test/b.json"]
+    assert [s["ground_truth"] for s in math_samples] == ["2", "5"]  # `answer` wins over `solution`
+    prompt = math_samples[0]["prompt"]  # the paper's eval prompt: system prompt, question, suffix
+    assert data.SYSTEM_PROMPT in prompt and "What is 1+1?" + data.MATH_SUFFIX in prompt
+    assert [s["id"] for s in read_jsonl(out / "samples_quiz.jsonl")] == ["quiz:0", "quiz:1", "quiz:2"]
+    [code_sample] = read_jsonl(out / "samples_code.jsonl")
+    assert data.CODE_SUFFIX in code_sample["prompt"] and code_sample["ground_truth"] is None
+    assert code_sample["extracted"] == code_sample["response"]  # no ```python block: the whole text
+
+
+def test_cli_aime_file_counts_only_the_30_problems_of_2024(ckpt, tmp_path, capsys):
+    rows = []
+    for year in (2022, 2023, 2024):
+        for contest in ("I", "II"):
+            for number in range(1, 16):
+                rows.append({"id": len(rows), "problem": f"AIME {year} {contest} problem {number}.", "answer": str(number),
+                             "url": f"https://artofproblemsolving.com/wiki/index.php/{year}_AIME_{contest}_Problems/Problem_{number}"})
+    aime = write_jsonl(tmp_path / "aimo-validation-aime.jsonl", rows)
+    out = tmp_path / "out"
+    ev.main(["--model", ckpt, "--data", aime, "--max_new_tokens", "2", "--out", str(out)])
+    [row] = json.loads((out / "results.json").read_text())["benchmarks"]
+    assert row["n"] == 30 and row["paper_benchmark"] == "AIME 2024"
+    samples = read_jsonl(out / "samples_aimo-validation-aime.jsonl")
+    assert [s["id"] for s in samples] == [f"aimo-validation-aime:{i}" for i in range(60, 90)]
+    assert "| aimo-validation-aime | 30 | pass@1 |" in capsys.readouterr().out
+
+
+def test_cli_caps_max_new_tokens_to_the_models_positions(ckpt, tmp_path, tok, capsys):
+    path = write_jsonl(tmp_path / "math_500.jsonl", [{"problem": "What is 1+1?", "answer": "2"}])
+    out = tmp_path / "out"
+    ev.main(["--model", ckpt, "--data", path, "--out", str(out)])  # the paper's 8192 > 1024 positions
+    prompt = read_jsonl(out / "samples_math_500.jsonl")[0]["prompt"]
+    [row] = json.loads((out / "results.json").read_text())["benchmarks"]
+    assert row["max_new_tokens"] == POSITIONS - len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert "capped" in capsys.readouterr().out
+
+
+def _error(argv):
+    with pytest.raises(SystemExit) as caught:
+        ev.main(argv)
+    assert isinstance(caught.value.code, str) and caught.value.code.startswith("eval.py: ")
+    return caught.value.code
+
+
+def test_cli_bad_input_is_one_clear_line(ckpt, tmp_path):
+    assert "does not exist" in _error(["--model", ckpt, "--data", str(tmp_path / "nope.jsonl")])
+    assert "is not a directory" in _error(["--model", str(tmp_path / "no_model")])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "holds no problems" in _error(["--model", ckpt, "--data", str(empty)])
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"text": "What?", "label": "1"}])
+    assert "unknown column layout" in _error(["--model", ckpt, "--data", odd])
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    one = write_jsonl(tmp_path / "a" / "test.jsonl", [{"problem": "1+1?", "answer": "2"}])
+    two = write_jsonl(tmp_path / "b" / "a.jsonl", [{"problem": "1+1?", "answer": "2"}])
+    assert "both named ['a']" in _error(["--model", ckpt, "--data", one, two])
+    bare = make_checkpoint(tmp_path / "bare", with_tokenizer=False)
+    assert "no tokenizer" in _error(["--model", bare])
+
+
+def test_cli_missing_file_exits_nonzero_without_a_traceback(ckpt, tmp_path):
+    missing = str(tmp_path / "missing.jsonl")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--model", ckpt, "--data", missing],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode != 0
+    assert f"eval.py: benchmark file '{missing}' does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- two ranks equal one process ------------------------------------------------------------------
+
+
+def _fake_generate_by_content(tok, problems, calls):
+    """A stand-in sampler whose response depends on the prompt alone (right, wrong, or cut off at
+    max_new_tokens, by the answer mod 3), so any split over ranks must give the same records."""
+    truths = {tuple(p.prompt_ids): int(p.ground_truth) for p in problems}
+
+    def fake(model, prompts, max_new_tokens, eos_token_id, **kwargs):
+        calls.append(len(prompts))
+        out = []
+        for prompt in prompts:
+            truth = truths[tuple(prompt)]
+            if truth % 3 == 2:
+                out.append(tok("7" * max_new_tokens, add_special_tokens=False)["input_ids"])
+            else:
+                answer = truth if truth % 3 == 0 else truth + 1
+                out.append(tok(f"\\boxed{{{answer}}}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        return out
+    return fake
+
+
+def _two_rank_worker(rank, init_file, tokenizer_dir, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        problems = ev.toy_problems(tok, 5)
+        calls = []
+        ev.generate = _fake_generate_by_content(tok, problems, calls)  # this child process only
+        five = ev.evaluate(None, tok, problems, 16, progress=False)         # shares of 2 and 3
+        one = ev.evaluate(None, tok, problems[:1], 16, progress=False)      # rank 0's share is empty
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"five": five, "one": one, "calls": calls}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_rank_gloo_evaluate_equals_one_process(ckpt, tok, tmp_path, monkeypatch):
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), ckpt, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    problems = ev.toy_problems(tok, 5)
+    monkeypatch.setattr(ev, "generate", _fake_generate_by_content(tok, problems, []))
+    alone = ev.evaluate(None, tok, problems, 16, progress=False)
+    assert 0 < alone["accuracy"] < 1 and 0 < alone["truncation_rate"] < 1  # the comparison can fail
+    for result in ranks:  # every rank gets the whole result
+        five = result["five"]
+        for key in ("accuracy", "n", "mean_response_tokens", "truncation_rate"):
+            assert five[key] == pytest.approx(alone[key])
+        assert {r["id"] for r in five["records"]} == {p.id for p in problems}
+        assert five["records"] == alone["records"]  # in problem order
+        assert result["one"]["n"] == 1 and len(result["one"]["records"]) == 1
+    # 5 problems split 2 + 3; 1 problem split 0 + 1, and the empty rank still called the sampler
+    assert [r["calls"] for r in ranks] == [[2, 0], [3, 1]]
