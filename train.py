@@ -1,0 +1,807 @@
+"""train.py: PRIME's training loop (Cui et al. 2025, arXiv 2502.01456, Algorithm 1).
+
+    python train.py                                   # the toy preset on the CPU (SFT, then PRIME)
+    torchrun --nproc_per_node=2 train.py              # the same on 2 CPU ranks (gloo)
+    torchrun --nproc_per_node=8 train.py --preset=eurus2-7b-prime \\
+        --model_path=/ckpt/Eurus-2-7B-SFT --train_files=/data/train.parquet --out_dir=runs/prime
+    python train.py --print_config [--preset=...]     # the resolved config as JSON
+
+One PRIME iteration (Alg. 1; the official code's "single-forward" order, PRIME_NOTES.md §2, §10):
+
+    collect   each rank samples K responses for each of its prompts (rollout.py), scores them
+              (verify.py), keeps prompts whose mean score lies in [0.2, 0.8], and samples more
+              until it holds its quota of kept prompts                           Alg. 1 lines 4-6
+    old       log-probs of the responses under the policy that sampled them (no grad)
+    PRM       for each PRM mini-batch, in order: reference log-probs (no grad), PRM log-probs
+              (grad); the implicit process rewards beta*(logp_prm - logp_ref) are kept from this
+              very forward, and the cross-entropy against the outcome updates the PRM  lines 7-8
+    advantage process rewards / max|return|, leave-one-out returns of process and outcome
+              rewards, whitened over every token of every rank                  line 9, Eq. 5
+    policy    PPO clip loss over shuffled mini-batches                          line 10, Eq. 6
+
+Three models share one architecture (model.py): the policy pi_theta and the implicit PRM pi_phi
+are trained, the reference pi_ref is frozen; all start from the SFT checkpoint (Alg. 1 line 1).
+With more than one rank all three are sharded with FSDP2; one rank runs the same code unsharded.
+
+Every step appends one JSON line to <out_dir>/metrics.jsonl; a checkpoint is written every
+`save_every` steps and a re-run with the same out_dir resumes from the last complete one.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+import data
+import eval as evaluation
+import model as M
+import rewards
+import rollout
+import verify
+
+
+# ==============================================================================================
+# 1. The configuration: every knob, its meaning and the paper's value.
+# ==============================================================================================
+
+def knob(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    """Defaults are the toy preset's; PRESETS below lists what the other presets change.
+    The paper's recipe also sets the KL coefficient and the entropy bonus to 0 (PRIME_NOTES §4),
+    so the policy loss here has neither term."""
+    preset: str = knob("toy", "toy (CPU, minutes) or eurus2-7b-prime (the paper's recipe)")
+    stage: str = knob("prime", "prime: the RL loop (after SFT if the toy has no SFT model yet); sft: SFT only")
+    out_dir: str = knob("runs/toy", "checkpoints, metrics.jsonl, summary.json, the exported policy")
+    seed: int = knob(0, "seeds data order, sampling and shuffling (per step and rank, so resume is exact)")
+
+    # models
+    model_path: str = knob("", "SFT checkpoint (Hugging Face folder): policy, PRM and reference start here. "
+                               "Toy: empty = <out_dir>/sft, trained first if missing")
+    prm_path: str = knob("", "PRM initialisation if not model_path (the paper: the SFT model)")
+    bf16: bool = knob(False, "bf16 compute with fp32 master weights (CUDA); reference kept in bf16")
+    activation_checkpointing: bool = knob(False, "recompute each layer in backward to save memory")
+
+    # data
+    train_files: str = knob("", "comma-separated Eurus-2-RL-Data parquet files; empty = the built-in toy task")
+    eval_files: str = knob("", "comma-separated validation parquet files (greedy accuracy); empty with the "
+                               "toy = its held-out split")
+    eval_problems: int = knob(500, "toy: held-out problems for the greedy accuracy before/after")
+    toy_steps: int = knob(3, "toy: operations per problem")
+    toy_max_operand: int = knob(9, "toy: operands are drawn from 1..toy_max_operand")
+    toy_train_problems: int = knob(20000, "toy: size of the RL training pool")
+    max_prompt_tokens: int = knob(64, "drop longer prompts (paper: 1024)")
+    max_response_tokens: int = knob(48, "sampling stops here (paper: 3072)")
+
+    # rollout and filter (Alg. 1 lines 4-6)
+    prompts_per_step: int = knob(32, "kept prompts per step, all ranks together (paper: 256)")
+    samples_per_prompt: int = knob(4, "K responses per prompt (paper: 4)")
+    temperature: float = knob(1.0, "sampling temperature (paper: 1.0)")
+    top_p: float = knob(1.0, "nucleus sampling mass (paper: 1.0)")
+    filter_low: float = knob(0.2, "keep a prompt when its mean outcome is >= this (paper: 0.2)")
+    filter_high: float = knob(0.8, "... and <= this (paper: 0.8)")
+    max_collect_rounds: int = knob(20, "stop with an error when this many sampling rounds cannot fill a step")
+
+    # implicit PRM (Alg. 1 lines 7-8)
+    beta: float = knob(0.05, "implicit reward scale beta in beta*log(pi_phi/pi_ref) (paper: 0.05)")
+    prm_lr: float = knob(1e-4, "PRM AdamW learning rate, constant (paper: 1e-6)")
+    prm_weight_decay: float = knob(0.0, "PRM AdamW weight decay (paper: 0)")
+    prm_grad_clip: float = knob(10.0, "PRM gradient-norm clip (paper: 10)")
+    prm_mini_batch: int = knob(64, "responses per PRM optimizer step, in order, all ranks (paper: 256)")
+
+    # advantage (Alg. 1 line 9)
+    gamma: float = knob(1.0, "discount of both returns (paper: 1.0)")
+
+    # policy (Alg. 1 line 10)
+    policy_lr: float = knob(1e-4, "policy AdamW learning rate, constant (paper: 5e-7)")
+    policy_weight_decay: float = knob(0.01, "policy AdamW weight decay (paper: 0.01)")
+    policy_grad_clip: float = knob(1.0, "policy gradient-norm clip (paper: 1.0)")
+    policy_mini_batch: int = knob(64, "responses per policy optimizer step, shuffled, all ranks (paper: 256)")
+    ppo_epochs: int = knob(1, "passes over each step's responses (paper: 1)")
+    clip_eps: float = knob(0.2, "PPO ratio clip (paper: 0.2)")
+
+    # schedule and bookkeeping
+    steps: int = knob(60, "PRIME iterations (paper: 592)")
+    micro_batch_tokens: int = knob(4096, "packed tokens per forward/backward on one rank")
+    save_every: int = knob(20, "checkpoint every this many steps (and at the end)")
+    keep_checkpoints: int = knob(2, "complete checkpoints kept on disk")
+    eval_every: int = knob(0, "greedy eval every this many steps (0: only before and after)")
+
+    # SFT warm start (toy only: Eurus-2-7B-SFT is a released checkpoint)
+    sft_problems: int = knob(2000, "toy: SFT examples (worked solutions)")
+    sft_epochs: int = knob(3, "SFT epochs (Eurus-2-7B-SFT: 3)")
+    sft_batch: int = knob(32, "SFT sequences per optimizer step (Eurus-2-7B-SFT: 96)")
+    sft_lr: float = knob(1e-3, "SFT peak learning rate, cosine decay (Eurus-2-7B-SFT: 1e-5)")
+    sft_warmup: float = knob(0.1, "SFT warmup share of the steps (Eurus-2-7B-SFT: 0.1)")
+    toy_hidden: int = knob(128, "toy model: hidden size")
+    toy_layers: int = knob(4, "toy model: decoder layers")
+
+
+PRESETS = {
+    "toy": {},
+    "eurus2-7b-prime": dict(  # PRIME_NOTES.md §6: Eurus-2-7B-PRIME
+        out_dir="runs/eurus2-7b-prime", bf16=True, activation_checkpointing=True,
+        max_prompt_tokens=1024, max_response_tokens=3072, prompts_per_step=256, samples_per_prompt=4,
+        temperature=1.0, top_p=1.0, filter_low=0.2, filter_high=0.8, beta=0.05,
+        prm_lr=1e-6, prm_weight_decay=0.0, prm_grad_clip=10.0, prm_mini_batch=256,
+        gamma=1.0, policy_lr=5e-7, policy_weight_decay=0.01, policy_grad_clip=1.0,
+        policy_mini_batch=256, ppo_epochs=1, clip_eps=0.2, steps=592, micro_batch_tokens=16384,
+        save_every=16, eval_every=16, sft_epochs=3, sft_batch=96, sft_lr=1e-5, sft_warmup=0.1),
+}
+
+
+def parse_config(argv):
+    """--key=value for any field (type-checked), --preset=NAME, --print_config."""
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    values, print_config = {}, False
+    for arg in argv:
+        if arg == "--print_config":
+            print_config = True
+            continue
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"train.py: expected --key=value, got {arg!r}")
+        key, value = arg[2:].split("=", 1)
+        if key not in types:
+            raise SystemExit(f"train.py: unknown option --{key} (see --print_config for the fields)")
+        kind = types[key]  # bool, int, float or str
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                values[key] = value.lower() in ("true", "1")
+            else:
+                values[key] = kind(value)
+        except ValueError:
+            raise SystemExit(f"train.py: --{key} expects a {kind.__name__}, got {value!r}") from None
+    preset = values.get("preset", "toy")
+    if preset not in PRESETS:
+        raise SystemExit(f"train.py: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cfg = Config(**{**PRESETS[preset], **values})
+    if print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        raise SystemExit(0)
+    if cfg.stage not in ("prime", "sft"):
+        raise SystemExit(f"train.py: --stage must be prime or sft, got {cfg.stage!r}")
+    return cfg
+
+
+# ==============================================================================================
+# 2. Processes: torchrun ranks, or one process on its own.
+# ==============================================================================================
+
+def setup_distributed():
+    """Join (or, for a plain `python train.py`, create) the process group: NCCL on GPUs, gloo on
+    CPUs. One process is a group of one, so the same code runs everywhere."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:  # a free local port for a group of one
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def seed_for(*parts):
+    """A seed derived from any values (Python's hash() of strings changes between processes)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 2
+
+
+def log(*args):
+    if dist.get_rank() == 0:
+        print(*args, flush=True)
+
+
+def all_sum(values, device):
+    """Sum a list of numbers over ranks; returns floats."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_max(value, device):
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def check_batch_arithmetic(cfg, world):
+    """The numbers every rank must agree on, printed once; a config that does not divide stops."""
+    K = cfg.samples_per_prompt
+    responses = cfg.prompts_per_step * K
+    problems = []
+    if cfg.prompts_per_step % world:
+        problems.append(f"prompts_per_step={cfg.prompts_per_step} is not divisible by {world} ranks")
+    for name in ("prm_mini_batch", "policy_mini_batch"):
+        mini = getattr(cfg, name)
+        if mini % world or responses % mini:
+            problems.append(f"{name}={mini} must divide the {responses} responses per step and "
+                            f"be divisible by {world} ranks")
+    if K < 2:
+        problems.append("samples_per_prompt must be >= 2 (the leave-one-out baseline needs K-1 others)")
+    if problems:
+        raise SystemExit("train.py: " + "; ".join(problems))
+    log(f"batch: {cfg.prompts_per_step} prompts x {K} samples = {responses} responses per step "
+        f"({responses // world} per rank on {world} ranks); PRM: {responses // cfg.prm_mini_batch} "
+        f"optimizer steps of {cfg.prm_mini_batch} responses, in order; policy: "
+        f"{cfg.ppo_epochs * responses // cfg.policy_mini_batch} optimizer steps of {cfg.policy_mini_batch} "
+        f"responses, shuffled; micro-batches of <= {cfg.micro_batch_tokens} tokens")
+
+
+# ==============================================================================================
+# 3. Models and optimizers.
+# ==============================================================================================
+
+def load_for_training(path, cfg, device, world, trainable):
+    """A model from a Hugging Face folder, on `device`, sharded with FSDP2 when world > 1.
+    Trainable models keep fp32 master weights (bf16 compute with cfg.bf16); the frozen reference
+    is stored in bf16 under cfg.bf16, as the official code kept it (PRIME_NOTES §1)."""
+    dtype = torch.bfloat16 if cfg.bf16 and not trainable else torch.float32
+    net = M.load_model(path, device=device, dtype=dtype)
+    net.train(trainable)
+    net.requires_grad_(trainable)
+    if world > 1:
+        M.fsdp_wrap(net, device.type, mixed_precision=cfg.bf16 and trainable,
+                    activation_checkpointing=cfg.activation_checkpointing and trainable)
+    else:
+        net.activation_checkpointing = cfg.activation_checkpointing and trainable
+    return net
+
+
+def adamw(net, lr, weight_decay):
+    return torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+
+
+def clip_and_step(net, optimizer, max_norm):
+    """Clip the gradient norm (over all ranks' shards), step, zero the gradients; returns the
+    norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ==============================================================================================
+# 4. Responses as packed sequences, and their token log-probs as [B, T] matrices.
+# ==============================================================================================
+
+@dataclass
+class Rollouts:
+    """One rank's kept samples for one step: rows in contiguous groups of K (one prompt each)."""
+    prompts: list     # [B] prompt token ids
+    responses: list   # [B] response token ids (EOS included when sampled)
+    outcome: torch.Tensor  # [B] verifier scores r_o in [0, 1]
+    truncated: list   # [B] hit max_response_tokens without an EOS
+
+    @property
+    def width(self):  # T: the longest response, the width of every [B, T] matrix
+        return max(len(r) for r in self.responses)
+
+    def mask(self, device):  # [B, T] 1 on response tokens (EOS included), 0 on padding
+        lengths = torch.tensor([len(r) for r in self.responses], device=device)
+        return (torch.arange(self.width, device=device)[None, :] < lengths[:, None]).float()
+
+
+def micro_batches(rows, rollouts, budget, device):
+    """Split `rows` (in order) into micro-batches of at most `budget` packed tokens (a longer
+    sequence goes alone). Every rank gets the same number of micro-batches, padded with empty
+    ones: under FSDP each forward and backward is a collective, so all ranks must run as many."""
+    batches, current, tokens = [], [], 0
+    for i in rows:
+        n = len(rollouts.prompts[i]) + len(rollouts.responses[i])
+        if current and tokens + n > budget:
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        batches.append(current)
+    return batches + [[] for _ in range(all_max(len(batches), device) - len(batches))]
+
+
+def response_logprobs(net, rollouts, rows, device, temperature=1.0):
+    """log pi(y_t | x, y_<t) of each response token of `rows` under `net`, as ([b, T] logp,
+    [b, T] entropy), zero on padding. The rows go through the model as one packed sequence
+    prompt+response each; only response positions are scored (model.chunked_logprobs).
+    An empty `rows` runs a one-token dummy forward (see micro_batches) and returns None."""
+    if not rows:
+        dummy = torch.zeros(1, dtype=torch.long, device=device)
+        logp, _ = net(dummy, torch.tensor([0, 1], dtype=torch.int32, device=device),
+                      targets=dummy, temperature=temperature)
+        return logp.sum() * 0.0, None  # a zero that is still part of the graph: backward runs too
+    ids, targets, cu, where = [], [], [0], []
+    for i in rows:
+        prompt, response = rollouts.prompts[i], rollouts.responses[i]
+        # position len(prompt)-1+t predicts response[t]; every other position is not scored
+        ids += prompt + response
+        targets += [M.IGNORE] * (len(prompt) - 1) + response + [M.IGNORE]
+        where.append(cu[-1] + len(prompt) - 1)
+        cu.append(cu[-1] + len(prompt) + len(response))
+    logp, entropy = net(torch.tensor(ids, device=device), torch.tensor(cu, dtype=torch.int32, device=device),
+                        targets=torch.tensor(targets, device=device), temperature=temperature)
+    # scatter the packed positions into [b, T]
+    T = rollouts.width
+    lengths = torch.tensor([len(rollouts.responses[i]) for i in rows], device=device)
+    mask = torch.arange(T, device=device)[None, :] < lengths[:, None]  # [b, T]
+    index = (torch.tensor(where, device=device)[:, None] + torch.arange(T, device=device)[None, :])
+    index = torch.where(mask, index, 0)
+    return torch.where(mask, logp[index], 0.0), torch.where(mask, entropy[index], 0.0)
+
+
+@torch.no_grad()
+def all_logprobs(net, rollouts, cfg, device, temperature=1.0):
+    """[B, T] log-probs (and entropies) of every response, micro-batch by micro-batch."""
+    B, T = len(rollouts.responses), rollouts.width
+    logp, entropy = torch.zeros(B, T, device=device), torch.zeros(B, T, device=device)
+    for rows in micro_batches(range(B), rollouts, cfg.micro_batch_tokens, device):
+        lp, ent = response_logprobs(net, rollouts, rows, device, temperature)
+        if rows:
+            logp[rows], entropy[rows] = lp, ent
+    return logp, entropy
+
+
+# ==============================================================================================
+# 5. Collect: sample, verify, filter, refill (Alg. 1 lines 4-6).
+# ==============================================================================================
+
+class PromptStream:
+    """This rank's prompts, forever: a seeded shuffle of the training problems per epoch (every
+    rank the same order; rank r takes every world-th), and a buffer of prompts that were kept
+    beyond a step's quota, served first (the official BufferedDataLoader, PRIME_NOTES §5)."""
+
+    def __init__(self, n_problems, seed, rank, world):
+        self.n, self.seed, self.rank, self.world = n_problems, seed, rank, world
+        self.epoch, self.cursor, self.buffer = 0, 0, []
+
+    def take(self, k):
+        out = self.buffer[:k]
+        self.buffer = self.buffer[k:]
+        while len(out) < k:
+            order = list(range(self.n))
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+            mine = order[self.rank::self.world]
+            take = min(k - len(out), len(mine) - self.cursor)
+            out += mine[self.cursor:self.cursor + take]
+            self.cursor += take
+            if self.cursor == len(mine):
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return out
+
+    def state(self):
+        return {"epoch": self.epoch, "cursor": self.cursor, "buffer": self.buffer}
+
+    def load(self, state):
+        self.epoch, self.cursor, self.buffer = state["epoch"], state["cursor"], list(state["buffer"])
+
+
+def eos_ids(tokenizer):
+    """Every id that ends a response: the tokenizer's EOS and the chat end-of-turn token."""
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
+    """Sample until this rank holds cfg.prompts_per_step / world prompts whose K responses have
+    a mean outcome in [filter_low, filter_high]. Every rank runs the same number of rounds
+    (sampling under FSDP is collective); a rank with a full quota samples nothing in a round.
+    Kept prompts beyond the quota go back to the stream's buffer as prompts (their responses are
+    dropped), as in the official code. Returns Rollouts with rows in groups of K."""
+    world, rank, K = dist.get_world_size(), dist.get_rank(), cfg.samples_per_prompt
+    quota = cfg.prompts_per_step // world
+    kept = []  # (problem index, [K responses], [K scores], [K truncated])
+    eos = eos_ids(tokenizer)
+    for round_ in range(cfg.max_collect_rounds):
+        need = quota - len(kept)
+        if all_max(need, device) <= 0:
+            break
+        batch = stream.take(quota) if need > 0 else []  # a full round, as the official code samples
+        prompts = [problems[i].prompt_ids for i in batch for _ in range(K)]  # K contiguous copies
+        with tqdm(total=len(prompts), desc=f"step {step} sample", leave=False, disable=rank != 0) as bar:
+            responses = rollout.generate(policy, prompts, cfg.max_response_tokens, eos, cfg.temperature,
+                                         cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
+                                         vocab_size=len(tokenizer), progress=bar)
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        samples = [{"ability": problems[i].ability, "response": text, "ground_truth": problems[i].ground_truth,
+                    "id": problems[i].id} for i, text in zip([i for i in batch for _ in range(K)], texts)]
+        scores = torch.tensor(verify.score_batch(samples), dtype=torch.float32)
+        stats["sampled"] += len(scores)
+        stats["correct"] += float(scores.sum())
+        stats["groups"] += len(batch)
+        if batch:
+            keep = rewards.accuracy_filter(scores, K, cfg.filter_low, cfg.filter_high).tolist()
+            for g, i in enumerate(batch):
+                if not keep[g]:
+                    continue
+                if len(kept) < quota:
+                    rows = range(g * K, (g + 1) * K)
+                    kept.append((i, [responses[r] for r in rows], scores[g * K:(g + 1) * K],
+                                 [len(responses[r]) == cfg.max_response_tokens and responses[r][-1] not in eos
+                                  for r in rows]))
+                else:
+                    stream.buffer.append(i)
+            stats["kept"] += sum(keep)
+    else:
+        raise SystemExit(f"train.py: {cfg.max_collect_rounds} sampling rounds could not fill step {step}: "
+                         f"too few prompts have a mean outcome in [{cfg.filter_low}, {cfg.filter_high}] "
+                         f"(the task is too easy or too hard for this model)")
+    return Rollouts(prompts=[problems[i].prompt_ids for i, *_ in kept for _ in range(K)],
+                    responses=[r for _, rs, _, _ in kept for r in rs],
+                    outcome=torch.cat([s for _, _, s, _ in kept]).to(device),
+                    truncated=[t for *_, ts in kept for t in ts])
+
+
+# ==============================================================================================
+# 6. The PRM step and the policy step (Alg. 1 lines 7-10).
+# ==============================================================================================
+
+def prm_step(prm, ref, optimizer, rollouts, cfg, device):
+    """Update the implicit PRM mini-batch by mini-batch, in order, and return the implicit
+    process rewards [B, T] taken from the same forward passes (single-forward, PRIME_NOTES §2:
+    mini-batch k is scored by the PRM after k-1 of this step's updates). The reference is run on
+    the very same micro-batches, so at step 0 (PRM == reference) both forwards are identical
+    computations and every reward is exactly 0."""
+    B, T = len(rollouts.responses), rollouts.width
+    mask = rollouts.mask(device)
+    process = torch.zeros(B, T, device=device)
+    mini = cfg.prm_mini_batch // dist.get_world_size()
+    losses = []
+    for start in range(0, B, mini):
+        rows_mini = list(range(start, start + mini))
+        for rows in micro_batches(rows_mini, rollouts, cfg.micro_batch_tokens, device):
+            with torch.no_grad():
+                ref_logp, _ = response_logprobs(ref, rollouts, rows, device)
+            prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
+            if not rows:  # dummy micro-batch: keeps the ranks' collectives in step
+                prm_logp.backward()
+                continue
+            loss = rewards.prm_ce_loss(prm_logp, ref_logp, mask[rows], rollouts.outcome[rows], cfg.beta)
+            (loss * len(rows) / mini).backward()  # the mean over the mini-batch's responses
+            losses.append(float(loss) * len(rows) / mini)
+            process[rows] = rewards.implicit_process_rewards(prm_logp, ref_logp, mask[rows], cfg.beta)
+        clip_and_step(prm, optimizer, cfg.prm_grad_clip)
+    return process, sum(losses) / (B // mini)
+
+
+def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, device):
+    """PPO clip updates over shuffled mini-batches (Eq. 6, [PR]'s sequence-mean of token-means),
+    ppo_epochs passes. Returns averaged diagnostics."""
+    B = len(rollouts.responses)
+    mask = rollouts.mask(device)
+    mini = cfg.policy_mini_batch // dist.get_world_size()
+    g = torch.Generator().manual_seed(seed_for(cfg.seed, step, dist.get_rank(), "shuffle"))
+    totals = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    n_updates = 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=g).tolist()
+        for start in range(0, B, mini):
+            for rows in micro_batches(order[start:start + mini], rollouts, cfg.micro_batch_tokens, device):
+                logp, entropy = response_logprobs(policy, rollouts, rows, device, cfg.temperature)
+                if not rows:
+                    logp.backward()
+                    continue
+                loss, ppo = rewards.ppo_clip_loss(logp, old_logp[rows], advantages[rows], mask[rows], cfg.clip_eps)
+                (loss * len(rows) / mini).backward()
+                w = len(rows) / mini
+                totals["loss"] += float(loss) * w
+                totals["clip_frac"] += float(ppo.clip_frac) * w
+                totals["approx_kl"] += float(ppo.approx_kl) * w
+                totals["entropy"] += float((entropy * mask[rows]).sum() / mask[rows].sum()) * w
+            totals["grad_norm"] += clip_and_step(policy, optimizer, cfg.policy_grad_clip)
+            n_updates += 1
+    return {k: v / n_updates for k, v in totals.items()}
+
+
+# ==============================================================================================
+# 7. Checkpoints: torch.distributed.checkpoint, complete-marker last, resume from the newest.
+# ==============================================================================================
+
+def checkpoint_dirs(out_dir):
+    root = os.path.join(out_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if n.startswith("step_"))
+    return [os.path.join(root, n) for n in names if os.path.exists(os.path.join(root, n, "COMPLETE"))]
+
+
+def save_checkpoint(out_dir, step, models, optimizers, stream, trainer_state, keep):
+    """Policy, PRM, both optimizers (sharded, each rank its part), the data stream of every rank
+    and the trainer's counters. COMPLETE is written last, after every rank finished: a kill
+    mid-save leaves a folder without it, which resume ignores."""
+    path = os.path.join(out_dir, "checkpoints", f"step_{step:06d}")
+    state = {}
+    for name in models:
+        state[name], state[name + "_optim"] = get_state_dict(models[name], optimizers[name])
+    dcp.save(state, checkpoint_id=path)
+    with open(os.path.join(path, f"stream_rank{dist.get_rank()}.json"), "w") as f:
+        json.dump(stream.state(), f)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        with open(os.path.join(path, "trainer.json"), "w") as f:
+            json.dump({**trainer_state, "step": step}, f)
+        open(os.path.join(path, "COMPLETE"), "w").close()
+        for old in checkpoint_dirs(out_dir)[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+
+
+def load_checkpoint(path, models, optimizers, stream):
+    state = {}
+    for name in models:
+        state[name], state[name + "_optim"] = get_state_dict(models[name], optimizers[name])
+    dcp.load(state, checkpoint_id=path)
+    for name in models:
+        set_state_dict(models[name], optimizers[name], model_state_dict=state[name],
+                       optim_state_dict=state[name + "_optim"])
+    with open(os.path.join(path, f"stream_rank{dist.get_rank()}.json")) as f:
+        stream.load(json.load(f))
+    with open(os.path.join(path, "trainer.json")) as f:
+        return json.load(f)
+
+
+def export(net, tokenizer, path):
+    """The model as a Hugging Face folder with its tokenizer, ready for eval.py and transformers."""
+    M.save_model(net, path)
+    if dist.get_rank() == 0:
+        tokenizer.save_pretrained(path)
+    dist.barrier()
+
+
+# ==============================================================================================
+# 8. SFT warm start (the toy's Eurus-2-7B-SFT): packed cross-entropy on the responses.
+# ==============================================================================================
+
+def sft(cfg, tokenizer, out_path, device, world):
+    """Train a fresh toy model on worked solutions: next-token cross-entropy on response tokens
+    only (the prompt is context), AdamW with linear warmup then cosine decay."""
+    rank = dist.get_rank()
+    torch.manual_seed(cfg.seed)
+    config = data.toy_model_config(tokenizer, hidden_size=cfg.toy_hidden, num_layers=cfg.toy_layers,
+                                   intermediate_size=3 * cfg.toy_hidden,
+                                   max_position_embeddings=cfg.max_prompt_tokens + cfg.max_response_tokens)
+    net = M.Qwen2ForCausalLM(config)
+    M.init_weights(net)
+    net.to(device)
+    if world > 1:
+        M.fsdp_wrap(net, device.type, mixed_precision=cfg.bf16)
+    rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, steps=cfg.toy_steps,
+                         max_operand=cfg.toy_max_operand)
+    pairs = data.sft_pairs(rows, tokenizer)
+    sft_set = Rollouts(prompts=[p for p, _ in pairs], responses=[r for _, r in pairs],
+                       outcome=torch.ones(len(pairs)), truncated=[False] * len(pairs))
+    optimizer = adamw(net, cfg.sft_lr, 0.0)
+    per_rank = cfg.sft_batch // world
+    steps_per_epoch = len(pairs) // cfg.sft_batch
+    total = steps_per_epoch * cfg.sft_epochs
+    warmup = max(1, int(cfg.sft_warmup * total))
+
+    def lr_factor(s):  # linear warmup, then cosine decay to 0
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    log(f"SFT: {len(pairs)} toy solutions, {cfg.sft_epochs} epochs of {steps_per_epoch} steps, "
+        f"batch {cfg.sft_batch}, lr {cfg.sft_lr}")
+    bar = tqdm(total=total, desc="SFT", disable=rank != 0)
+    for epoch in range(cfg.sft_epochs):
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        for s in range(steps_per_epoch):
+            mine = order[s * cfg.sft_batch:(s + 1) * cfg.sft_batch][rank * per_rank:(rank + 1) * per_rank]
+            n_tokens = sum(len(sft_set.responses[i]) for i in mine)
+            total_loss = 0.0
+            for rows in micro_batches(mine, sft_set, cfg.micro_batch_tokens, device):
+                logp, _ = response_logprobs(net, sft_set, rows, device)
+                loss = -logp.sum() / n_tokens  # token mean over this rank's share of the batch
+                loss.backward()
+                total_loss += loss.item()
+            clip_and_step(net, optimizer, 1.0)
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss:.3f}")
+    bar.close()
+    export(net, tokenizer, out_path)
+    log(f"SFT model saved to {out_path}")
+
+
+# ==============================================================================================
+# 9. Evaluation problems and the main loop.
+# ==============================================================================================
+
+def load_problems(cfg, tokenizer):
+    """(training problems, held-out problems): Eurus-style parquet files, or the toy task."""
+    if cfg.train_files:
+        train, dropped = data.load_rl_data(cfg.train_files.split(","), tokenizer, cfg.max_prompt_tokens)
+        log(f"train data: {len(train)} prompts ({dropped} longer than {cfg.max_prompt_tokens} tokens dropped)")
+        held_out = data.load_rl_data(cfg.eval_files.split(","), tokenizer, cfg.max_prompt_tokens)[0] \
+            if cfg.eval_files else []
+        return train, held_out
+    toy = dict(seed=cfg.seed, steps=cfg.toy_steps, max_operand=cfg.toy_max_operand)
+    train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, **toy), tokenizer,
+                                     cfg.max_prompt_tokens, source="toy-train")
+    held_out, _ = data.rows_to_problems(data.toy_rows("test", cfg.eval_problems, seed=0, steps=cfg.toy_steps,
+                                                      max_operand=cfg.toy_max_operand),
+                                        tokenizer, cfg.max_prompt_tokens, source="toy-test")
+    return train, held_out
+
+
+def held_out_accuracy(policy, tokenizer, problems, cfg):
+    """Greedy pass@1 on the held-out problems (eval.py's own computation)."""
+    if not problems:
+        return None
+    result = evaluation.evaluate(policy, tokenizer, problems, cfg.max_response_tokens, temperature=0.0)
+    return result["accuracy"]
+
+
+def main(argv):
+    cfg = parse_config(argv)
+    rank, world, device = setup_distributed()
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    check_batch_arithmetic(cfg, world)
+    if rank == 0:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+
+    # The SFT checkpoint: given, or (toy) made here.
+    model_path = cfg.model_path
+    if not model_path:
+        if cfg.train_files:
+            raise SystemExit("train.py: --model_path (the SFT checkpoint) is required with --train_files")
+        model_path = os.path.join(cfg.out_dir, "sft")
+        if cfg.stage == "sft" or not os.path.exists(os.path.join(model_path, "config.json")):
+            tokenizer = data.build_toy_tokenizer(os.path.join(cfg.out_dir, "tokenizer")) if rank == 0 else None
+            dist.barrier()
+            tokenizer = AutoTokenizer.from_pretrained(os.path.join(cfg.out_dir, "tokenizer"))
+            sft(cfg, tokenizer, model_path, device, world)
+    elif cfg.stage == "sft":
+        raise SystemExit("train.py: stage=sft trains the toy model only; Eurus-2-7B-SFT is a released "
+                         "checkpoint: pass it as --model_path")
+    if cfg.stage == "sft":
+        dist.destroy_process_group()
+        return
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train_problems, held_out = load_problems(cfg, tokenizer)
+    if not train_problems:
+        raise SystemExit("train.py: no training prompts left after the length filter")
+
+    policy = load_for_training(model_path, cfg, device, world, trainable=True)
+    prm = load_for_training(cfg.prm_path or model_path, cfg, device, world, trainable=True)
+    ref = load_for_training(model_path, cfg, device, world, trainable=False)
+    optimizers = {"policy": adamw(policy, cfg.policy_lr, cfg.policy_weight_decay),
+                  "prm": adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)}
+    models = {"policy": policy, "prm": prm}
+    stream = PromptStream(len(train_problems), cfg.seed, rank, world)
+
+    trainer = {"step": 0, "eval_accuracy_start": None, "seconds": 0.0}
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    complete = checkpoint_dirs(cfg.out_dir)
+    if complete:
+        trainer = load_checkpoint(complete[-1], models, optimizers, stream)
+        log(f"resuming from {complete[-1]} (step {trainer['step']} done)")
+        if rank == 0 and os.path.exists(metrics_path):  # drop lines of steps after the checkpoint
+            with open(metrics_path) as f:
+                lines = [line for line in f if json.loads(line)["step"] <= trainer["step"]]
+            with open(metrics_path, "w") as f:
+                f.writelines(lines)
+    elif rank == 0 and os.path.exists(metrics_path):
+        os.remove(metrics_path)
+    if trainer["eval_accuracy_start"] is None:
+        trainer["eval_accuracy_start"] = held_out_accuracy(policy, tokenizer, held_out, cfg)
+        log(f"held-out greedy accuracy before PRIME: {trainer['eval_accuracy_start']}")
+
+    start_time = time.time() - trainer["seconds"]
+    for step in range(trainer["step"] + 1, cfg.steps + 1):
+        t0 = time.time()
+        stats = {"sampled": 0, "correct": 0.0, "groups": 0, "kept": 0}
+        rollouts = collect(policy, train_problems, stream, tokenizer, cfg, step, device, stats)
+        t_collect = time.time()
+
+        old_logp, _ = all_logprobs(policy, rollouts, cfg, device, cfg.temperature)  # pi_theta_old
+        process, prm_loss = prm_step(prm, ref, optimizers["prm"], rollouts, cfg, device)
+        t_prm = time.time()
+
+        mask = rollouts.mask(device)
+        K = cfg.samples_per_prompt
+        prm_acc = rewards.prm_pairwise_accuracy(process, rollouts.outcome, mask, K)
+        # [PR] rescales the process rewards by the largest |return| of each data-parallel shard
+        normalized = rewards.normalize_process_rewards(process, mask)
+        returns = rewards.rloo_returns(normalized, rollouts.outcome, mask, K, cfg.gamma)
+        advantages = rewards.whiten(returns, mask)  # over every valid token of every rank
+        ppo = policy_step(policy, optimizers["policy"], rollouts, old_logp, advantages, cfg, step, device)
+        t_policy = time.time()
+
+        # ---- metrics (summed over ranks where they are counts) ----
+        lengths = mask.sum(-1)
+        sampled, correct, groups, kept, n_tokens, n_trunc, n_rows, max_len, p_sum, p_sq, p_n, a_sum = all_sum(
+            [stats["sampled"], stats["correct"], stats["groups"], stats["kept"], float(lengths.sum()),
+             sum(rollouts.truncated), len(rollouts.truncated), 0.0, float(process[mask.bool()].sum()),
+             float((process[mask.bool()] ** 2).sum()), float(mask.sum()), float(prm_acc)], device)
+        max_len = all_max(int(lengths.max()), device)
+        p_mean = p_sum / p_n
+        row = {
+            "step": step,
+            "outcome_accuracy": correct / sampled,  # before filtering: the training reward
+            "kept_share": kept / groups,
+            "prm_loss": all_sum([prm_loss], device)[0] / world,
+            "prm_accuracy": a_sum / world,
+            "process_reward_mean": p_mean,
+            "process_reward_std": math.sqrt(max(p_sq / p_n - p_mean ** 2, 0.0)),
+            "advantage_abs_mean": all_sum([float(advantages.abs()[mask.bool()].mean())], device)[0] / world,
+            "policy_loss": all_sum([ppo["loss"]], device)[0] / world,
+            "clip_frac": all_sum([ppo["clip_frac"]], device)[0] / world,
+            "approx_kl": all_sum([ppo["approx_kl"]], device)[0] / world,
+            "entropy": all_sum([ppo["entropy"]], device)[0] / world,
+            "policy_grad_norm": ppo["grad_norm"],
+            "response_length_mean": n_tokens / n_rows,
+            "response_length_max": max_len,
+            "truncation_rate": n_trunc / n_rows,
+            "seconds_collect": t_collect - t0,
+            "seconds_prm": t_prm - t_collect,
+            "seconds_policy": t_policy - t_prm,
+            "tokens_per_second": n_tokens / (t_policy - t0),
+        }
+        for key in ("prm_loss", "policy_loss"):
+            if not math.isfinite(row[key]):
+                raise SystemExit(f"train.py: {key} is {row[key]} at step {step}; stopping. The last good "
+                                 f"checkpoint is in {os.path.join(cfg.out_dir, 'checkpoints')}")
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            row["eval_accuracy"] = held_out_accuracy(policy, tokenizer, held_out, cfg)
+        trainer["seconds"] = time.time() - start_time
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"step {step}/{cfg.steps} | acc {row['outcome_accuracy']:.3f} kept {row['kept_share']:.2f} | "
+                  f"prm loss {row['prm_loss']:.4f} acc {row['prm_accuracy']:.3f} | pg loss {row['policy_loss']:+.4f} "
+                  f"clip {row['clip_frac']:.3f} kl {row['approx_kl']:+.4f} | len {row['response_length_mean']:.1f} | "
+                  f"{t_policy - t0:.1f}s" + (f" | eval {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else ""),
+                  flush=True)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(cfg.out_dir, step, models, optimizers, stream, {**trainer, "step": step},
+                            cfg.keep_checkpoints)
+
+    final_step = max(trainer["step"], cfg.steps)
+    eval_end = held_out_accuracy(policy, tokenizer, held_out, cfg)
+    export(policy, tokenizer, os.path.join(cfg.out_dir, "policy"))
+    if rank == 0:
+        summary = {"eval_accuracy_start": trainer["eval_accuracy_start"], "eval_accuracy_end": eval_end,
+                   "steps": final_step, "eval_problems": len(held_out), "model_path": model_path,
+                   "policy_path": os.path.join(cfg.out_dir, "policy"), "world_size": world,
+                   "train_seconds": time.time() - start_time}
+        with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"held-out greedy accuracy: {summary['eval_accuracy_start']} -> {eval_end} after {final_step} steps",
+              flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
