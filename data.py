@@ -451,7 +451,7 @@ def toy_model_config(tokenizer, hidden_size=128, num_layers=4, num_heads=4, num_
 # name in each list wins (e.g. MATH-500 has both `answer` and `solution`: `answer` is taken).
 
 QUESTION_COLUMNS = ("problem", "question", "prompt")
-ANSWER_COLUMNS = ("answer", "ground_truth", "reward_model.ground_truth", "solution")
+ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "reward_model.ground_truth", "solution")
 TESTS_COLUMNS = ("tests", "input_output", "test_cases")
 ID_COLUMNS = ("id", "idx", "problem_id", "unique_id")
 
@@ -509,7 +509,7 @@ def load_benchmark(path):
 
     Columns are found by name: the question from problem/question/prompt (a string); for code
     the tests from tests/input_output/test_cases (ability "code" whenever such a column exists;
-    ground_truth is then the tests JSON); for math the answer from answer/ground_truth/
+    ground_truth is then the tests JSON); for math the answer from answer/final_answer/ground_truth/
     reward_model.ground_truth/solution; the id from id/idx/problem_id/unique_id, else the row
     number. Given AI-MO's aimo-validation-aime (AIME 2022-2024), only the 30 problems of 2024
     are kept, as in the paper. A missing file, an unknown column layout, an empty file or an
@@ -544,6 +544,8 @@ def load_benchmark(path):
                              f"got {question!r:.100}")
         if truth is None or (isinstance(truth, str) and not truth.strip()):
             raise ValueError(f"{path}: row {i}, field {answer_col!r}: missing")
+        if answer_col == "final_answer" and isinstance(truth, list) and truth:
+            truth = truth[0].strip().strip("$")  # OlympiadBench: ["$3$"], read as the Qwen2.5-Math harness does
         problem_id = _get(record, id_col) if id_col else None
         problems.append({"id": str(i if problem_id is None else problem_id), "question": question,
                          "ability": ability, "ground_truth": _as_text(truth)})

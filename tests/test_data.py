@@ -350,3 +350,11 @@ def test_load_benchmark_errors(tmp_path):
     csv.write_text("question,answer\nq,1\n")
     with pytest.raises(ValueError, match="unknown file type"):
         data.load_benchmark(str(csv))
+
+
+def test_load_benchmark_reads_olympiadbench_final_answer(tmp_path):
+    path = tmp_path / "olympiadbench.jsonl"
+    path.write_text(json.dumps({"id": 7, "question": "Find x.", "final_answer": ["$3$"],
+                                "solution": ["We get $x=3$."]}) + "\n")
+    [problem] = data.load_benchmark(path)
+    assert problem["ground_truth"] == "3" and problem["ability"] == "math"
