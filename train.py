@@ -243,6 +243,8 @@ def check_batch_arithmetic(cfg, world):
                             f"be divisible by {world} ranks")
     if K < 2:
         problems.append("samples_per_prompt must be >= 2 (the leave-one-out baseline needs K-1 others)")
+    if cfg.keep_checkpoints < 1 or cfg.save_every < 1:
+        problems.append("keep_checkpoints and save_every must be >= 1")
     if problems:
         raise SystemExit("train.py: " + "; ".join(problems))
     log(f"batch: {cfg.prompts_per_step} prompts x {K} samples = {responses} responses per step "
@@ -486,7 +488,7 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device):
                 continue
             loss = rewards.prm_ce_loss(prm_logp, ref_logp, mask[rows], rollouts.outcome[rows], cfg.beta)
             (loss * len(rows) / mini).backward()  # the mean over the mini-batch's responses
-            losses.append(float(loss) * len(rows) / mini)
+            losses.append(loss.item() * len(rows) / mini)
             process[rows] = rewards.implicit_process_rewards(prm_logp, ref_logp, mask[rows], cfg.beta)
         clip_and_step(prm, optimizer, cfg.prm_grad_clip)
     return process, sum(losses) / (B // mini)
@@ -512,7 +514,7 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
                 loss, ppo = rewards.ppo_clip_loss(logp, old_logp[rows], advantages[rows], mask[rows], cfg.clip_eps)
                 (loss * len(rows) / mini).backward()
                 w = len(rows) / mini
-                totals["loss"] += float(loss) * w
+                totals["loss"] += loss.item() * w
                 totals["clip_frac"] += float(ppo.clip_frac) * w
                 totals["approx_kl"] += float(ppo.approx_kl) * w
                 totals["entropy"] += float((entropy * mask[rows]).sum() / mask[rows].sum()) * w
@@ -638,7 +640,15 @@ def sft(cfg, tokenizer, out_path, device, world):
 # ==============================================================================================
 
 def load_problems(cfg, tokenizer):
-    """(training problems, held-out problems): Eurus-style parquet files, or the toy task."""
+    """(training problems, held-out problems): Eurus-style parquet files, or the toy task.
+    A missing file or a malformed row stops the run with data.py's message (file, row, field)."""
+    try:
+        return _load_problems(cfg, tokenizer)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"train.py: {error}") from None
+
+
+def _load_problems(cfg, tokenizer):
     if cfg.train_files:
         train, dropped = data.load_rl_data(cfg.train_files.split(","), tokenizer, cfg.max_prompt_tokens)
         log(f"train data: {len(train)} prompts ({dropped} longer than {cfg.max_prompt_tokens} tokens dropped)")
@@ -708,8 +718,8 @@ def main(argv):
         trainer = load_checkpoint(complete[-1], models, optimizers, stream)
         log(f"resuming from {complete[-1]} (step {trainer['step']} done)")
         if rank == 0 and os.path.exists(metrics_path):  # drop lines of steps after the checkpoint
-            with open(metrics_path) as f:
-                lines = [line for line in f if json.loads(line)["step"] <= trainer["step"]]
+            with open(metrics_path) as f:  # (a line cut short by a kill has no newline: dropped too)
+                lines = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= trainer["step"]]
             with open(metrics_path, "w") as f:
                 f.writelines(lines)
     elif rank == 0 and os.path.exists(metrics_path):

@@ -218,9 +218,6 @@ def test_resume_continues_and_ignores_an_incomplete_checkpoint(sft_model, tmp_pa
     assert (out / "checkpoints" / "step_000005" / "COMPLETE").exists(), checkpoint_names(out)
 
 
-@pytest.mark.xfail(strict=True, reason="train.py bug: on resume, main() parses every metrics.jsonl line with "
-                   "json.loads (train.py:712), so a line cut off by a kill mid-write crashes the resume "
-                   "with JSONDecodeError instead of being dropped with the other lines past the checkpoint")
 def test_resume_survives_a_metrics_line_cut_off_by_a_kill(sft_model, tmp_path):
     out = tmp_path / "run"
     base = [*TINY, *KEEP_ALL, f"--model_path={sft_model}", f"--out_dir={out}", "--save_every=1"]
