@@ -111,7 +111,7 @@ class Config:
     gamma: float = knob(1.0, "discount of both returns (paper: 1.0)")
 
     # policy (Alg. 1 line 10)
-    policy_lr: float = knob(1e-4, "policy AdamW learning rate, constant (paper: 5e-7)")
+    policy_lr: float = knob(1e-5, "policy AdamW learning rate, constant (paper: 5e-7)")
     policy_weight_decay: float = knob(0.01, "policy AdamW weight decay (paper: 0.01)")
     policy_grad_clip: float = knob(1.0, "policy gradient-norm clip (paper: 1.0)")
     policy_mini_batch: int = knob(64, "responses per policy optimizer step, shuffled, all ranks (paper: 256)")
@@ -119,15 +119,15 @@ class Config:
     clip_eps: float = knob(0.2, "PPO ratio clip (paper: 0.2)")
 
     # schedule and bookkeeping
-    steps: int = knob(60, "PRIME iterations (paper: 592)")
+    steps: int = knob(100, "PRIME iterations (paper: 592)")
     micro_batch_tokens: int = knob(4096, "packed tokens per forward/backward on one rank")
-    save_every: int = knob(20, "checkpoint every this many steps (and at the end)")
+    save_every: int = knob(25, "checkpoint every this many steps (and at the end)")
     keep_checkpoints: int = knob(2, "complete checkpoints kept on disk")
     eval_every: int = knob(0, "greedy eval every this many steps (0: only before and after)")
 
     # SFT warm start (toy only: Eurus-2-7B-SFT is a released checkpoint)
-    sft_problems: int = knob(2000, "toy: SFT examples (worked solutions)")
-    sft_epochs: int = knob(3, "SFT epochs (Eurus-2-7B-SFT: 3)")
+    sft_problems: int = knob(20000, "toy: SFT examples (worked solutions)")
+    sft_epochs: int = knob(2, "SFT epochs (Eurus-2-7B-SFT: 3)")
     sft_batch: int = knob(32, "SFT sequences per optimizer step (Eurus-2-7B-SFT: 96)")
     sft_lr: float = knob(1e-3, "SFT peak learning rate, cosine decay (Eurus-2-7B-SFT: 1e-5)")
     sft_warmup: float = knob(0.1, "SFT warmup share of the steps (Eurus-2-7B-SFT: 0.1)")
@@ -402,16 +402,6 @@ class PromptStream:
         self.epoch, self.cursor, self.buffer = state["epoch"], state["cursor"], list(state["buffer"])
 
 
-def eos_ids(tokenizer):
-    """Every id that ends a response: the tokenizer's EOS and the chat end-of-turn token."""
-    ids = {tokenizer.eos_token_id}
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-            ids.add(tid)
-    return sorted(i for i in ids if i is not None)
-
-
 def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
     """Sample until this rank holds cfg.prompts_per_step / world prompts whose K responses have
     a mean outcome in [filter_low, filter_high]. Every rank runs the same number of rounds
@@ -421,17 +411,19 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
     world, rank, K = dist.get_world_size(), dist.get_rank(), cfg.samples_per_prompt
     quota = cfg.prompts_per_step // world
     kept = []  # (problem index, [K responses], [K scores], [K truncated])
-    eos = eos_ids(tokenizer)
+    eos = evaluation.stop_token_ids(tokenizer)  # EOS and the chat end-of-turn token
+    bar = tqdm(total=0, desc=f"step {step} sample", unit="response", leave=False, disable=rank != 0)
     for round_ in range(cfg.max_collect_rounds):
         need = quota - len(kept)
         if all_max(need, device) <= 0:
             break
         batch = stream.take(quota) if need > 0 else []  # a full round, as the official code samples
         prompts = [problems[i].prompt_ids for i in batch for _ in range(K)]  # K contiguous copies
-        with tqdm(total=len(prompts), desc=f"step {step} sample", leave=False, disable=rank != 0) as bar:
-            responses = rollout.generate(policy, prompts, cfg.max_response_tokens, eos, cfg.temperature,
-                                         cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
-                                         vocab_size=len(tokenizer), progress=bar)
+        bar.total += len(prompts)  # one bar for the step's rounds
+        bar.refresh()
+        responses = rollout.generate(policy, prompts, cfg.max_response_tokens, eos, cfg.temperature,
+                                     cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
+                                     vocab_size=len(tokenizer), progress=bar)
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         samples = [{"ability": problems[i].ability, "response": text, "ground_truth": problems[i].ground_truth,
                     "id": problems[i].id} for i, text in zip([i for i in batch for _ in range(K)], texts)]
@@ -453,9 +445,11 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
                     stream.buffer.append(i)
             stats["kept"] += sum(keep)
     else:
+        bar.close()
         raise SystemExit(f"train.py: {cfg.max_collect_rounds} sampling rounds could not fill step {step}: "
                          f"too few prompts have a mean outcome in [{cfg.filter_low}, {cfg.filter_high}] "
                          f"(the task is too easy or too hard for this model)")
+    bar.close()
     return Rollouts(prompts=[problems[i].prompt_ids for i, *_ in kept for _ in range(K)],
                     responses=[r for _, rs, _, _ in kept for r in rs],
                     outcome=torch.cat([s for _, _, s, _ in kept]).to(device),
