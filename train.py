@@ -92,7 +92,7 @@ class Config:
     max_response_tokens: int = knob(48, "sampling stops here (paper: 3072)")
 
     # rollout and filter (Alg. 1 lines 4-6)
-    prompts_per_step: int = knob(32, "kept prompts per step, all ranks together (paper: 256)")
+    prompts_per_step: int = knob(64, "kept prompts per step, all ranks together (paper: 256)")
     samples_per_prompt: int = knob(4, "K responses per prompt (paper: 4)")
     temperature: float = knob(1.0, "sampling temperature (paper: 1.0)")
     top_p: float = knob(1.0, "nucleus sampling mass (paper: 1.0)")
@@ -105,16 +105,16 @@ class Config:
     prm_lr: float = knob(1e-4, "PRM AdamW learning rate, constant (paper: 1e-6)")
     prm_weight_decay: float = knob(0.0, "PRM AdamW weight decay (paper: 0)")
     prm_grad_clip: float = knob(10.0, "PRM gradient-norm clip (paper: 10)")
-    prm_mini_batch: int = knob(64, "responses per PRM optimizer step, in order, all ranks (paper: 256)")
+    prm_mini_batch: int = knob(128, "responses per PRM optimizer step, in order, all ranks (paper: 256)")
 
     # advantage (Alg. 1 line 9)
     gamma: float = knob(1.0, "discount of both returns (paper: 1.0)")
 
     # policy (Alg. 1 line 10)
-    policy_lr: float = knob(1e-5, "policy AdamW learning rate, constant (paper: 5e-7)")
+    policy_lr: float = knob(2e-5, "policy AdamW learning rate, constant (paper: 5e-7)")
     policy_weight_decay: float = knob(0.01, "policy AdamW weight decay (paper: 0.01)")
     policy_grad_clip: float = knob(1.0, "policy gradient-norm clip (paper: 1.0)")
-    policy_mini_batch: int = knob(64, "responses per policy optimizer step, shuffled, all ranks (paper: 256)")
+    policy_mini_batch: int = knob(128, "responses per policy optimizer step, shuffled, all ranks (paper: 256)")
     ppo_epochs: int = knob(1, "passes over each step's responses (paper: 1)")
     clip_eps: float = knob(0.2, "PPO ratio clip (paper: 0.2)")
 
