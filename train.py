@@ -743,30 +743,33 @@ def main(argv):
         ppo = policy_step(policy, optimizers["policy"], rollouts, old_logp, advantages, cfg, step, device)
         t_policy = time.time()
 
-        # ---- metrics (summed over ranks where they are counts) ----
+        # ---- metrics: one all-reduce of sums; per-rank means are averaged over the ranks ----
         lengths = mask.sum(-1)
-        sampled, correct, groups, kept, n_tokens, n_trunc, n_rows, max_len, p_sum, p_sq, p_n, a_sum = all_sum(
+        valid = mask.bool()
+        (sampled, correct, groups, kept, n_tokens, n_trunc, n_rows, p_sum, p_sq, p_n, prm_acc_sum, prm_loss_sum,
+         adv_sum, loss_sum, clip_sum, kl_sum, entropy_sum) = all_sum(
             [stats["sampled"], stats["correct"], stats["groups"], stats["kept"], float(lengths.sum()),
-             sum(rollouts.truncated), len(rollouts.truncated), 0.0, float(process[mask.bool()].sum()),
-             float((process[mask.bool()] ** 2).sum()), float(mask.sum()), float(prm_acc)], device)
-        max_len = all_max(int(lengths.max()), device)
+             sum(rollouts.truncated), len(rollouts.truncated), float(process[valid].sum()),
+             float((process[valid] ** 2).sum()), float(valid.sum()), float(prm_acc), prm_loss,
+             float(advantages.abs()[valid].mean()), ppo["loss"], ppo["clip_frac"], ppo["approx_kl"],
+             ppo["entropy"]], device)
         p_mean = p_sum / p_n
         row = {
             "step": step,
             "outcome_accuracy": correct / sampled,  # before filtering: the training reward
             "kept_share": kept / groups,
-            "prm_loss": all_sum([prm_loss], device)[0] / world,
-            "prm_accuracy": a_sum / world,
+            "prm_loss": prm_loss_sum / world,
+            "prm_accuracy": prm_acc_sum / world,
             "process_reward_mean": p_mean,
             "process_reward_std": math.sqrt(max(p_sq / p_n - p_mean ** 2, 0.0)),
-            "advantage_abs_mean": all_sum([float(advantages.abs()[mask.bool()].mean())], device)[0] / world,
-            "policy_loss": all_sum([ppo["loss"]], device)[0] / world,
-            "clip_frac": all_sum([ppo["clip_frac"]], device)[0] / world,
-            "approx_kl": all_sum([ppo["approx_kl"]], device)[0] / world,
-            "entropy": all_sum([ppo["entropy"]], device)[0] / world,
+            "advantage_abs_mean": adv_sum / world,
+            "policy_loss": loss_sum / world,
+            "clip_frac": clip_sum / world,
+            "approx_kl": kl_sum / world,
+            "entropy": entropy_sum / world,
             "policy_grad_norm": ppo["grad_norm"],
             "response_length_mean": n_tokens / n_rows,
-            "response_length_max": max_len,
+            "response_length_max": all_max(int(lengths.max()), device),
             "truncation_rate": n_trunc / n_rows,
             "seconds_collect": t_collect - t0,
             "seconds_prm": t_prm - t_collect,
