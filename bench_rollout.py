@@ -8,12 +8,15 @@ machine, same run. A tiny random Qwen2 (4 layers, hidden 256, vocab 512), ragged
     mean about 50, some reach the cap), as RL responses are. transformers keeps decoding
     finished rows until the last one ends; ours drops them from the batch.
 
-tokens/s counts the response tokens each sampler actually returned.
+tokens/s counts the response tokens each sampler actually returned. The two samplers take
+turns, run by run, and each reports its median run: on a shared machine a busy spell then
+slows both alike, or is one run that the median ignores.
 
     python bench_rollout.py [--prompts 64] [--new_tokens 96] [--repeats 5]
 """
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -24,15 +27,15 @@ import model as M
 import rollout
 
 
-def throughput(fn, repeats):
-    """Response tokens per second over `repeats` runs (all tokens / all seconds: with RL-like
-    lengths every run samples different lengths, so single runs are noisy)."""
-    tokens = seconds = 0
+def throughputs(fns, repeats):
+    """Median response tokens per second of each fn over `repeats` runs, the fns alternating."""
+    rates = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        tokens += fn()
-        seconds += time.perf_counter() - start
-    return tokens / seconds
+        for fn, r in zip(fns, rates):
+            start = time.perf_counter()
+            tokens = fn()
+            r.append(tokens / (time.perf_counter() - start))
+    return [statistics.median(r) for r in rates]
 
 
 def main():
@@ -79,13 +82,13 @@ def main():
 
     ours_generate(prompts_of(4), None), hf_generate(prompts_of(4), None)  # warm-up
     print(f"ragged prompts (8-63 tokens), up to {args.new_tokens} new tokens, T=1, {args.threads} threads, "
-          f"{args.repeats} runs each")
+          f"median of {args.repeats} runs each")
     for name, eos in (("fixed length", None), ("RL-like lengths", list(range(100, 110)))):
         print(f"\n{name}\n| prompts | ours tok/s | transformers tok/s | ratio |\n|---|---|---|---|")
         for batch in sorted({8, 32, args.prompts, 128}):
             prompts = prompts_of(batch)
-            ours_tps = throughput(lambda: ours_generate(prompts, eos), args.repeats)
-            hf_tps = throughput(lambda: hf_generate(prompts, eos), args.repeats)
+            ours_tps, hf_tps = throughputs([lambda: ours_generate(prompts, eos), lambda: hf_generate(prompts, eos)],
+                                           args.repeats)
             print(f"| {batch} | {ours_tps:.0f} | {hf_tps:.0f} | {ours_tps / hf_tps:.2f}x |")
 
 

@@ -96,8 +96,8 @@ def _generate_chunk(model, prompts, max_new_tokens, eos, sampler, progress):
     ids = torch.tensor([t for p in prompts for t in p], device=device)
     cache = KVCache(max_len=int(lengths.max()) + max_new_tokens)
 
-    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # sampled tokens
-    n_tokens = torch.full((B,), max_new_tokens, device=device)  # response length, set at the EOS
+    # sampled tokens; a row's response ends at its first EOS, found after the loop
+    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     active = torch.arange(B, device=device)  # which rows of `out` the cache rows hold
     done = torch.zeros(B, dtype=torch.bool, device=device)  # per cache row
 
@@ -105,9 +105,7 @@ def _generate_chunk(model, prompts, max_new_tokens, eos, sampler, progress):
     for step in range(max_new_tokens):
         token = sample(logits, **sampler)  # [B_active]
         out[active, step] = token
-        hit = torch.isin(token, eos) & ~done  # rows whose first EOS is this token
-        n_tokens[active[hit]] = step + 1
-        done |= hit
+        done |= torch.isin(token, eos)
         if step == max_new_tokens - 1:
             break
         if (step + 1) % CHECK_EVERY == 0:  # the only host sync of the loop
@@ -122,7 +120,10 @@ def _generate_chunk(model, prompts, max_new_tokens, eos, sampler, progress):
         logits = model(token, cache=cache)  # decode: [B_active, V]
     if progress is not None:
         progress.update(len(done))
-    n_tokens = n_tokens.tolist()
+    # A finished row keeps sampling until the next check drops it (and `out` keeps zeros after
+    # that), so only the first EOS counts.
+    is_eos = torch.isin(out, eos)
+    n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, max_new_tokens).tolist()
     return [row[:n].tolist() for row, n in zip(out.cpu(), n_tokens)]
 
 
@@ -137,7 +138,8 @@ def sample(logits, temperature, top_p, top_k, generator, vocab_size):
         logits[:, vocab_size:] = float("-inf")
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k > 0 and top_k < logits.shape[-1]:
         kth_best = logits.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))

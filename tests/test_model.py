@@ -201,3 +201,34 @@ def test_activation_checkpointing_gives_same_gradients(tmp_path):
         logp.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in ours.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_sampling_path_fused_qkv_equals_separate_projections(tmp_path):
+    """With a cache (sampling), each layer projects q, k and v with one matmul on weights
+    concatenated at prefill; the prompts' next-token logits equal the plain forward's, and the
+    parameters and state dict are untouched."""
+    random_checkpoint(tmp_path / "hf", layers=3, kv_heads=1)
+    ours = M.load_model(tmp_path / "hf")
+    names = list(ours.state_dict())
+    ids, cu = packed([torch.randint(0, 97, (n,)) for n in (6, 1, 11)])
+    cache = M.KVCache(max_len=16)
+    with torch.no_grad():
+        fused = ours(ids, cu, cache=cache)  # [3, V]
+        plain = ours(ids, cu)[cu[1:].long() - 1]
+    assert (fused - plain).abs().max() < 1e-6
+    assert len(cache.qkv) == 3 and cache.qkv[0][0].shape == ((4 + 2 * 1) * 16, 64)
+    assert list(ours.state_dict()) == names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_equals_rotate_half_bit_for_bit(dtype):
+    """apply_rotary's roll-and-signed-sin form against Hugging Face's rotate_half formula."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 16).to(dtype)
+    positions = torch.tensor([0, 1, 2, 5, 9, 100, 3000])
+    cos, sin = M.rotary_cos_sin(positions, 16, 10000.0, dtype)  # [7, 1, 16] each
+    x1, x2 = x.chunk(2, dim=-1)
+    plain_sin = torch.cat([sin[..., 8:], sin[..., 8:]], dim=-1)  # sin a, unsigned
+    expected = x * cos + torch.cat([-x2, x1], dim=-1) * plain_sin
+    assert torch.equal(M.apply_rotary(x, cos, sin), expected)
+    assert torch.equal(sin[..., :8], -sin[..., 8:])
