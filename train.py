@@ -319,7 +319,9 @@ def build_models(cfg, model_path, device, world):
       prm_update=frozen      the PRM is loaded frozen: no optimizer, not checkpointed (on resume
                              it is read again from its path, unchanged)
       reference=policy       ref is the policy itself ([PR] ref_type=policy): prm_step runs before
-                             the policy's update, so it scores with pi_theta_old; no third model"""
+                             the policy's update, so it scores with pi_theta_old; no third model.
+                             (At temperature 1, like the PRM; the PPO ratio's old log-probs use the
+                             sampling temperature: the same numbers at the recipe's T = 1.)"""
     policy = load_for_training(model_path, cfg, device, world, trainable=True)
     models, optimizers = {"policy": policy}, {"policy": adamw(policy, cfg.policy_lr, cfg.policy_weight_decay)}
     prm = ref = None
@@ -467,8 +469,8 @@ def kept_groups(scores, cfg):
 
 def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
     """Sample until this rank holds cfg.prompts_per_step / world prompts whose K responses have
-    a mean outcome in [filter_low, filter_high] (kept_groups). Every rank runs the same number of rounds
-    (sampling under FSDP is collective); a rank with a full quota samples nothing in a round.
+    a mean outcome in [filter_low, filter_high] (kept_groups). Every rank runs the same number of
+    rounds (sampling under FSDP is collective); a rank with a full quota samples nothing in a round.
     Kept prompts beyond the quota go back to the stream's buffer as prompts (their responses are
     dropped), as in the official code. Returns Rollouts with rows in groups of K."""
     world, rank, K = dist.get_world_size(), dist.get_rank(), cfg.samples_per_prompt
