@@ -538,9 +538,10 @@ def test_outcome_only_rloo_resumes_without_a_prm_and_keeps_every_group(sft_model
     assert (out / "policy" / "config.json").exists() and not (out / "prm").exists()
 
 
-def test_frozen_offline_prm_resumes_and_never_changes(sft_model, tmp_path):
+def test_frozen_offline_prm_scores_is_not_checkpointed_and_never_changes(sft_model, tmp_path):
     """prm_update=frozen with --prm_path: the PRM scores (non-zero rewards: it differs from the
-    reference), is not checkpointed, and leaves the run bit-identical to the PRM it was given."""
+    reference), is not in the checkpoint (resume then is the outcome-only case above: policy
+    only), and is exported bit-identical to the PRM it was given."""
     offline = M.load_model(sft_model)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -548,17 +549,13 @@ def test_frozen_offline_prm_resumes_and_never_changes(sft_model, tmp_path):
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     M.save_model(offline, str(tmp_path / "offline_prm"))
     out = tmp_path / "run"
-    base = [*TINY, *KEEP_ALL, f"--model_path={sft_model}", f"--out_dir={out}", "--save_every=1",
-            "--prm_update=frozen", f"--prm_path={tmp_path / 'offline_prm'}"]
-    first = run_train([*base, "--steps=1"], tmp_path)
-    assert first.returncode == 0, first.describe()
-    assert "PRM frozen (scores only)" in first.stdout, first.describe()
-    assert checkpoint_models(out / "checkpoints" / "step_000001") == {"policy", "policy_optim"}
-    second = run_train([*base, "--steps=2"], tmp_path)
-    assert second.returncode == 0, second.describe()
-    assert "(step 1 done)" in second.stdout, second.describe()
+    run = run_train([*TINY, *KEEP_ALL, f"--model_path={sft_model}", f"--out_dir={out}", "--steps=2",
+                     "--prm_update=frozen", f"--prm_path={tmp_path / 'offline_prm'}"], tmp_path)
+    assert run.returncode == 0, run.describe()
+    assert "PRM frozen (scores only)" in run.stdout, run.describe()
+    assert checkpoint_models(out / "checkpoints" / "step_000002") == {"policy", "policy_optim"}
     rows = read_metrics(out)
-    assert [r["step"] for r in rows] == [1, 2], second.describe()
+    assert [r["step"] for r in rows] == [1, 2], run.describe()
     for r in rows:
         assert r["process_reward_std"] > 0 and math.isfinite(r["prm_loss"]), r
     exported = M.load_model(str(out / "prm")).state_dict()
