@@ -23,6 +23,11 @@ Three models share one architecture (model.py): the policy pi_theta and the impl
 are trained, the reference pi_ref is frozen; all start from the SFT checkpoint (Alg. 1 line 1).
 With more than one rank all three are sharded with FSDP2; one rank runs the same code unsharded.
 
+The paper's ablations are Config switches (defaults: the recipe above): process_rewards=false is
+outcome-only RLOO (Fig. 4); prm_update=double|frozen re-scores after the PRM update, or never
+updates it (with --prm_path: an offline PRM, Fig. 6); reference=policy uses pi_theta_old as pi_ref;
+accuracy_filter=false keeps every prompt. ablate.py runs them over seeds, plot.py draws the curves.
+
 Every step appends one JSON line to <out_dir>/metrics.jsonl; a checkpoint is written every
 `save_every` steps and a re-run with the same out_dir resumes from the last complete one.
 """
@@ -110,6 +115,15 @@ class Config:
     # advantage (Alg. 1 line 9)
     gamma: float = knob(1.0, "discount of both returns (paper: 1.0)")
 
+    # ablation switches (the paper's Fig. 4, §5 / App. B); the defaults are the recipe
+    process_rewards: bool = knob(True, "false: outcome-only RLOO, the paper's baseline (no PRM, no reference)")
+    prm_update: str = knob("single", "single: rewards from the forward that trains each PRM mini-batch; double: "
+                                     "update on every mini-batch, then re-score; frozen: never update "
+                                     "(with --prm_path: an offline PRM)")
+    reference: str = knob("sft", "pi_ref of the implicit reward: sft (the frozen SFT model) or policy "
+                                 "(pi_theta_old, no reference model)")
+    accuracy_filter: bool = knob(True, "false: keep every prompt's group (filter_low/high ignored)")
+
     # policy (Alg. 1 line 10)
     policy_lr: float = knob(2e-5, "policy AdamW learning rate, constant (paper: 5e-7)")
     policy_weight_decay: float = knob(0.01, "policy AdamW weight decay (paper: 0.01)")
@@ -148,6 +162,12 @@ PRESETS = {
 }
 
 
+PRM_UPDATES = ("single", "double", "frozen")  # Config.prm_update
+REFERENCES = ("sft", "policy")                # Config.reference
+# metrics.jsonl keys that measure the PRM: null when process_rewards is off
+PRM_METRICS = ("prm_loss", "prm_accuracy", "process_reward_mean", "process_reward_std")
+
+
 def parse_config(argv):
     """--key=value for any field (type-checked), --preset=NAME, --print_config."""
     types = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -180,6 +200,11 @@ def parse_config(argv):
         raise SystemExit(0)
     if cfg.stage not in ("prime", "sft"):
         raise SystemExit(f"train.py: --stage must be prime or sft, got {cfg.stage!r}")
+    if cfg.prm_update not in PRM_UPDATES:
+        raise SystemExit(f"train.py: --prm_update must be one of {', '.join(PRM_UPDATES)}, "
+                         f"got {cfg.prm_update!r}")
+    if cfg.reference not in REFERENCES:
+        raise SystemExit(f"train.py: --reference must be one of {', '.join(REFERENCES)}, got {cfg.reference!r}")
     return cfg
 
 
@@ -247,9 +272,15 @@ def check_batch_arithmetic(cfg, world):
         problems.append("keep_checkpoints and save_every must be >= 1")
     if problems:
         raise SystemExit("train.py: " + "; ".join(problems))
+    if not cfg.process_rewards:
+        prm = "no PRM (outcome-only RLOO)"
+    elif cfg.prm_update == "frozen":
+        prm = "PRM frozen (scores only)"
+    else:
+        prm = (f"PRM: {responses // cfg.prm_mini_batch} optimizer steps of {cfg.prm_mini_batch} responses, "
+               f"in order" + (", then a second forward re-scores them all" if cfg.prm_update == "double" else ""))
     log(f"batch: {cfg.prompts_per_step} prompts x {K} samples = {responses} responses per step "
-        f"({responses // world} per rank on {world} ranks); PRM: {responses // cfg.prm_mini_batch} "
-        f"optimizer steps of {cfg.prm_mini_batch} responses, in order; policy: "
+        f"({responses // world} per rank on {world} ranks); {prm}; policy: "
         f"{cfg.ppo_epochs * responses // cfg.policy_mini_batch} optimizer steps of {cfg.policy_mini_batch} "
         f"responses, shuffled; micro-batches of <= {cfg.micro_batch_tokens} tokens")
 
@@ -276,6 +307,32 @@ def load_for_training(path, cfg, device, world, trainable):
 
 def adamw(net, lr, weight_decay):
     return torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+
+
+def build_models(cfg, model_path, device, world):
+    """(policy, prm, ref, models, optimizers) for a PRIME run under the ablation switches: `ref`
+    is the network whose log-probs are log pi_ref in the implicit reward. `models` and `optimizers`
+    hold what is trained, i.e. what a checkpoint stores.
+      default                policy, PRM (trained) and a frozen copy of the SFT model as ref
+      process_rewards=False  prm = ref = None: outcome-only RLOO needs neither, and skips their
+                             memory and forwards (PRIME's step costs +24% over RLOO, [P2] Table 2)
+      prm_update=frozen      the PRM is loaded frozen: no optimizer, not checkpointed (on resume
+                             it is read again from its path, unchanged)
+      reference=policy       ref is the policy itself ([PR] ref_type=policy): prm_step runs before
+                             the policy's update, so it scores with pi_theta_old; no third model.
+                             (At temperature 1, like the PRM; the PPO ratio's old log-probs use the
+                             sampling temperature: the same numbers at the recipe's T = 1.)"""
+    policy = load_for_training(model_path, cfg, device, world, trainable=True)
+    models, optimizers = {"policy": policy}, {"policy": adamw(policy, cfg.policy_lr, cfg.policy_weight_decay)}
+    prm = ref = None
+    if cfg.process_rewards:
+        trained = cfg.prm_update != "frozen"
+        prm = load_for_training(cfg.prm_path or model_path, cfg, device, world, trainable=trained)
+        if trained:
+            models["prm"], optimizers["prm"] = prm, adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
+        ref = policy if cfg.reference == "policy" else load_for_training(model_path, cfg, device, world,
+                                                                          trainable=False)
+    return policy, prm, ref, models, optimizers
 
 
 def clip_and_step(net, optimizer, max_norm):
@@ -402,10 +459,18 @@ class PromptStream:
         self.epoch, self.cursor, self.buffer = state["epoch"], state["cursor"], list(state["buffer"])
 
 
+def kept_groups(scores, cfg):
+    """Which prompts of a sampling round to keep, bool [G] from the outcomes [G * K]: the online
+    accuracy filter (paper §3.3, Alg. 1 line 6), or every group with accuracy_filter off."""
+    if not cfg.accuracy_filter:
+        return torch.ones(len(scores) // cfg.samples_per_prompt, dtype=torch.bool)
+    return rewards.accuracy_filter(scores, cfg.samples_per_prompt, cfg.filter_low, cfg.filter_high)
+
+
 def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
     """Sample until this rank holds cfg.prompts_per_step / world prompts whose K responses have
-    a mean outcome in [filter_low, filter_high]. Every rank runs the same number of rounds
-    (sampling under FSDP is collective); a rank with a full quota samples nothing in a round.
+    a mean outcome in [filter_low, filter_high] (kept_groups). Every rank runs the same number of
+    rounds (sampling under FSDP is collective); a rank with a full quota samples nothing in a round.
     Kept prompts beyond the quota go back to the stream's buffer as prompts (their responses are
     dropped), as in the official code. Returns Rollouts with rows in groups of K."""
     world, rank, K = dist.get_world_size(), dist.get_rank(), cfg.samples_per_prompt
@@ -432,7 +497,7 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
         stats["correct"] += float(scores.sum())
         stats["groups"] += len(batch)
         if batch:
-            keep = rewards.accuracy_filter(scores, K, cfg.filter_low, cfg.filter_high).tolist()
+            keep = kept_groups(scores, cfg).tolist()
             for g, i in enumerate(batch):
                 if not keep[g]:
                     continue
@@ -460,32 +525,77 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
 # 6. The PRM step and the policy step (Alg. 1 lines 7-10).
 # ==============================================================================================
 
-def prm_step(prm, ref, optimizer, rollouts, cfg, device):
-    """Update the implicit PRM mini-batch by mini-batch, in order, and return the implicit
-    process rewards [B, T] taken from the same forward passes (single-forward, PRIME_NOTES §2:
-    mini-batch k is scored by the PRM after k-1 of this step's updates). The reference is run on
-    the very same micro-batches, so at step 0 (PRM == reference) both forwards are identical
-    computations and every reward is exactly 0."""
+def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
+    """The implicit PRM's part of a step (Alg. 1 lines 7-8): returns the implicit process rewards
+    [B, T] and the PRM's cross-entropy loss (the mean over the step's responses). The PRM goes over
+    its mini-batches in order; how scoring and updating interleave is `mode` (PRIME_NOTES §2):
+
+      single  the official default ([PR] update=after, "single-forward", paper §5.3 / App. B.2):
+              each mini-batch's rewards are kept from the very forward whose loss then updates the
+              PRM, so mini-batch k is scored by the PRM after k-1 of this step's updates
+      double  "double-forward" ([VR] update=before): update on every mini-batch first, then
+              re-score every response with the updated PRM in a second, no-grad forward (the
+              paper: higher PRM accuracy, similar training reward)
+      frozen  no update ([VR] update=none): score under no_grad; `optimizer` is unused and the loss
+              is only a diagnostic. Initialised from the SFT model this PRM equals the reference
+              and scores 0 everywhere; from --prm_path it is an offline PRM (the paper's Fig. 6)
+
+    `ref` is the network whose log-probs are log pi_ref: the frozen SFT model, or the policy itself
+    before this step's update (pi_theta_old; see build_models). It runs on the very same
+    micro-batches as the PRM, so when the two hold equal weights (step 1) both forwards are
+    identical computations and every reward is exactly 0 (different packing would leave ~1e-6
+    noise, which normalize_process_rewards would blow up to unit size, PRIME_NOTES §1)."""
+    if mode not in PRM_UPDATES:
+        raise ValueError(f"prm_step: mode must be one of {PRM_UPDATES}, got {mode!r}")
+    update = mode != "frozen"
     B, T = len(rollouts.responses), rollouts.width
     mask = rollouts.mask(device)
     process = torch.zeros(B, T, device=device)
+    ref_logp = torch.zeros(B, T, device=device)  # kept for double's second forward
     mini = cfg.prm_mini_batch // dist.get_world_size()
+    mini_batches = [list(range(start, start + mini)) for start in range(0, B, mini)]
     losses = []
-    for start in range(0, B, mini):
-        rows_mini = list(range(start, start + mini))
+    for rows_mini in mini_batches:
         for rows in micro_batches(rows_mini, rollouts, cfg.micro_batch_tokens, device):
             with torch.no_grad():
-                ref_logp, _ = response_logprobs(ref, rollouts, rows, device)
-            prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
+                ref_lp, _ = response_logprobs(ref, rollouts, rows, device)
+            with torch.set_grad_enabled(update):
+                prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
             if not rows:  # dummy micro-batch: keeps the ranks' collectives in step
-                prm_logp.backward()
+                if update:
+                    prm_logp.backward()
                 continue
-            loss = rewards.prm_ce_loss(prm_logp, ref_logp, mask[rows], rollouts.outcome[rows], cfg.beta)
-            (loss * len(rows) / mini).backward()  # the mean over the mini-batch's responses
+            loss = rewards.prm_ce_loss(prm_logp, ref_lp, mask[rows], rollouts.outcome[rows], cfg.beta)
+            if update:
+                (loss * len(rows) / mini).backward()  # the mean over the mini-batch's responses
             losses.append(loss.item() * len(rows) / mini)
-            process[rows] = rewards.implicit_process_rewards(prm_logp, ref_logp, mask[rows], cfg.beta)
-        clip_and_step(prm, optimizer, cfg.prm_grad_clip)
-    return process, sum(losses) / (B // mini)
+            ref_logp[rows] = ref_lp
+            process[rows] = rewards.implicit_process_rewards(prm_logp, ref_lp, mask[rows], cfg.beta)
+        if update:
+            clip_and_step(prm, optimizer, cfg.prm_grad_clip)
+    if mode == "double":  # the second forward, on the same micro-batches, with the updated PRM
+        with torch.no_grad():
+            for rows_mini in mini_batches:
+                for rows in micro_batches(rows_mini, rollouts, cfg.micro_batch_tokens, device):
+                    prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
+                    if rows:
+                        process[rows] = rewards.implicit_process_rewards(prm_logp, ref_logp[rows], mask[rows],
+                                                                         cfg.beta)
+    return process, sum(losses) / len(mini_batches)
+
+
+def compute_advantages(process, outcome, mask, cfg):
+    """Advantages [B, T] (Alg. 1 line 9) from the implicit process rewards [B, T] (None when
+    process_rewards is off), the outcomes [B] and the response mask [B, T]:
+    whiten(RLOO returns of process + outcome rewards), Eq. 5. With process=None it is the paper's
+    baseline, outcome-only RLOO, Eq. 4 (whitened the same way): zero process rewards add nothing
+    to the returns."""
+    if process is None:
+        process = torch.zeros_like(mask)
+    else:  # [PR] rescales the process rewards by the largest |return| of each data-parallel shard
+        process = rewards.normalize_process_rewards(process, mask)
+    returns = rewards.rloo_returns(process, outcome, mask, cfg.samples_per_prompt, cfg.gamma)
+    return rewards.whiten(returns, mask)  # over every valid token of every rank
 
 
 def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, device):
@@ -697,12 +807,7 @@ def main(argv):
     if not train_problems:
         raise SystemExit("train.py: no training prompts left after the length filter")
 
-    policy = load_for_training(model_path, cfg, device, world, trainable=True)
-    prm = load_for_training(cfg.prm_path or model_path, cfg, device, world, trainable=True)
-    ref = load_for_training(model_path, cfg, device, world, trainable=False)
-    optimizers = {"policy": adamw(policy, cfg.policy_lr, cfg.policy_weight_decay),
-                  "prm": adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)}
-    models = {"policy": policy, "prm": prm}
+    policy, prm, ref, models, optimizers = build_models(cfg, model_path, device, world)
     stream = PromptStream(len(train_problems), cfg.seed, rank, world)
 
     trainer = {"step": 0, "eval_accuracy_start": None, "seconds": 0.0}
@@ -730,27 +835,27 @@ def main(argv):
         t_collect = time.time()
 
         old_logp, _ = all_logprobs(policy, rollouts, cfg, device, cfg.temperature)  # pi_theta_old
-        process, prm_loss = prm_step(prm, ref, optimizers["prm"], rollouts, cfg, device)
+        mask = rollouts.mask(device)
+        if cfg.process_rewards:
+            process, prm_loss = prm_step(prm, ref, optimizers.get("prm"), rollouts, cfg, device, cfg.prm_update)
+            prm_acc = float(rewards.prm_pairwise_accuracy(process, rollouts.outcome, mask, cfg.samples_per_prompt))
+        else:  # outcome-only RLOO: no process rewards (their metrics are logged as null below)
+            process, prm_loss, prm_acc = None, 0.0, 0.0
         t_prm = time.time()
 
-        mask = rollouts.mask(device)
-        K = cfg.samples_per_prompt
-        prm_acc = rewards.prm_pairwise_accuracy(process, rollouts.outcome, mask, K)
-        # [PR] rescales the process rewards by the largest |return| of each data-parallel shard
-        normalized = rewards.normalize_process_rewards(process, mask)
-        returns = rewards.rloo_returns(normalized, rollouts.outcome, mask, K, cfg.gamma)
-        advantages = rewards.whiten(returns, mask)  # over every valid token of every rank
+        advantages = compute_advantages(process, rollouts.outcome, mask, cfg)
         ppo = policy_step(policy, optimizers["policy"], rollouts, old_logp, advantages, cfg, step, device)
         t_policy = time.time()
 
         # ---- metrics: one all-reduce of sums; per-rank means are averaged over the ranks ----
         lengths = mask.sum(-1)
         valid = mask.bool()
+        scored = process if process is not None else torch.zeros_like(mask)  # [B, T]
         (sampled, correct, groups, kept, n_tokens, n_trunc, n_rows, p_sum, p_sq, p_n, prm_acc_sum, prm_loss_sum,
          adv_sum, loss_sum, clip_sum, kl_sum, entropy_sum) = all_sum(
             [stats["sampled"], stats["correct"], stats["groups"], stats["kept"], float(lengths.sum()),
-             sum(rollouts.truncated), len(rollouts.truncated), float(process[valid].sum()),
-             float((process[valid] ** 2).sum()), float(valid.sum()), float(prm_acc), prm_loss,
+             sum(rollouts.truncated), len(rollouts.truncated), float(scored[valid].sum()),
+             float((scored[valid] ** 2).sum()), float(valid.sum()), prm_acc, prm_loss,
              float(advantages.abs()[valid].mean()), ppo["loss"], ppo["clip_frac"], ppo["approx_kl"],
              ppo["entropy"]], device)
         p_mean = p_sum / p_n
@@ -776,8 +881,10 @@ def main(argv):
             "seconds_policy": t_policy - t_prm,
             "tokens_per_second": n_tokens / (t_policy - t0),
         }
+        if not cfg.process_rewards:
+            row.update(dict.fromkeys(PRM_METRICS, None))
         for key in ("prm_loss", "policy_loss"):
-            if not math.isfinite(row[key]):
+            if row[key] is not None and not math.isfinite(row[key]):
                 raise SystemExit(f"train.py: {key} is {row[key]} at step {step}; stopping. The last good "
                                  f"checkpoint is in {os.path.join(cfg.out_dir, 'checkpoints')}")
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
@@ -786,8 +893,10 @@ def main(argv):
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            prm_part = (f"prm loss {row['prm_loss']:.4f} acc {row['prm_accuracy']:.3f} | "
+                        if cfg.process_rewards else "")
             print(f"step {step}/{cfg.steps} | acc {row['outcome_accuracy']:.3f} kept {row['kept_share']:.2f} | "
-                  f"prm loss {row['prm_loss']:.4f} acc {row['prm_accuracy']:.3f} | pg loss {row['policy_loss']:+.4f} "
+                  f"{prm_part}pg loss {row['policy_loss']:+.4f} "
                   f"clip {row['clip_frac']:.3f} kl {row['approx_kl']:+.4f} | len {row['response_length_mean']:.1f} | "
                   f"{t_policy - t0:.1f}s" + (f" | eval {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else ""),
                   flush=True)
@@ -798,10 +907,13 @@ def main(argv):
     final_step = max(trainer["step"], cfg.steps)
     eval_end = held_out_accuracy(policy, tokenizer, held_out, cfg)
     export(policy, tokenizer, os.path.join(cfg.out_dir, "policy"))
+    prm_out = os.path.join(cfg.out_dir, "prm") if cfg.process_rewards else None
+    if prm_out:  # the PRM as trained here: --prm_path of a later offline-PRM (prm_update=frozen) run
+        export(prm, tokenizer, prm_out)
     if rank == 0:
         summary = {"eval_accuracy_start": trainer["eval_accuracy_start"], "eval_accuracy_end": eval_end,
                    "steps": final_step, "eval_problems": len(held_out), "model_path": model_path,
-                   "policy_path": os.path.join(cfg.out_dir, "policy"), "world_size": world,
+                   "policy_path": os.path.join(cfg.out_dir, "policy"), "prm_path": prm_out, "world_size": world,
                    "train_seconds": time.time() - start_time}
         with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

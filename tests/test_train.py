@@ -168,6 +168,13 @@ def test_two_ranks_two_iterations_end_to_end(sft_model, tmp_path):
     changed = [n for n, p in ours.state_dict().items() if not torch.equal(p, sft.state_dict()[n])]
     assert changed, "the exported policy equals the SFT model: the PRIME updates were not exported"
 
+    # the exported PRM (an offline PRM for a later prm_update=frozen run), trained too
+    assert summary["prm_path"] == str(out / "prm"), summary
+    prm = M.load_model(str(out / "prm"))
+    assert AutoTokenizer.from_pretrained(str(out / "prm")).eos_token == "<|im_end|>"
+    changed = [n for n, p in prm.state_dict().items() if not torch.equal(p, sft.state_dict()[n])]
+    assert changed, "the exported PRM equals the SFT model: the PRM updates were not exported"
+
 
 # ----------------------------------------------------------------------------------------------
 # 2. resume: continues at the next step, nothing repeated; an incomplete checkpoint is ignored
@@ -487,3 +494,85 @@ def test_micro_batches_respect_the_token_budget_and_pad_to_the_max(monkeypatch):
     # another rank needs 3 micro-batches: this one pads with empty ones so the collectives match
     monkeypatch.setattr(train, "all_max", lambda value, device: 3)
     assert train.micro_batches([0, 2], rollouts, 100, "cpu") == [[0, 2], [], []]
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. the ablation switches end to end: what is loaded, checkpointed, resumed, exported, logged
+#    (their math is checked in-process in test_ablations.py)
+# ----------------------------------------------------------------------------------------------
+
+PRM_KEYS = ["prm_loss", "prm_accuracy", "process_reward_mean", "process_reward_std"]
+
+
+def checkpoint_models(path):
+    """The top-level names in a DCP checkpoint: policy, policy_optim, prm, prm_optim."""
+    from torch.distributed.checkpoint import FileSystemReader
+    return {key.split(".")[0] for key in FileSystemReader(str(path)).read_metadata().state_dict_metadata}
+
+
+def test_outcome_only_rloo_resumes_without_a_prm_and_keeps_every_group(sft_model, tmp_path):
+    """process_rewards=false: no PRM anywhere (checkpoint, export, metrics are null), resume works.
+    accuracy_filter=false with bounds [0.9, 1] that no group of this model reaches (see
+    test_a_step_that_cannot_be_filled_stops_with_a_message): every group is kept."""
+    out = tmp_path / "run"
+    base = [*TINY, f"--model_path={sft_model}", f"--out_dir={out}", "--save_every=1", "--process_rewards=false",
+            "--accuracy_filter=false", "--filter_low=0.9", "--filter_high=1"]
+    first = run_train([*base, "--steps=1"], tmp_path)
+    assert first.returncode == 0, first.describe()
+    assert "no PRM (outcome-only RLOO)" in first.stdout, first.describe()
+    assert checkpoint_models(out / "checkpoints" / "step_000001") == {"policy", "policy_optim"}
+
+    second = run_train([*base, "--steps=2"], tmp_path)
+    assert second.returncode == 0, second.describe()
+    assert "(step 1 done)" in second.stdout and "step 1/2" not in second.stdout, second.describe()
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2], second.describe()
+    for r in rows:
+        assert all(r[k] is None for k in PRM_KEYS), r
+        for k in set(METRIC_KEYS) - set(PRM_KEYS):
+            assert isinstance(r[k], (int, float)) and math.isfinite(r[k]), f"{k} = {r[k]!r} in {r}"
+        assert r["kept_share"] == 1.0, r
+    with open(out / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["steps"] == 2 and summary["prm_path"] is None, summary
+    assert (out / "policy" / "config.json").exists() and not (out / "prm").exists()
+
+
+def test_frozen_offline_prm_scores_is_not_checkpointed_and_never_changes(sft_model, tmp_path):
+    """prm_update=frozen with --prm_path: the PRM scores (non-zero rewards: it differs from the
+    reference), is not in the checkpoint (resume then is the outcome-only case above: policy
+    only), and is exported bit-identical to the PRM it was given."""
+    offline = M.load_model(sft_model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in offline.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    M.save_model(offline, str(tmp_path / "offline_prm"))
+    out = tmp_path / "run"
+    run = run_train([*TINY, *KEEP_ALL, f"--model_path={sft_model}", f"--out_dir={out}", "--steps=2",
+                     "--prm_update=frozen", f"--prm_path={tmp_path / 'offline_prm'}"], tmp_path)
+    assert run.returncode == 0, run.describe()
+    assert "PRM frozen (scores only)" in run.stdout, run.describe()
+    assert checkpoint_models(out / "checkpoints" / "step_000002") == {"policy", "policy_optim"}
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2], run.describe()
+    for r in rows:
+        assert r["process_reward_std"] > 0 and math.isfinite(r["prm_loss"]), r
+    exported = M.load_model(str(out / "prm")).state_dict()
+    assert all(torch.equal(p, exported[n]) for n, p in offline.state_dict().items()), "the frozen PRM changed"
+
+
+def test_double_forward_with_the_policy_as_reference_on_two_ranks(sft_model, tmp_path):
+    """The two switches whose forwards are new under FSDP: double's second PRM forward (with the
+    ranks' dummy micro-batches) and the sharded policy standing in for the reference."""
+    out = tmp_path / "run"
+    run = run_train([*TINY, *KEEP_ALL, f"--model_path={sft_model}", f"--out_dir={out}", "--steps=1",
+                     "--prm_update=double", "--reference=policy"], tmp_path, ranks=2)
+    assert run.returncode == 0, run.describe()
+    assert "in order, then a second forward re-scores them all" in run.stdout, run.describe()
+    assert checkpoint_models(out / "checkpoints" / "step_000001") == {"policy", "policy_optim", "prm", "prm_optim"}
+    [row] = read_metrics(out)
+    for k in METRIC_KEYS:
+        assert isinstance(row[k], (int, float)) and math.isfinite(row[k]), f"{k} = {row[k]!r} in {row}"
+    # step 1: PRM == policy == SFT, but double-forward scores with the PRM after its updates
+    assert row["prm_loss"] == pytest.approx(math.log(2), abs=1e-3) and row["process_reward_std"] > 0, row

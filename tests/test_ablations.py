@@ -1,0 +1,276 @@
+"""The paper's ablations as train.py switches, in-process: each switch changes what it should and
+nothing else. Outcome-only RLOO (process_rewards=False) gives whiten(RLOO of the outcome) and
+loads neither PRM nor reference; the PRM update modes (single / double / frozen) score and update
+as PRIME_NOTES §2 describes; reference=policy scores against the policy's own log-probs;
+accuracy_filter=False keeps every group; bad values are rejected.
+
+The models are tiny random Qwen2 networks (tests/tiny.py) and the rollouts random token ids, so
+everything runs in a second; prm_step and whiten talk to torch.distributed, so the module runs
+inside a gloo process group of one.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import model as M
+import rewards
+import train
+from tiny import random_checkpoint, tiny_config
+
+K = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_group(tmp_path_factory):
+    """A gloo group of one for the module (prm_step's micro_batches all-reduce); removed after."""
+    init_file = tmp_path_factory.mktemp("pg") / "init"
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def tiny_net(seed):
+    torch.manual_seed(seed)
+    net = M.Qwen2ForCausalLM(tiny_config(hidden_size=32, layers=1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.3)
+    return net
+
+
+def random_rollouts(n_groups=4, seed=0):
+    """n_groups prompts x K responses of random ids (ragged lengths), outcomes with 1-3 of K
+    correct per group so the CE loss and the pairwise accuracy have something to order."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses = [], []
+    for _ in range(n_groups):
+        prompt = torch.randint(3, 97, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(K):
+            prompts.append(prompt)
+            responses.append(torch.randint(3, 97, (int(torch.randint(2, 12, (1,), generator=g)),),
+                                           generator=g).tolist())
+    outcome = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0] * n_groups)[:n_groups * K]
+    return train.Rollouts(prompts=prompts, responses=responses, outcome=outcome,
+                          truncated=[False] * len(responses))
+
+
+def config(**overrides):
+    """A toy Config for 16 responses: PRM mini-batches of 8 (two PRM optimizer steps), micro-batches
+    small enough that each mini-batch spans several (gradient accumulation runs)."""
+    base = dict(prm_mini_batch=8, policy_mini_batch=8, micro_batch_tokens=40, prm_lr=1e-2, beta=0.05)
+    return train.Config(**{**base, **overrides})
+
+
+def logprobs(net, rollouts, cfg):
+    return train.all_logprobs(net, rollouts, cfg, "cpu")[0]
+
+
+def state(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------
+# the advantage: process rewards on / off
+# ----------------------------------------------------------------------------------------------
+
+def test_outcome_only_advantages_are_whitened_rloo_of_the_outcome():
+    rollouts = random_rollouts()
+    mask = rollouts.mask("cpu")
+    cfg = config(process_rewards=False)
+    got = train.compute_advantages(None, rollouts.outcome, mask, cfg)
+
+    # Eq. 4 by hand: r_o(i) - mean of the other K-1 outcomes, the same at every token (gamma = 1)
+    o = rollouts.outcome.view(-1, K)
+    loo = (o - (o.sum(-1, keepdim=True) - o) / (K - 1)).reshape(-1)    # [B]
+    valid = mask.bool()
+    values = loo[:, None].expand_as(mask)[valid]                         # every valid token
+    want = torch.zeros_like(mask)
+    want[valid] = (values - values.mean()) / torch.sqrt(values.var() + 1e-8)  # unbiased variance
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_process_rewards_on_keeps_the_recipe_advantages():
+    rollouts = random_rollouts()
+    mask = rollouts.mask("cpu")
+    process = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * mask
+    cfg = config()
+    want = rewards.whiten(rewards.rloo_returns(rewards.normalize_process_rewards(process, mask),
+                                               rollouts.outcome, mask, K, cfg.gamma), mask)
+    got = train.compute_advantages(process, rollouts.outcome, mask, cfg)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert not torch.allclose(got, train.compute_advantages(None, rollouts.outcome, mask, cfg))
+
+
+# ----------------------------------------------------------------------------------------------
+# which models a run loads and checkpoints
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("switches,loads,trained,ref_kind", [
+    ({}, 3, {"policy", "prm"}, "frozen copy"),
+    ({"process_rewards": False}, 1, {"policy"}, None),
+    ({"reference": "policy"}, 2, {"policy", "prm"}, "policy"),
+    ({"prm_update": "frozen"}, 3, {"policy"}, "frozen copy"),
+    ({"prm_update": "double"}, 3, {"policy", "prm"}, "frozen copy"),
+])
+def test_build_models_loads_only_what_the_switches_need(tmp_path, monkeypatch, switches, loads, trained, ref_kind):
+    path = str(tmp_path / "sft")
+    random_checkpoint(path, hidden_size=32, layers=1)
+    loaded = []
+    real_load = M.load_model
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: loaded.append(a[0]) or real_load(*a, **k))
+    policy, prm, ref, models, optimizers = train.build_models(config(**switches), path, torch.device("cpu"), 1)
+
+    assert len(loaded) == loads, loaded
+    assert set(models) == set(optimizers) == trained  # what a checkpoint stores
+    assert models["policy"] is policy
+    if ref_kind is None:
+        assert prm is None and ref is None
+    elif ref_kind == "policy":
+        assert ref is policy
+    else:
+        assert ref is not policy and ref is not prm and not any(p.requires_grad for p in ref.parameters())
+    if switches.get("prm_update") == "frozen":
+        assert not any(p.requires_grad for p in prm.parameters())
+    elif prm is not None:
+        assert models["prm"] is prm and all(p.requires_grad for p in prm.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# prm_step: single, double, frozen; the reference
+# ----------------------------------------------------------------------------------------------
+
+def implicit(prm_logp, ref_logp, rollouts, cfg):
+    return rewards.implicit_process_rewards(prm_logp, ref_logp, rollouts.mask("cpu"), cfg.beta)
+
+
+def test_frozen_prm_keeps_its_weights_and_scores_with_them():
+    rollouts, cfg = random_rollouts(), config(prm_update="frozen")
+    prm, ref = tiny_net(1), tiny_net(2)
+    prm.requires_grad_(False)
+    before = state(prm)
+    want = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
+    process, loss = train.prm_step(prm, ref, None, rollouts, cfg, "cpu", mode="frozen")
+    assert same_weights(before, state(prm)), "a frozen PRM changed"
+    torch.testing.assert_close(process, want, atol=1e-6, rtol=0)
+    # the loss is still reported: the CE of these very rewards (a diagnostic)
+    mask = rollouts.mask("cpu")
+    ce = rewards.prm_ce_loss(process / cfg.beta, torch.zeros_like(mask), mask, rollouts.outcome, cfg.beta)
+    assert loss == pytest.approx(float(ce), rel=1e-5)
+
+
+def test_single_forward_scores_each_mini_batch_before_its_own_update():
+    rollouts, cfg = random_rollouts(), config()
+    prm, ref = tiny_net(1), tiny_net(2)
+    before = state(prm)
+    initial = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
+    optimizer = train.adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
+    process, loss = train.prm_step(prm, ref, optimizer, rollouts, cfg, "cpu", mode="single")
+    assert not same_weights(before, state(prm)), "the PRM was not updated"
+    # mini-batch 1 (rows 0-7) is scored by the PRM before any update; mini-batch 2 after one
+    torch.testing.assert_close(process[:8], initial[:8], atol=1e-6, rtol=0)
+    assert not torch.allclose(process[8:], initial[8:], atol=1e-5)
+    assert 0 < loss < 5
+
+
+def test_double_forward_rescores_every_response_with_the_updated_prm():
+    rollouts, cfg = random_rollouts(), config(prm_update="double")
+    prm, ref = tiny_net(1), tiny_net(2)
+    before = state(prm)
+    initial = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
+    optimizer = train.adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
+    process, _ = train.prm_step(prm, ref, optimizer, rollouts, cfg, "cpu", mode="double")
+    assert not same_weights(before, state(prm)), "the PRM was not updated"
+    with torch.no_grad():  # a fresh forward of the updated PRM
+        fresh = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
+    torch.testing.assert_close(process, fresh, atol=1e-6, rtol=0)
+    assert not torch.allclose(process[:8], initial[:8], atol=1e-5), "mini-batch 1 kept its old score"
+
+
+def test_double_and_single_update_the_prm_identically():
+    """The mode changes which forward the rewards come from, not the PRM's updates."""
+    rollouts, cfg = random_rollouts(), config()
+    weights = {}
+    for mode in ("single", "double"):
+        prm, ref = tiny_net(1), tiny_net(2)
+        train.prm_step(prm, ref, train.adamw(prm, cfg.prm_lr, 0.0), rollouts, cfg, "cpu", mode=mode)
+        weights[mode] = state(prm)
+    assert same_weights(weights["single"], weights["double"])
+
+
+def test_reference_policy_scores_against_the_policys_old_logprobs():
+    rollouts, cfg = random_rollouts(), config(reference="policy")
+    policy = tiny_net(3)
+    old_logp = logprobs(policy, rollouts, cfg)  # pi_theta_old, as train.main takes it at T = 1
+
+    # a PRM equal to the policy: every reward exactly 0 (same micro-batches, same computation)
+    process, loss = train.prm_step(copy.deepcopy(policy), policy, None, rollouts, cfg, "cpu", mode="frozen")
+    assert torch.equal(process, torch.zeros_like(process))
+    assert loss == pytest.approx(0.6931471805599453, abs=1e-6)  # log 2
+
+    prm = tiny_net(1)
+    want = implicit(logprobs(prm, rollouts, cfg), old_logp, rollouts, cfg)
+    process, _ = train.prm_step(prm, policy, None, rollouts, cfg, "cpu", mode="frozen")
+    torch.testing.assert_close(process, want, atol=1e-6, rtol=0)
+
+
+def test_prm_step_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        train.prm_step(tiny_net(1), tiny_net(2), None, random_rollouts(), config(), "cpu", mode="triple")
+
+
+# ----------------------------------------------------------------------------------------------
+# the accuracy filter switch
+# ----------------------------------------------------------------------------------------------
+
+def test_accuracy_filter_off_keeps_every_group():
+    scores = torch.tensor([0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.float32)
+    on = train.kept_groups(scores, config())
+    assert on.tolist() == [False, True, False, True]  # the recipe's [0.2, 0.8]
+    assert torch.equal(on, rewards.accuracy_filter(scores, K, 0.2, 0.8))
+    off = train.kept_groups(scores, config(accuracy_filter=False, filter_low=0.9, filter_high=1.0))
+    assert off.tolist() == [True] * 4
+
+
+# ----------------------------------------------------------------------------------------------
+# the configuration
+# ----------------------------------------------------------------------------------------------
+
+def test_switch_defaults_are_the_recipe_in_every_preset():
+    for preset in train.PRESETS:
+        cfg = train.parse_config([f"--preset={preset}"])
+        assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter) == \
+            (True, "single", "sft", True), preset
+
+
+def test_switches_parse():
+    cfg = train.parse_config(["--process_rewards=false", "--prm_update=double", "--reference=policy",
+                              "--accuracy_filter=0"])
+    assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter) == \
+        (False, "double", "policy", False)
+    assert train.parse_config(["--prm_update=frozen", "--prm_path=x"]).prm_update == "frozen"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--prm_update=triple"], "--prm_update must be one of single, double, frozen, got 'triple'"),
+    (["--prm_update=Single"], "--prm_update must be one of"),
+    (["--reference=ref"], "--reference must be one of sft, policy, got 'ref'"),
+    (["--process_rewards=off"], "--process_rewards expects a bool, got 'off'"),
+    (["--accuracy_filter=yes"], "--accuracy_filter expects a bool, got 'yes'"),
+])
+def test_bad_switch_values_are_rejected(argv, message):
+    with pytest.raises(SystemExit) as done:
+        train.parse_config(argv)
+    assert isinstance(done.value.code, str) and message in done.value.code, done.value.code
+
+
+def test_every_switch_has_a_help_line():
+    fields = {f.name: f for f in train.dataclasses.fields(train.Config)}
+    for name in ("process_rewards", "prm_update", "reference", "accuracy_filter"):
+        assert fields[name].metadata.get("help"), name

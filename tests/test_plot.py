@@ -1,0 +1,193 @@
+"""plot.py on synthetic runs (grouping, curves, the table's numbers, the PNGs) and ablate.py's
+plan (which train.py runs, in which order, with which overrides; finished runs skipped) and its
+runner (parallel subprocesses, failures reported), without training anything."""
+
+import json
+import os
+import statistics
+import sys
+
+import pytest
+
+import ablate
+import plot
+
+# ----------------------------------------------------------------------------------------------
+# synthetic runs: <root>/<config>/seed<k>/{metrics.jsonl, summary.json}
+# ----------------------------------------------------------------------------------------------
+
+
+def write_run(folder, rewards, prm=True, held_out=None, lengths=None):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        for step, reward in enumerate(rewards, start=1):
+            row = {"step": step, "outcome_accuracy": reward, "prm_accuracy": 0.5 + step / 100 if prm else None,
+                   "response_length_mean": (lengths or [30.0] * len(rewards))[step - 1]}
+            f.write(json.dumps(row) + "\n")
+    if held_out is not None:
+        with open(os.path.join(folder, "summary.json"), "w") as f:
+            json.dump({"eval_accuracy_start": 0.4, "eval_accuracy_end": held_out, "steps": len(rewards)}, f)
+
+
+def ramp(start, slope, n=30, noise=0.0):
+    return [start + slope * s + noise * (-1) ** s for s in range(n)]
+
+
+@pytest.fixture
+def root(tmp_path):
+    """prime rises twice as fast as rloo; rloo has no PRM metrics; a helper run in _source."""
+    for k, offset in enumerate([-0.01, 0.0, 0.01]):
+        write_run(tmp_path / "prime" / f"seed{k}", ramp(0.30 + offset, 0.01), held_out=0.50 + offset)
+        write_run(tmp_path / "rloo" / f"seed{k}", ramp(0.30 + offset, 0.005), prm=False, held_out=0.46 + offset)
+    write_run(tmp_path / "_source", ramp(0.9, 0.0))
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------------------------
+# plot.py
+# ----------------------------------------------------------------------------------------------
+
+def test_runs_are_grouped_by_config_with_seeds_as_members_and_helpers_skipped(root, tmp_path_factory):
+    runs = plot.load_runs([str(root)])
+    assert list(runs) == ["prime", "rloo"]  # ablate.py's order; _source skipped
+    assert [r["member"] for r in runs["prime"]] == ["seed0", "seed1", "seed2"]
+    assert runs["rloo"][1]["summary"]["eval_accuracy_end"] == 0.46
+    # a plain run folder (no seed<k>) is its own label; files can be given directly
+    single = tmp_path_factory.mktemp("other") / "my_run"
+    write_run(single, [0.1, 0.2])
+    runs = plot.load_runs([str(root / "rloo" / "seed0" / "metrics.jsonl"), str(single)])
+    assert list(runs) == ["rloo", "my_run"] and runs["my_run"][0]["summary"] is None
+
+
+def test_seed_curve_is_the_mean_with_the_min_max_spread_and_skips_nulls(root):
+    runs = plot.load_runs([str(root)])
+    steps, mean, low, high = plot.seed_curve(runs["prime"], "outcome_accuracy")
+    assert steps == list(range(1, 31))
+    assert mean[0] == pytest.approx(0.30) and low[0] == pytest.approx(0.29) and high[0] == pytest.approx(0.31)
+    assert mean[-1] == pytest.approx(0.30 + 0.29)
+    assert plot.seed_curve(runs["rloo"], "prm_accuracy") == ([], [], [], [])  # all null: no curve
+
+
+def test_smooth_uses_full_trailing_windows():
+    assert plot.smooth([1, 2, 3, 4], window=2) == [1.5, 2.5, 3.5]
+    assert plot.smooth([1, 2, 3], window=10) == [2.0]  # shorter than the window: one mean of all
+    assert plot.smooth([]) == []
+
+
+def test_table_numbers(root):
+    runs = plot.load_runs([str(root)])
+    # final training reward: each seed's mean of its last 10 steps, then mean and std over seeds
+    finals = [statistics.fmean(ramp(0.30 + o, 0.01)[-10:]) for o in (-0.01, 0.0, 0.01)]
+    mean, std = plot.final_reward(runs["prime"])
+    assert mean == pytest.approx(statistics.fmean(finals)) and std == pytest.approx(statistics.stdev(finals))
+    # rloo's final (its steps 21-30): 0.30 + 0.005 * 24.5 = 0.4225. prime's 10-step mean ending at
+    # step s is 0.30 + 0.01 * (s - 5.5): it first reaches 0.4225 at s = 17.75 -> step 18
+    target = plot.smooth(plot.seed_curve(runs["rloo"], "outcome_accuracy")[1])[-1]
+    assert target == pytest.approx(0.4225)
+    assert plot.steps_to_reach(runs["prime"], target) == 18
+    assert plot.steps_to_reach(runs["rloo"], target) == 30  # the baseline reaches its own final last
+    assert plot.steps_to_reach(runs["rloo"], 0.9) is None
+    m, s, n = plot.held_out(runs["prime"])
+    assert (m, n) == (pytest.approx(0.50), 3) and s == pytest.approx(0.01)
+
+    text = plot.table(runs)
+    lines = text.splitlines()
+    assert lines[0].startswith("| config | seeds |") and "(0.422)" in lines[0] and len(lines) == 4
+    assert lines[2].startswith("| prime | 3 |") and "| 18 of 30 |" in lines[2] and "0.500 ± 0.010 (n=3)" in lines[2]
+    assert lines[3].startswith("| rloo | 3 |") and "| 30 of 30 |" in lines[3] and "0.460 ± 0.010 (n=3)" in lines[3]
+
+
+def test_table_without_a_baseline_or_summaries(tmp_path):
+    write_run(tmp_path / "a" / "seed0", [0.1, 0.3])
+    runs = plot.load_runs([str(tmp_path)])
+    text = plot.table(runs)
+    assert "(n/a)" in text.splitlines()[0]
+    assert text.splitlines()[2] == "| a | 1 | 0.200 ± 0.000 | n/a | n/a |"
+
+
+def test_plot_writes_the_pngs(root, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "docs"
+    plot.main([str(root), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| prime | 3 |" in printed
+    for name in plot.PLOTS:
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+        assert f"wrote {out / name}" in printed
+
+
+def test_plot_without_matplotlib_prints_the_table_then_says_what_to_install(root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit) as done:
+        plot.main([str(root), "--out", str(tmp_path / "docs")])
+    assert "requirements-plot.txt" in str(done.value.code)
+    assert "| prime | 3 |" in capsys.readouterr().out
+    assert not (tmp_path / "docs").exists()
+
+
+def test_plot_with_nothing_to_plot_says_so(tmp_path):
+    with pytest.raises(SystemExit) as done:
+        plot.main([str(tmp_path)])
+    assert "no metrics.jsonl" in str(done.value.code)
+    with pytest.raises(SystemExit) as done:
+        plot.main([str(tmp_path / "missing")])
+    assert "no such file or folder" in str(done.value.code)
+
+
+# ----------------------------------------------------------------------------------------------
+# ablate.py
+# ----------------------------------------------------------------------------------------------
+
+def test_ablate_plans_one_sft_then_the_offline_prm_then_every_run(tmp_path):
+    root = str(tmp_path / "abl")
+    sft, source, runs = ablate.plan(["prime", "rloo", "offline_prm"], 2, root, steps=5, extra=["--beta=0.1"])
+    sft_model = os.path.join(root, "sft", "sft")
+    assert [j.name for j in sft] == ["sft"] and sft[0].args == ["--stage=sft", f"--out_dir={root}/sft", "--beta=0.1"]
+    [source] = source
+    assert "--policy_lr=0" in source.args and f"--model_path={sft_model}" in source.args
+    assert source.out_dir == os.path.join(root, "_offline_prm_source")  # "_": plot.py skips it
+    assert [j.name for j in runs] == ["prime seed0", "prime seed1", "rloo seed0", "rloo seed1",
+                                      "offline_prm seed0", "offline_prm seed1"]
+    for job in runs:
+        assert f"--model_path={sft_model}" in job.args and "--steps=5" in job.args and "--beta=0.1" in job.args
+        assert job.done_file == os.path.join(job.out_dir, "summary.json")
+    assert runs[1].args[:3] == [f"--model_path={sft_model}", f"--out_dir={root}/prime/seed1", "--seed=1"]
+    assert runs[2].args[-1] == "--process_rewards=false"
+    assert runs[4].args[-2:] == ["--prm_update=frozen", f"--prm_path={root}/_offline_prm_source/prm"]
+    # without offline_prm there is no offline PRM to train
+    assert ablate.plan(["prime"], 1, root)[1] == []
+
+
+def test_ablate_skips_finished_runs(tmp_path):
+    root = str(tmp_path)
+    write_run(tmp_path / "prime" / "seed0", [0.1], held_out=0.2)  # writes summary.json
+    os.makedirs(tmp_path / "sft" / "sft")
+    open(tmp_path / "sft" / "sft" / "config.json", "w").close()
+    sft, _, runs = ablate.plan(["prime", "rloo"], 2, root)
+    assert sft == [] and [j.name for j in runs] == ["prime seed1", "rloo seed0", "rloo seed1"]
+
+
+@pytest.mark.parametrize("configs,extra,message", [
+    (["prime", "ppo"], [], "unknown configuration(s) ['ppo']"),
+    (["prime"], ["--seed=3"], "--seed is set by ablate.py"),
+    (["prime"], ["--out_dir=x"], "--out_dir is set by ablate.py"),
+    (["prime"], ["beta=1"], "overrides are --key=value"),
+])
+def test_ablate_rejects_bad_plans(tmp_path, configs, extra, message):
+    with pytest.raises(ValueError) as error:
+        ablate.plan(configs, 3, str(tmp_path), extra=extra)
+    assert message in str(error.value)
+
+
+def test_ablate_runner_runs_in_parallel_and_reports_failures(tmp_path, capsys):
+    script = tmp_path / "fake_train.py"
+    script.write_text("import os, sys, time\ntime.sleep(0.5)\nprint('threads', os.environ['OMP_NUM_THREADS'])\n"
+                      "sys.exit(1 if '--fail' in sys.argv else 0)\n")
+    jobs = [ablate.Job(f"job{i}", str(tmp_path / f"job{i}"), ["--fail"] if i == 2 else [], "") for i in range(4)]
+    failed = ablate.run_jobs(jobs, parallel=2, cores=4, script=str(script))
+    assert failed == ["job2"]
+    printed = capsys.readouterr().out
+    assert printed.count("done  job") == 3 and "FAILED (exit 1)  job2" in printed
+    for i in range(4):
+        assert (tmp_path / f"job{i}" / "train.log").read_text().strip() == "threads 2"  # 4 cores / 2 runs
