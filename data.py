@@ -277,6 +277,24 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 # system prompt would cost ~400 character tokens per prompt for nothing a tiny model can use.
 # Toy rows become Problems through the parquet path: rows_to_problems(rows, tokenizer, ...).
 #
+# The SFT data come from a careless teacher. RL can only amplify what the SFT model already
+# samples now and then (the paper's SFT stage exists to give RL behaviours to choose between), so
+# the toy gives it a habit worth unlearning: in `careless_share` of the SFT solutions (0.6 in the
+# toy preset) the teacher works strictly left to right, ignoring that * comes first:
+#
+#   careless solution:   11*6-9
+#                        66-9
+#                        \boxed{57}        (wrong: the answer is 22)
+#
+# Left to right and the usual order agree on some problems ("7*4+6") and not on others
+# ("7+4*6"): with 3 operations on 1..9 they disagree on about 41%. The SFT model then opens
+# such problems the careless way in roughly 60% of its samples, so its greedy answer is wrong on
+# nearly all of them, while a sample at temperature 1 still takes the right first step 40% of
+# the time. The verifier (which knows the true answer) rewards those samples, and the implicit
+# PRM learns where they part ways with the wrong ones: the first line. This is the situation RL
+# is for (a model that can do the task but often does not); the ground truth of every row is the
+# true value, only the SFT target text is careless.
+#
 # Held-out problems must never appear in training. A problem's split is a function of its text
 # alone (a hash), and each split's generator keeps only its own problems (rejection sampling),
 # so train and test are disjoint for every seed and every difficulty setting.
@@ -300,18 +318,20 @@ def _expression(numbers, ops):
     return "".join(str(n) + op for n, op in zip(numbers, ops)) + str(numbers[-1])
 
 
-def toy_solution(numbers, ops):
-    """The worked solution and the answer for numbers[0] ops[0] numbers[1] ...
+def toy_solution(numbers, ops, careless=False):
+    """The worked solution and its boxed result for numbers[0] ops[0] numbers[1] ...
 
     One line per operation: the first "*" if any is left, else the leftmost operation (+ and -
     are left-associative), then the rest of the expression rewritten; the final result is boxed.
     Products are of positive numbers, so a negative value can only appear as the leftmost term
     ("3-9+4" -> "-6+4"), and every line stays a valid expression with the same value.
+    careless=True: always the leftmost operation (the careless teacher's habit), so the lines
+    and the result are wrong whenever precedence matters ("7+4*6" -> "11*6" -> 66).
     """
     numbers, ops = list(numbers), list(ops)
     lines = []
     while ops:
-        k = ops.index("*") if "*" in ops else 0
+        k = ops.index("*") if "*" in ops and not careless else 0
         numbers[k:k + 2] = [_apply(numbers[k], ops[k], numbers[k + 1])]
         del ops[k]
         lines.append(_expression(numbers, ops))
@@ -320,19 +340,25 @@ def toy_solution(numbers, ops):
     return "\n".join(lines), answer
 
 
-def toy_rows(split, n, seed=0, steps=3, max_operand=9, ops="+-*"):
+def toy_rows(split, n, seed=0, steps=3, max_operand=9, ops="+-*", careless_share=0.0):
     """`n` distinct toy problems of `split` ("train" or "test") as Eurus-schema rows.
 
-    Deterministic in (split, n, seed, steps, max_operand, ops); a larger n extends a smaller
-    one. extra_info holds {"split", "index", "solution"}: the solution is the SFT target.
-    Raises ValueError when the split holds fewer than n distinct problems of this size.
+    Deterministic in (split, n, seed, steps, max_operand, ops, careless_share); a larger n
+    extends a smaller one, and careless_share changes only the solutions, never the problems.
+    extra_info holds {"split", "index", "solution", "careless"}: the solution is the SFT target,
+    written by the careless teacher (see above) with probability careless_share; the ground truth
+    is always the true value. Raises ValueError when the split holds fewer than n distinct
+    problems of this size.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if steps < 1 or max_operand < 1 or not ops or set(ops) - set("+-*"):
         raise ValueError(f"need steps >= 1, max_operand >= 1 and ops drawn from '+-*'; "
                          f"got steps={steps}, max_operand={max_operand}, ops={ops!r}")
+    if not 0.0 <= careless_share <= 1.0:
+        raise ValueError(f"careless_share must be in [0, 1], got {careless_share}")
     rng = random.Random(f"{TOY_SOURCE}:{split}:{seed}")
+    teacher = random.Random(f"{TOY_SOURCE}:teacher:{split}:{seed}")  # its own stream: same problems
     seen, rows = set(), []
     attempts = 0
     while len(rows) < n:
@@ -346,13 +372,15 @@ def toy_rows(split, n, seed=0, steps=3, max_operand=9, ops="+-*"):
         if question in seen or toy_split_of(question) != split:
             continue
         seen.add(question)
-        solution, answer = toy_solution(numbers, chosen_ops)
+        answer = toy_solution(numbers, chosen_ops)[1]
+        careless = teacher.random() < careless_share
+        solution = toy_solution(numbers, chosen_ops, careless)[0]
         rows.append({
             "data_source": TOY_SOURCE,
             "prompt": [{"role": "user", "content": question}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": str(answer)},
-            "extra_info": {"split": split, "index": len(rows), "solution": solution},
+            "extra_info": {"split": split, "index": len(rows), "solution": solution, "careless": careless},
         })
     return rows
 

@@ -130,6 +130,42 @@ def test_toy_answers_and_solutions_are_correct(steps, max_operand, ops):
                 assert n_ops(line) == n_ops(previous) - 1  # ... and does one operation
 
 
+def left_to_right(question):
+    """The value of `question` read strictly left to right (computed here, not by data.py)."""
+    tokens = question.replace("*", " * ").replace("+", " + ").replace("-", " - ").split()
+    if tokens[0] == "-":  # cannot happen in a prompt, only as a later line's leading sign
+        tokens = ["-" + tokens[1]] + tokens[2:]
+    value = int(tokens[0])
+    for op, number in zip(tokens[1::2], tokens[2::2]):
+        value = eval(f"{value}{op}{number}")
+    return value
+
+
+def test_careless_teacher_changes_only_the_solutions():
+    careful = data.toy_rows("train", 400, seed=2)
+    mixed = data.toy_rows("train", 400, seed=2, careless_share=0.6)
+    assert [r["prompt"] for r in mixed] == [r["prompt"] for r in careful]
+    assert [r["reward_model"] for r in mixed] == [r["reward_model"] for r in careful]  # the true answers
+    flags = [r["extra_info"]["careless"] for r in mixed]
+    assert 0.5 < sum(flags) / len(flags) < 0.7
+    assert not any(r["extra_info"]["careless"] for r in careful)
+    wrong = 0
+    for c, m in zip(careful, mixed):
+        question = m["prompt"][0]["content"]
+        if not m["extra_info"]["careless"]:
+            assert m["extra_info"]["solution"] == c["extra_info"]["solution"]
+            continue
+        lines = m["extra_info"]["solution"].split("\n")
+        ltr = left_to_right(question)
+        assert lines[-1] == f"\\boxed{{{ltr}}}"
+        for line in lines[:-1]:  # each line is the leftmost operation done, still equal left to right
+            assert left_to_right(line) == ltr
+        wrong += ltr != eval(question)
+    assert 0.3 < wrong / sum(flags) < 0.5  # precedence matters on ~41% of 3-operation problems
+    with pytest.raises(ValueError, match="careless_share"):
+        data.toy_rows("train", 5, careless_share=1.5)
+
+
 def test_toy_splits_never_overlap_and_are_deterministic():
     train = [r["prompt"][0]["content"] for r in data.toy_rows("train", 3000, seed=0, steps=2, max_operand=9)]
     test = [r["prompt"][0]["content"] for r in data.toy_rows("test", 1000, seed=0, steps=2, max_operand=9)]
