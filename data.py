@@ -372,9 +372,10 @@ def toy_rows(split, n, seed=0, steps=3, max_operand=9, ops="+-*", careless_share
         if question in seen or toy_split_of(question) != split:
             continue
         seen.add(question)
-        answer = toy_solution(numbers, chosen_ops)[1]
-        careless = teacher.random() < careless_share
-        solution = toy_solution(numbers, chosen_ops, careless)[0]
+        solution, answer = toy_solution(numbers, chosen_ops)
+        careless = teacher.random() < careless_share  # drawn for every row: same problems
+        if careless:
+            solution = toy_solution(numbers, chosen_ops, careless=True)[0]  # wrong box when precedence matters
         rows.append({
             "data_source": TOY_SOURCE,
             "prompt": [{"role": "user", "content": question}],

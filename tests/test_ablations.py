@@ -257,19 +257,6 @@ def test_switches_parse():
     assert train.parse_config(["--prm_update=frozen", "--prm_path=x"]).prm_update == "frozen"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--prm_update=triple"], "--prm_update must be one of single, double, frozen, got 'triple'"),
-    (["--prm_update=Single"], "--prm_update must be one of"),
-    (["--reference=ref"], "--reference must be one of sft, policy, got 'ref'"),
-    (["--process_rewards=off"], "--process_rewards expects a bool, got 'off'"),
-    (["--accuracy_filter=yes"], "--accuracy_filter expects a bool, got 'yes'"),
-])
-def test_bad_switch_values_are_rejected(argv, message):
-    with pytest.raises(SystemExit) as done:
-        train.parse_config(argv)
-    assert isinstance(done.value.code, str) and message in done.value.code, done.value.code
-
-
 def test_every_switch_has_a_help_line():
     fields = {f.name: f for f in train.dataclasses.fields(train.Config)}
     for name in ("process_rewards", "prm_update", "reference", "accuracy_filter"):

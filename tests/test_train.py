@@ -431,6 +431,11 @@ def test_badly_typed_value_exits_non_zero_with_a_message(tmp_path):
     (["--preset=gpt5"], "unknown preset 'gpt5'"),
     (["steps=3"], "expected --key=value, got 'steps=3'"),
     (["--stage=rlhf"], "--stage must be prime or sft"),
+    (["--prm_update=triple"], "--prm_update must be one of single, double, frozen, got 'triple'"),
+    (["--prm_update=Single"], "--prm_update must be one of"),
+    (["--reference=ref"], "--reference must be one of sft, policy, got 'ref'"),
+    (["--process_rewards=off"], "--process_rewards expects a bool, got 'off'"),
+    (["--accuracy_filter=yes"], "--accuracy_filter expects a bool, got 'yes'"),
 ])
 def test_config_errors_in_process(argv, message):
     with pytest.raises(SystemExit) as done:
