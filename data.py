@@ -286,11 +286,11 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 #                        66-9
 #                        \boxed{57}        (wrong: the answer is 22)
 #
-# Left to right and the usual order agree on some problems ("7*4+6") and not on others
-# ("7+4*6"): with 3 operations on 1..9 they disagree on about 41%. The SFT model then opens
-# such problems the careless way in roughly 60% of its samples, so its greedy answer is wrong on
-# nearly all of them, while a sample at temperature 1 still takes the right first step 40% of
-# the time. The verifier (which knows the true answer) rewards those samples, and the implicit
+# Left to right and the usual order agree on some problems ("6*4+5") and not on others
+# ("5+4*6"): with 3 operations on 1..6 (the default) they disagree on about 37%. The SFT model
+# then opens such problems the careless way in roughly 60% of its samples, so its greedy answer
+# is wrong on nearly all of them, while a sample at temperature 1 still takes the right first
+# step a third of the time. The verifier (which knows the true answer) rewards those samples, and the implicit
 # PRM learns where they part ways with the wrong ones: the first line. This is the situation RL
 # is for (a model that can do the task but often does not); the ground truth of every row is the
 # true value, only the SFT target text is careless.
@@ -340,7 +340,7 @@ def toy_solution(numbers, ops, careless=False):
     return "\n".join(lines), answer
 
 
-def toy_rows(split, n, seed=0, steps=3, max_operand=9, ops="+-*", careless_share=0.0):
+def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share=0.0):
     """`n` distinct toy problems of `split` ("train" or "test") as Eurus-schema rows.
 
     Deterministic in (split, n, seed, steps, max_operand, ops, careless_share); a larger n

@@ -161,7 +161,7 @@ def test_careless_teacher_changes_only_the_solutions():
         for line in lines[:-1]:  # each line is the leftmost operation done, still equal left to right
             assert left_to_right(line) == ltr
         wrong += ltr != eval(question)
-    assert 0.3 < wrong / sum(flags) < 0.5  # precedence matters on ~41% of 3-operation problems
+    assert 0.3 < wrong / sum(flags) < 0.5  # precedence matters on ~37% of 3-operation problems on 1..6
     with pytest.raises(ValueError, match="careless_share"):
         data.toy_rows("train", 5, careless_share=1.5)
 
