@@ -103,6 +103,8 @@ class KVCache:
     lengths[b] (no left padding: each row keeps its exact positions).
     max_length: max(lengths) as a Python int, so decode knows how far to look without a sync.
     qkv[l]: layer l's q, k and v projections concatenated for sampling (see `fuse_qkv`).
+    cos, sin: rotary tables for positions 0..max_len-1 ([max_len, 1, D], `rotary_cos_sin`), built
+    at prefill, so a decode step looks its rows' angles up (2 ops instead of ~10 per step).
 
     The buffers are allocated by the first (prefill) forward, which knows B, the dtype the
     model computes in (bf16 under FSDP mixed precision) and the device.
@@ -114,6 +116,7 @@ class KVCache:
         self.max_len = max_len
         self.k, self.v = [], []
         self.qkv = []
+        self.cos = self.sin = None
         self.lengths = None
         self.max_length = 0
 
@@ -381,11 +384,16 @@ class Qwen2ForCausalLM(nn.Module):
 
         x = self.model.embed_tokens(input_ids)  # [N, C]
         backend = self._backend(x)
-        cos, sin = rotary_cos_sin(positions, head_dim(self.config), self.theta, x.dtype)
-        if cache is not None and layout is not None:  # prefill: the layers fill these afresh
-            cache.k, cache.v, cache.qkv = [], [], []
-        elif cache is not None and backend != "flash":  # decode: what the layers' SDPA shares
-            cache.prepare_decode()
+        if cache is None:
+            cos, sin = rotary_cos_sin(positions, head_dim(self.config), self.theta, x.dtype)
+        else:
+            if layout is not None:  # prefill: the layers fill these afresh
+                cache.k, cache.v, cache.qkv = [], [], []
+                cache.cos, cache.sin = rotary_cos_sin(torch.arange(cache.max_len, device=x.device),
+                                                      head_dim(self.config), self.theta, x.dtype)
+            elif backend != "flash":  # decode: what the layers' SDPA shares
+                cache.prepare_decode()
+            cos, sin = cache.cos[positions], cache.sin[positions]  # the same values, looked up
         for layer in self.model.layers:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, layout, cache, backend, use_reentrant=False)

@@ -65,7 +65,10 @@ def generate(model, prompts, max_new_tokens, eos_token_id, temperature=1.0, top_
     # Longest prompts first, so a chunk's cache (sized by its longest prompt) wastes little.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     responses = [None] * len(prompts)
-    with gathered_params(model), torch.no_grad():
+    # inference_mode rather than no_grad: no autograd bookkeeping (version counters, view
+    # tracking) on any op; a decode step is hundreds of small ops, and this alone made the
+    # bench's sampler 5% (64 rows) to 10% (8 rows) faster. Nothing sampled here needs a gradient.
+    with gathered_params(model), torch.inference_mode():
         start = 0
         while start < len(order):
             rows = order[start:start + _chunk_rows(prompts, order, start, max_new_tokens, max_batch_tokens)]
