@@ -263,10 +263,10 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 # an expression of `steps` operations on integers 1..max_operand, evaluated with the usual
 # precedence (* before + and -, then left to right), e.g.
 #
-#   prompt (user turn):  7+4*6-9
-#   solution:            7+24-9
-#                        31-9
-#                        \boxed{22}
+#   prompt (user turn):  5+4*6-3
+#   solution:            5+24-3
+#                        29-3
+#                        \boxed{26}
 #
 # Each line of the worked solution performs exactly one operation and rewrites what is left of
 # the expression, and the last operation's result is written as \boxed{answer}, which
@@ -282,18 +282,20 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 # the toy gives it a habit worth unlearning: in `careless_share` of the SFT solutions (0.6 in the
 # toy preset) the teacher works strictly left to right, ignoring that * comes first:
 #
-#   careless solution:   11*6-9
-#                        66-9
-#                        \boxed{57}        (wrong: the answer is 22)
+#   careless solution:   9*6-3
+#                        54-3
+#                        \boxed{51}        (wrong: the answer is 26)
 #
 # Left to right and the usual order agree on some problems ("6*4+5") and not on others
 # ("5+4*6"): with 3 operations on 1..6 (the default) they disagree on about 37%. The SFT model
 # then opens such problems the careless way in roughly 60% of its samples, so its greedy answer
 # is wrong on nearly all of them, while a sample at temperature 1 still takes the right first
-# step a third of the time. The verifier (which knows the true answer) rewards those samples, and the implicit
-# PRM learns where they part ways with the wrong ones: the first line. This is the situation RL
-# is for (a model that can do the task but often does not); the ground truth of every row is the
-# true value, only the SFT target text is careless.
+# step a third of the time. The verifier (which knows the true answer) rewards those samples,
+# and the implicit PRM learns where they part ways with the wrong ones: the first line. This is
+# the situation RL is for (a model that can do the task but often does not); the ground truth of
+# every row is the true value, only the SFT target text is careless. Operands stop at 6 by
+# default: at 1..9 the tiny model's careful openings were still wrong two times in three
+# (multiplication table slips), so unlearning the habit could not gain much (README).
 #
 # Held-out problems must never appear in training. A problem's split is a function of its text
 # alone (a hash), and each split's generator keeps only its own problems (rejection sampling),
