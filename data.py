@@ -342,6 +342,21 @@ def toy_solution(numbers, ops, careless=False):
     return "\n".join(lines), answer
 
 
+def toy_first_step(question, response):
+    """How `response` opens the toy problem `question` (e.g. "5+4*6-3"): "either" when the careful
+    and the careless teacher write the same first line (the order of operations does not matter
+    yet), else "careful", "careless" or "neither", by the response's first line. The toy's one
+    lever is this first line (README, "The toy task"): eval.py counts the answers on the toy."""
+    numbers = [int(n) for n in re.findall(r"\d+", question)]
+    ops = re.findall(r"[+\-*]", question)
+    careful = toy_solution(numbers, ops)[0].split("\n")[0]
+    careless = toy_solution(numbers, ops, careless=True)[0].split("\n")[0]
+    if careful == careless:
+        return "either"
+    first = response.split("\n")[0]
+    return "careful" if first == careful else "careless" if first == careless else "neither"
+
+
 def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share=0.0):
     """`n` distinct toy problems of `split` ("train" or "test") as Eurus-schema rows.
 

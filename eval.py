@@ -239,6 +239,21 @@ def toy_problems(tokenizer, n):
     return problems
 
 
+def toy_openings(records, n_problems):
+    """How the toy responses open their problems (data.toy_first_step): for each answer, the
+    number of responses that gave it and how many of those were right. Of the problems where
+    the order of operations matters at once, a careless SFT model opens most "careless"; RL's
+    gain on the toy is mostly those turning "careful" (README, "The toy task")."""
+    questions = [row["prompt"][0]["content"] for row in data.toy_rows("test", n_problems, seed=0)]
+    openings = {}
+    for record in records:  # record ids are "toy_test:<row>"
+        question = questions[int(record["id"].rsplit(":", 1)[1])]
+        kind = data.toy_first_step(question, record["response"])
+        n, right = openings.get(kind, (0, 0))
+        openings[kind] = (n + 1, right + record["score"])
+    return {kind: {"responses": n, "right": right} for kind, (n, right) in sorted(openings.items())}
+
+
 # ==============================================================================================
 # 4. The command line.
 # ==============================================================================================
@@ -384,12 +399,19 @@ def main(argv=None):
                           temperature=settings["temperature"], n_samples=settings["n_samples"],
                           top_p=settings["top_p"], seed=0, max_batch_tokens=max_batch_tokens)
         paper = paper_benchmark(name)
+        extra = {}
+        if not args.data:  # the toy: how its responses open (see toy_openings)
+            extra["toy_openings"] = toy_openings(result["records"], len(problems))
+            if rank == 0:
+                print("eval.py: toy first lines: " + ", ".join(
+                    f"{kind} {o['responses']} ({o['right']:g} right)" for kind, o in extra["toy_openings"].items()))
         rows.append({"benchmark": name, "paper_benchmark": paper.title if paper else None,
                      "n": result["n"], "metric": metric_name(settings), **settings,
                      "accuracy": result["accuracy"],
                      "mean_response_tokens": result["mean_response_tokens"],
                      "truncation_rate": result["truncation_rate"],
-                     "paper": {"Eurus-2-7B-SFT": paper.sft, "Eurus-2-7B-PRIME": paper.prime} if paper else None})
+                     "paper": {"Eurus-2-7B-SFT": paper.sft, "Eurus-2-7B-PRIME": paper.prime} if paper else None,
+                     **extra})
         if rank == 0:
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, f"samples_{name}.jsonl"), "w", encoding="utf-8") as f:

@@ -166,6 +166,18 @@ def test_careless_teacher_changes_only_the_solutions():
         data.toy_rows("train", 5, careless_share=1.5)
 
 
+def test_toy_first_step_names_the_teacher_of_the_first_line():
+    careful, _ = data.toy_solution([5, 4, 6, 3], ["+", "*", "-"])  # 5+24-3 / 29-3 / boxed 26
+    careless, _ = data.toy_solution([5, 4, 6, 3], ["+", "*", "-"], careless=True)  # 9*6-3 / ...
+    assert data.toy_first_step("5+4*6-3", careful) == "careful"
+    assert data.toy_first_step("5+4*6-3", careless) == "careless"
+    assert data.toy_first_step("5+4*6-3", "5+4*6-3\n\\boxed{26}") == "neither"
+    assert data.toy_first_step("5+4*6-3", "") == "neither"
+    # "*" first, or no "*" at all: both teachers start alike, whatever the response says
+    assert data.toy_first_step("6*4+5", "24+5") == "either"
+    assert data.toy_first_step("3-5+2", "nonsense") == "either"
+
+
 def test_toy_splits_never_overlap_and_are_deterministic():
     train = [r["prompt"][0]["content"] for r in data.toy_rows("train", 3000, seed=0, steps=2, max_operand=9)]
     test = [r["prompt"][0]["content"] for r in data.toy_rows("test", 1000, seed=0, steps=2, max_operand=9)]

@@ -4,6 +4,7 @@ errors), and a 2-rank gloo run that must equal one process."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -220,6 +221,29 @@ def test_cli_toy_default(ckpt, tmp_path, capsys):
     # the toy prompts are the training prompts: the user turn alone, no system prompt
     assert [s["prompt"] for s in samples] == [p.prompt_text for p in ev.toy_problems(AutoTokenizer.from_pretrained(ckpt), 3)]
     assert "system" not in samples[0]["prompt"]
+    assert sum(o["responses"] for o in row["toy_openings"].values()) == 3
+    assert "eval.py: toy first lines: " in printed
+
+
+def test_toy_openings_count_first_lines_and_their_scores(tok):
+    problems = ev.toy_problems(tok, 40)
+    rows = data.toy_rows("test", 40, seed=0)
+    records, expected = [], {}
+    for problem, row in zip(problems, rows):
+        question = row["prompt"][0]["content"]
+        numbers, ops = [int(n) for n in re.findall(r"\d+", question)], re.findall(r"[+\-*]", question)
+        for careless in (False, True):
+            response, answer = data.toy_solution(numbers, ops, careless=careless)
+            score = int(answer == int(row["reward_model"]["ground_truth"]))
+            records.append({"id": problem.id, "response": response, "score": score})
+            kind = data.toy_first_step(question, response)
+            n, right = expected.get(kind, (0, 0))
+            expected[kind] = (n + 1, right + score)
+    openings = ev.toy_openings(records, 40)
+    assert {k: (o["responses"], o["right"]) for k, o in openings.items()} == expected
+    assert set(openings) == {"either", "careful", "careless"}  # 40 problems hold both kinds
+    assert openings["careful"]["responses"] == openings["careless"]["responses"]
+    assert openings["careful"]["right"] == openings["careful"]["responses"]  # the careful teacher is right
 
 
 def test_cli_files_and_columns_table_lists_every_benchmark(ckpt, tmp_path, capsys):
