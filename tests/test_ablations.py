@@ -165,14 +165,22 @@ def test_frozen_prm_keeps_its_weights_and_scores_with_them():
     assert loss == pytest.approx(float(ce), rel=1e-5)
 
 
-def test_single_forward_scores_each_mini_batch_before_its_own_update():
-    rollouts, cfg = random_rollouts(), config()
+def updating_prm_step(mode):
+    """One prm_step of a trainable PRM in `mode` ("single" or "double") on random rollouts,
+    checked to have moved the PRM. Returns rollouts, cfg, the PRM, the reference, the implicit
+    rewards before the step, and prm_step's (rewards, loss)."""
+    rollouts, cfg = random_rollouts(), config(prm_update=mode)
     prm, ref = tiny_net(1), tiny_net(2)
     before = state(prm)
     initial = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
     optimizer = train.adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
-    process, loss = train.prm_step(prm, ref, optimizer, rollouts, cfg, "cpu", mode="single")
+    process, loss = train.prm_step(prm, ref, optimizer, rollouts, cfg, "cpu", mode=mode)
     assert not same_weights(before, state(prm)), "the PRM was not updated"
+    return rollouts, cfg, prm, ref, initial, process, loss
+
+
+def test_single_forward_scores_each_mini_batch_before_its_own_update():
+    _, _, _, _, initial, process, loss = updating_prm_step("single")
     # mini-batch 1 (rows 0-7) is scored by the PRM before any update; mini-batch 2 after one
     torch.testing.assert_close(process[:8], initial[:8], atol=1e-6, rtol=0)
     assert not torch.allclose(process[8:], initial[8:], atol=1e-5)
@@ -180,13 +188,7 @@ def test_single_forward_scores_each_mini_batch_before_its_own_update():
 
 
 def test_double_forward_rescores_every_response_with_the_updated_prm():
-    rollouts, cfg = random_rollouts(), config(prm_update="double")
-    prm, ref = tiny_net(1), tiny_net(2)
-    before = state(prm)
-    initial = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
-    optimizer = train.adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
-    process, _ = train.prm_step(prm, ref, optimizer, rollouts, cfg, "cpu", mode="double")
-    assert not same_weights(before, state(prm)), "the PRM was not updated"
+    rollouts, cfg, prm, ref, initial, process, _ = updating_prm_step("double")
     with torch.no_grad():  # a fresh forward of the updated PRM
         fresh = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
     torch.testing.assert_close(process, fresh, atol=1e-6, rtol=0)
