@@ -84,49 +84,67 @@ class Layout:
     seq_ids: torch.Tensor
 
     @staticmethod
-    def from_cu_seqlens(cu_seqlens, max_seqlen=None):
+    def from_cu_seqlens(cu_seqlens, n_tokens, max_seqlen=None):
+        """The layout of `n_tokens` packed tokens. Every size is given, so nothing here waits for
+        the device: callers know their lengths on the host and pass max_seqlen (None computes it,
+        one host sync). That also lets the memory plan run this on fake tensors (memory.py)."""
         cu_seqlens = cu_seqlens.to(torch.int32)
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [S]
         if max_seqlen is None:
             max_seqlen = int(lengths.max())
-        seq_ids = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
-        positions = torch.arange(int(cu_seqlens[-1]), device=lengths.device) - cu_seqlens[:-1].long()[seq_ids]
+        seq_ids = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths,
+                                          output_size=n_tokens)
+        positions = torch.arange(n_tokens, device=lengths.device) - cu_seqlens[:-1].long()[seq_ids]
         return Layout(cu_seqlens, max_seqlen, positions, seq_ids)
 
 
 class KVCache:
     """Keys and values of past tokens, preallocated once for a whole sampling call.
 
-    k[l], v[l]: [B, T_max, Hkv, D] for layer l. Only the Hkv key/value heads are stored (GQA
-    shares each among H/Hkv query heads), in flash-attn's (batch, time, head, dim) layout.
-    lengths [B] int32: how many tokens row b holds. Row b's next token goes to position
-    lengths[b] (no left padding: each row keeps its exact positions).
+    k[l], v[l]: [B, T_max, Hkv, D] for layer l (B = rows, T_max = max_len). Only the Hkv key/value
+    heads are stored (GQA shares each among H/Hkv query heads), in flash-attn's (batch, time,
+    head, dim) layout. Row b's next token goes to position lengths[b] (no left padding: each row
+    keeps its exact positions).
+    lengths [B] int32: how many tokens row b holds.
     max_length: max(lengths) as a Python int, so decode knows how far to look without a sync.
+    filled: how many rows the prefill forwards have written so far. Prefill may be called several
+        times (the sampler prefills a few prompts at a time to bound its activations); each call
+        fills the next rows. Decoding starts once every row is filled.
     qkv[l]: layer l's q, k and v projections concatenated for sampling (see `fuse_qkv`).
     cos, sin: rotary tables for positions 0..max_len-1 ([max_len, 1, D], `rotary_cos_sin`), built
-    at prefill, so a decode step looks its rows' angles up (2 ops instead of ~10 per step).
+    at the first prefill, so a decode step looks its rows' angles up (2 ops instead of ~10).
 
-    The buffers are allocated by the first (prefill) forward, which knows B, the dtype the
-    model computes in (bf16 under FSDP mixed precision) and the device.
+    The buffers are allocated by the first prefill forward, which knows the dtype the model
+    computes in (bf16 under FSDP mixed precision) and the device.
     (A plain class on purpose: FSDP2 rebuilds dataclass arguments when it casts forward inputs
     to bf16, and the forward must update this very object.)
     """
 
-    def __init__(self, max_len):
-        self.max_len = max_len
+    def __init__(self, rows, max_len):
+        self.rows, self.max_len = rows, max_len
         self.k, self.v = [], []
         self.qkv = []
         self.cos = self.sin = None
         self.lengths = None
         self.max_length = 0
+        self.filled = 0
+
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
     def keep(self, rows):
-        """Drop finished rows: keep only `rows` ([B'] long), in that order. One copy per call,
-        so the sampler calls it every few steps, not per token; afterwards decode runs on a
-        smaller batch."""
-        self.k = [t.index_select(0, rows) for t in self.k]
-        self.v = [t.index_select(0, rows) for t in self.v]
+        """Drop finished rows: keep only `rows` ([B'] long, ascending), in that order. The kept
+        rows move to the front of each buffer, one layer at a time, and the buffers become views
+        of their first B' rows: the memory in use never grows (a fresh [B', ...] copy of every
+        layer would briefly hold the old and the new cache). The sampler calls this every few
+        steps, not per token; afterwards decode runs on a smaller batch."""
+        n = len(rows)
+        for buffers in (self.k, self.v):
+            for layer, t in enumerate(buffers):
+                t[:n] = t.index_select(0, rows)  # the copy is one layer's kept rows
+                buffers[layer] = t[:n]
         self.lengths = self.lengths.index_select(0, rows)
+        self.rows = self.filled = n
 
     def prepare_decode(self):
         """What every layer's SDPA decode step shares, computed once per step: slots [B] long,
@@ -170,12 +188,12 @@ def attention(q, k, v, layout, cache, layer_idx, backend):
     if cache is not None and layout is None:
         return _decode_attention(q, k, v, cache, layer_idx, backend)
     if cache is not None:  # prefill: store this layer's keys/values at (row, position)
-        if len(cache.k) == layer_idx:
-            shape = (len(layout.cu_seqlens) - 1, cache.max_len, k.shape[1], k.shape[2])
+        if len(cache.k) == layer_idx:  # the first prefill allocates every row's buffer
+            shape = (cache.rows, cache.max_len, k.shape[1], k.shape[2])
             cache.k.append(k.new_zeros(shape))
             cache.v.append(v.new_zeros(shape))
-        cache.k[layer_idx][layout.seq_ids, layout.positions] = k
-        cache.v[layer_idx][layout.seq_ids, layout.positions] = v
+        cache.k[layer_idx][cache.prefill_rows, layout.positions] = k
+        cache.v[layer_idx][cache.prefill_rows, layout.positions] = v
     if backend == "flash":
         return flash_attn_varlen_func(
             q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen, causal=True)
@@ -277,7 +295,7 @@ class Attention(nn.Module):
             v = self.v_proj(x).view(N, Hkv, D)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         else:  # sampling: one fused projection; q and k share each token's angles, so one rotary
-            if layout is not None:  # prefill: here, under FSDP, the layer's weights are gathered
+            if len(cache.qkv) == self.layer_idx:  # first prefill: under FSDP the weights are gathered here
                 cache.qkv.append(fuse_qkv(self))
             qkv = F.linear(x, *cache.qkv[self.layer_idx])  # [N, (H + 2Hkv) * D]
             qk = apply_rotary(qkv[:, :(H + Hkv) * D].view(N, H + Hkv, D), cos, sin)
@@ -323,18 +341,15 @@ class Body(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-IGNORE = -100  # a `targets` entry that asks for no log-prob (prompt tokens, padding)
-
-
 class Qwen2ForCausalLM(nn.Module):
     """The Qwen2 decoder with its LM head. `config` is a `transformers.Qwen2Config`.
 
     Calls (all return float tensors; see `forward`):
-      model(input_ids [B, T])                               -> logits [B, T, V]
-      model(input_ids [N], cu_seqlens)                      -> logits [N, V]      (packed)
-      model(input_ids [N], cu_seqlens, targets=[N])         -> (logp [N], entropy [N])
-      model(input_ids [N], cu_seqlens, cache=KVCache(...))  -> next-token logits [S, V] (prefill)
-      model(input_ids [B], cache=cache)                     -> next-token logits [B, V] (decode)
+      model(input_ids [B, T])                                  -> logits [B, T, V]
+      model(input_ids [N], cu_seqlens)                         -> logits [N, V]      (packed)
+      model(input_ids [N], cu_seqlens, scored=[M], targets=[M]) -> (logp [M], entropy [M])
+      model(input_ids [N], cu_seqlens, cache=KVCache(...))     -> next-token logits [S, V] (prefill)
+      model(input_ids [B], cache=cache)                        -> next-token logits [B, V] (decode)
     """
 
     def __init__(self, config):
@@ -357,17 +372,20 @@ class Qwen2ForCausalLM(nn.Module):
             return "flash"
         return "sdpa"
 
-    def forward(self, input_ids, cu_seqlens=None, *, targets=None, temperature=1.0, cache=None):
+    def forward(self, input_ids, cu_seqlens=None, *, max_seqlen=None, scored=None, targets=None,
+                temperature=1.0, cache=None):
         """input_ids [B, T] (B rows of T real tokens each) or packed [N] with cu_seqlens [S+1].
+        max_seqlen: the longest packed sequence, if the caller knows it (else one host sync).
 
-        targets [N]: score mode. targets[n] is the token whose log-prob is wanted after token n
-        (the next token of the same sequence), or IGNORE. Returns (logp [N], entropy [N]) in fp32,
-        0 at IGNORE positions, with logits divided by `temperature` first. The LM head runs on the
-        scored positions only, a chunk at a time (see `chunked_logprobs`). Gradients flow to logp.
+        scored [M] and targets [M]: score mode. targets[m] is the token whose log-prob is wanted
+        after packed token scored[m] (the next token of the same sequence). Returns
+        (logp [M], entropy [M]) in fp32, with logits divided by `temperature` first. The LM head
+        runs on the scored positions only, a chunk at a time (see `chunked_logprobs`). Gradients
+        flow to logp.
 
         cache: sampling mode (rollout.py). With cu_seqlens it is prefill: the S sequences are the
-        prompts of cache rows 0..S-1. Without, it is decode: input_ids [B] holds one new token for
-        each cache row. Returns fp32 logits for each row's next token, [S, V] or [B, V].
+        prompts of the cache's next S rows. Without, it is decode: input_ids [B] holds one new token
+        for each cache row. Returns fp32 logits for each row's next token, [S, V] or [B, V].
         """
         batch_shape = None
         if cu_seqlens is None and cache is None:  # [B, T]: B equal-length sequences
@@ -375,11 +393,13 @@ class Qwen2ForCausalLM(nn.Module):
             B, T = batch_shape
             input_ids = input_ids.reshape(B * T)
             cu_seqlens = torch.arange(0, B * T + 1, T, device=input_ids.device, dtype=torch.int32)
-            layout = Layout.from_cu_seqlens(cu_seqlens, max_seqlen=T)
+            layout = Layout.from_cu_seqlens(cu_seqlens, B * T, max_seqlen=T)
         elif cu_seqlens is not None:
-            layout = Layout.from_cu_seqlens(cu_seqlens)
+            layout = Layout.from_cu_seqlens(cu_seqlens, len(input_ids), max_seqlen)
         else:
             layout = None  # decode
+            if cache.filled != cache.rows:
+                raise ValueError(f"decode before every cache row is prefilled ({cache.filled} of {cache.rows})")
         positions = cache.lengths.long() if layout is None else layout.positions
 
         x = self.model.embed_tokens(input_ids)  # [N, C]
@@ -387,10 +407,12 @@ class Qwen2ForCausalLM(nn.Module):
         if cache is None:
             cos, sin = rotary_cos_sin(positions, head_dim(self.config), self.theta, x.dtype)
         else:
-            if layout is not None:  # prefill: the layers fill these afresh
-                cache.k, cache.v, cache.qkv = [], [], []
+            if cache.cos is None:  # the first prefill: rotary tables for every position
                 cache.cos, cache.sin = rotary_cos_sin(torch.arange(cache.max_len, device=x.device),
                                                       head_dim(self.config), self.theta, x.dtype)
+                cache.lengths = torch.zeros(cache.rows, dtype=torch.int32, device=x.device)
+            if layout is not None:  # prefill: the cache rows these S prompts go to
+                cache.prefill_rows = layout.seq_ids + cache.filled
             elif backend != "flash":  # decode: what the layers' SDPA shares
                 cache.prepare_decode()
             cos, sin = cache.cos[positions], cache.sin[positions]  # the same values, looked up
@@ -402,16 +424,18 @@ class Qwen2ForCausalLM(nn.Module):
         x = self.model.norm(x)  # [N, C]
 
         if cache is not None:
-            if layout is not None:  # prefill: rows now hold their prompts
-                cache.lengths = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).to(torch.int32)
-                cache.max_length = layout.max_seqlen
+            if layout is not None:  # prefill: rows filled .. filled+S-1 now hold their prompts
+                S = len(layout.cu_seqlens) - 1
+                cache.lengths[cache.filled:cache.filled + S] = layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]
+                cache.filled += S
+                cache.max_length = max(cache.max_length, layout.max_seqlen)
                 x = x[layout.cu_seqlens[1:].long() - 1]  # each prompt's last token [S, C]
             else:
                 cache.lengths = cache.lengths + 1
                 cache.max_length += 1
             return self.lm_head(x).float()
         if targets is not None:
-            return chunked_logprobs(x, self.lm_head.weight, targets, temperature)
+            return chunked_logprobs(x[scored], self.lm_head.weight, targets, temperature)
         logits = self.lm_head(x)
         return logits.view(*batch_shape, -1) if batch_shape is not None else logits
 
@@ -479,8 +503,11 @@ class _TokenLogProbs(torch.autograd.Function):
             if ctx.temperature != 1.0:
                 logits.div_(ctx.temperature)
             grad = logits.sub_(log_z[:, None]).exp_().mul_(-g)  # -p * g
-            hit = ((targets >= a) & (targets < b)).nonzero().squeeze(-1)  # tokens whose target is here
-            grad[hit, targets[hit] - a] += g[hit, 0]  # + 1[v = target] * g
+            # + 1[v = target] * g, for the tokens whose target lies in this slice: every token
+            # adds at a clamped column, the others add 0 (no data-dependent indexing, no sync)
+            here = (targets >= a) & (targets < b)  # [M]
+            column = (targets - a).clamp(0, b - a - 1)[:, None]  # [M, 1]
+            grad.scatter_add_(1, column, g * here[:, None])
             grad = grad.to(weight.dtype)
             grad_hidden += grad @ weight[a:b]
             if grad_weight is not None:
@@ -489,19 +516,15 @@ class _TokenLogProbs(torch.autograd.Function):
 
 
 def chunked_logprobs(hidden, weight, targets, temperature=1.0):
-    """log pi(target_n | tokens <= n) and the entropy of that next-token distribution, for every
-    n with targets[n] != IGNORE; 0 elsewhere. hidden [N, C] (after the final norm), weight [V, C].
+    """log pi(targets[m] | tokens up to m) and the entropy of that next-token distribution, for
+    hidden states [M, C] (after the final norm) and head weight [V, C]. Returns (logp [M],
+    entropy [M]), fp32; gradients flow to `hidden` and `weight` through logp.
 
     Naively this is log_softmax(hidden @ weight.T).gather(...): at V = 152064 a 4096-token
     sequence makes 2.5 GB of fp32 logits, and as much again for log_softmax and for each of their
     gradients. `_TokenLogProbs` computes the same values and gradients a slice at a time.
-    Returns (logp [N], entropy [N]), fp32; gradients flow to `hidden` and `weight` through logp.
     """
-    scored = (targets != IGNORE).nonzero().squeeze(-1)  # [M] positions to score
-    logp_m, entropy_m = _TokenLogProbs.apply(hidden[scored], weight, targets[scored], temperature)
-    logp = logp_m.new_zeros(len(targets)).index_put((scored,), logp_m)
-    entropy = entropy_m.new_zeros(len(targets)).index_put((scored,), entropy_m)
-    return logp, entropy
+    return _TokenLogProbs.apply(hidden, weight, targets, temperature)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,24 +644,28 @@ def _write_safetensors(state, folder, max_shard_bytes):
 # ----------------------------------------------------------------------------------------------
 # FSDP2: each decoder layer is one sharding unit, the root (embedding, norm, head) another.
 
-def fsdp_wrap(model, device_type, mixed_precision, activation_checkpointing=False):
-    """Shard `model` over all ranks of the default process group with FSDP2's `fully_shard`.
+def fsdp_wrap(model, mesh, mixed_precision, activation_checkpointing=False):
+    """Shard `model` over the ranks of `mesh` (a 1-D DeviceMesh) with FSDP2's `fully_shard`.
 
     Each rank keeps 1/world of every parameter (and so of its gradients and AdamW states); a
-    layer's full weights are all-gathered just before it runs and freed after. With
-    `mixed_precision` (the recipe's setting on CUDA), master weights and optimizer states stay
-    fp32, layers compute in bf16 and gradients are reduce-scattered in fp32, as the official code
-    did after its PRM-precision fix (PRIME_NOTES.md §9). device_type: "cuda" or "cpu" (gloo).
+    unit's full weights are all-gathered just before it runs and freed after. With
+    `mixed_precision` (the recipe's setting), master weights and optimizer states stay fp32,
+    units compute in bf16 and gradients are reduce-scattered in fp32, as the official code did
+    after its PRM-precision fix (PRIME_NOTES.md §9). On one rank this changes nothing but the
+    precision, so one process computes exactly as N do.
+
+    The root unit (embedding, final norm, LM head: 1.1B parameters at Qwen2.5-7B's vocabulary)
+    also frees its gathered weights after every forward. FSDP2's default keeps them until the
+    next backward, so after a no-grad forward (the frozen reference, old log-probs) they would
+    stay gathered: 2.2 GB of bf16 per model. Re-gathering them for backward costs one all-gather.
     """
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if mixed_precision else MixedPrecisionPolicy()
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
     model.activation_checkpointing = activation_checkpointing
     return model
 
@@ -670,6 +697,5 @@ def gathered_params(model):
         yield model
     finally:
         model.set_reshard_after_forward(True)
-        model.set_reshard_after_forward(False, recurse=False)  # FSDP2's own default for the root
         for unit in units:
             unit.reshard()

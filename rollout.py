@@ -4,8 +4,9 @@ Sampling is the most expensive phase of a PRIME step (281.7 of 680.3 s in the pa
 PRIME_NOTES.md §6). The official code used vLLM; this is a small KV-cached batched sampler of our
 own, written against model.py:
 
-  1. prefill: every prompt in one packed forward (no padding), which fills a preallocated
-     KVCache and yields each prompt's next-token logits;
+  1. prefill: the prompts in packed forwards (no padding; a few prompts at a time when
+     max_prefill_tokens bounds the activations), which fill a preallocated KVCache and yield
+     each prompt's next-token logits;
   2. decode: one forward per step on one new token per still-active row; each row attends over
      its own cached keys, at its own positions (ragged prompts need no left padding);
   3. a row stops at an EOS id or after max_new_tokens; every few steps (one host sync) the
@@ -23,7 +24,7 @@ CHECK_EVERY = 8  # decode steps between host syncs that look for finished rows
 
 
 def generate(model, prompts, max_new_tokens, eos_token_id, temperature=1.0, top_p=1.0, top_k=0,
-             seed=None, *, vocab_size=None, max_batch_tokens=None, progress=None):
+             seed=None, *, vocab_size=None, max_batch_tokens=None, max_prefill_tokens=None, progress=None):
     """Sample a response for each prompt.
 
     model: model.Qwen2ForCausalLM (plain or FSDP2-sharded; under FSDP every rank must call
@@ -36,6 +37,8 @@ def generate(model, prompts, max_new_tokens, eos_token_id, temperature=1.0, top_
         its embedding matrix past the tokenizer). Default: the model's vocab_size.
     max_batch_tokens: a memory bound. Prompts are sampled in chunks whose cache holds at most this
         many token slots (rows x (longest prompt + max_new_tokens)). Default: one chunk.
+    max_prefill_tokens: the other memory bound. A chunk's prompts are prefilled in packed forwards
+        of at most this many tokens (a longer prompt goes alone). Default: one forward.
     progress: an optional tqdm-like bar; it is advanced by the number of prompts finished.
 
     Returns a list with, for each prompt, its response ids: the sampled tokens up to and including
@@ -72,7 +75,8 @@ def generate(model, prompts, max_new_tokens, eos_token_id, temperature=1.0, top_
         start = 0
         while start < len(order):
             rows = order[start:start + _chunk_rows(prompts, order, start, max_new_tokens, max_batch_tokens)]
-            chunk = _generate_chunk(model, [prompts[i] for i in rows], max_new_tokens, eos, sampler, progress)
+            chunk = _generate_chunk(model, [prompts[i] for i in rows], max_new_tokens, eos, sampler,
+                                    max_prefill_tokens, progress)
             for i, response in zip(rows, chunk):
                 responses[i] = response
             start += len(rows)
@@ -90,21 +94,17 @@ def _chunk_rows(prompts, order, start, max_new_tokens, max_batch_tokens):
     return min(len(order) - start, max_batch_tokens // slots_per_row)
 
 
-def _generate_chunk(model, prompts, max_new_tokens, eos, sampler, progress):
+def _generate_chunk(model, prompts, max_new_tokens, eos, sampler, max_prefill_tokens, progress):
     device = eos.device
     B = len(prompts)
-    lengths = torch.tensor([len(p) for p in prompts])
-    cu_seqlens = torch.zeros(B + 1, dtype=torch.int32)
-    cu_seqlens[1:] = lengths.cumsum(0)
-    ids = torch.tensor([t for p in prompts for t in p], device=device)
-    cache = KVCache(max_len=int(lengths.max()) + max_new_tokens)
+    cache = KVCache(rows=B, max_len=max(len(p) for p in prompts) + max_new_tokens)
+    logits = torch.cat([prefill(model, group, cache, device)
+                        for group in _prefill_groups(prompts, max_prefill_tokens)])  # [B, V]
 
     # sampled tokens; a row's response ends at its first EOS, found after the loop
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     active = torch.arange(B, device=device)  # which rows of `out` the cache rows hold
     done = torch.zeros(B, dtype=torch.bool, device=device)  # per cache row
-
-    logits = model(ids, cu_seqlens.to(device), cache=cache)  # prefill: [B, V]
     for step in range(max_new_tokens):
         token = sample(logits, **sampler)  # [B_active]
         out[active, step] = token
@@ -128,6 +128,28 @@ def _generate_chunk(model, prompts, max_new_tokens, eos, sampler, progress):
     is_eos = torch.isin(out, eos)
     n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, max_new_tokens).tolist()
     return [row[:n].tolist() for row, n in zip(out.cpu(), n_tokens)]
+
+
+def _prefill_groups(prompts, max_tokens):
+    """Consecutive runs of prompts of at most max_tokens tokens together (None: all at once)."""
+    groups, current, tokens = [], [], 0
+    for prompt in prompts:
+        if current and max_tokens is not None and tokens + len(prompt) > max_tokens:
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(prompt)
+        tokens += len(prompt)
+    return groups + [current]
+
+
+def prefill(model, prompts, cache, device):
+    """One packed forward over `prompts` that writes them into the cache's next rows; returns
+    each prompt's next-token logits [S, V] (fp32). Lengths are known here, on the host, so the
+    model's layout needs no device sync."""
+    lengths = [len(p) for p in prompts]
+    cu_seqlens = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    ids = torch.tensor([t for p in prompts for t in p], device=device)
+    return model(ids, cu_seqlens.to(device), max_seqlen=max(lengths), cache=cache)
 
 
 def sample(logits, temperature, top_p, top_k, generator, vocab_size):

@@ -43,11 +43,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 from transformers import AutoTokenizer
@@ -84,6 +86,9 @@ class Config:
     prm_path: str = knob("", "PRM initialisation if not model_path (the paper: the SFT model)")
     bf16: bool = knob(False, "bf16 compute with fp32 master weights (CUDA); reference kept in bf16")
     activation_checkpointing: bool = knob(False, "recompute each layer in backward to save memory")
+
+    # processes
+    dist_timeout_minutes: int = knob(30, "how long a rank waits at a collective before the run fails")
 
     # data
     train_files: str = knob("", "comma-separated Eurus-2-RL-Data parquet files; empty = the built-in toy task")
@@ -215,23 +220,30 @@ def parse_config(argv):
 # 2. Processes: torchrun ranks, or one process on its own.
 # ==============================================================================================
 
-def setup_distributed():
+def setup_distributed(cfg):
     """Join (or, for a plain `python train.py`, create) the process group: NCCL on GPUs, gloo on
-    CPUs. One process is a group of one, so the same code runs everywhere."""
+    CPUs. One process is a group of one, so the same code runs everywhere. Returns (rank, world,
+    device, mesh): `mesh` is the 1-D device mesh FSDP2 shards every model over.
+
+    The group's timeout bounds how long a rank waits at a collective while another works alone
+    (rank 0 writing a Hugging Face export, a slow verifier): NCCL's default of 10 minutes is short
+    for a 7B export, hence cfg.dist_timeout_minutes."""
     if "RANK" not in os.environ:
         with socket.socket() as s:  # a free local port for a group of one
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    timeout = timedelta(minutes=cfg.dist_timeout_minutes)
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+        dist.init_process_group("gloo", timeout=timeout)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    return dist.get_rank(), dist.get_world_size(), device, mesh
 
 
 def seed_for(*parts):
@@ -292,27 +304,30 @@ def check_batch_arithmetic(cfg, world):
 # 3. Models and optimizers.
 # ==============================================================================================
 
-def load_for_training(path, cfg, device, world, trainable):
-    """A model from a Hugging Face folder, on `device`, sharded with FSDP2 when world > 1.
-    Trainable models keep fp32 master weights (bf16 compute with cfg.bf16); the frozen reference
-    is stored in bf16 under cfg.bf16, as the official code kept it (PRIME_NOTES §1)."""
+def load_for_training(path, cfg, device, mesh, trainable):
+    """A model from a Hugging Face folder, on `device`, sharded with FSDP2 over `mesh` (on one
+    rank too: then FSDP2 only applies the mixed precision, so one process computes exactly as
+    N do). Trainable models keep fp32 master weights (bf16 compute with cfg.bf16); the frozen
+    reference is stored in bf16 under cfg.bf16, as the official code kept it (PRIME_NOTES §1).
+    With both, the PRM's bf16 compute copy of the SFT weights equals the reference's bf16
+    weights bit for bit, so at step 1 their log-probs agree exactly and every process reward
+    is exactly 0 (prm_step's docstring says why that matters)."""
     dtype = torch.bfloat16 if cfg.bf16 and not trainable else torch.float32
     net = M.load_model(path, device=device, dtype=dtype)
     net.train(trainable)
     net.requires_grad_(trainable)
-    if world > 1:
-        M.fsdp_wrap(net, device.type, mixed_precision=cfg.bf16 and trainable,
-                    activation_checkpointing=cfg.activation_checkpointing and trainable)
-    else:
-        net.activation_checkpointing = cfg.activation_checkpointing and trainable
-    return net
+    return M.fsdp_wrap(net, mesh, mixed_precision=cfg.bf16 and trainable,
+                       activation_checkpointing=cfg.activation_checkpointing and trainable)
 
 
 def adamw(net, lr, weight_decay):
-    return torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    """AdamW as the official code configures it (betas 0.9/0.999). The fused implementation
+    updates every parameter in one kernel with no temporaries: the for-each one (the CUDA
+    default) holds a temporary as large as this rank's parameter shard (3.5 GB at 7B on 8 GPUs)."""
+    return torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=True)
 
 
-def build_models(cfg, model_path, device, world):
+def build_models(cfg, model_path, device, mesh):
     """(policy, prm, ref, models, optimizers) for a PRIME run under the ablation switches: `ref`
     is the network whose log-probs are log pi_ref in the implicit reward. `models` and `optimizers`
     hold what is trained, i.e. what a checkpoint stores.
@@ -325,15 +340,15 @@ def build_models(cfg, model_path, device, world):
                              the policy's update, so it scores with pi_theta_old; no third model.
                              (At temperature 1, like the PRM; the PPO ratio's old log-probs use the
                              sampling temperature: the same numbers at the recipe's T = 1.)"""
-    policy = load_for_training(model_path, cfg, device, world, trainable=True)
+    policy = load_for_training(model_path, cfg, device, mesh, trainable=True)
     models, optimizers = {"policy": policy}, {"policy": adamw(policy, cfg.policy_lr, cfg.policy_weight_decay)}
     prm = ref = None
     if cfg.process_rewards:
         trained = cfg.prm_update != "frozen"
-        prm = load_for_training(cfg.prm_path or model_path, cfg, device, world, trainable=trained)
+        prm = load_for_training(cfg.prm_path or model_path, cfg, device, mesh, trainable=trained)
         if trained:
             models["prm"], optimizers["prm"] = prm, adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
-        ref = policy if cfg.reference == "policy" else load_for_training(model_path, cfg, device, world,
+        ref = policy if cfg.reference == "policy" else load_for_training(model_path, cfg, device, mesh,
                                                                           trainable=False)
     return policy, prm, ref, models, optimizers
 
@@ -391,29 +406,31 @@ def response_logprobs(net, rollouts, rows, device, temperature=1.0):
     """log pi(y_t | x, y_<t) of each response token of `rows` under `net`, as ([b, T] logp,
     [b, T] entropy), zero on padding. The rows go through the model as one packed sequence
     prompt+response each; only response positions are scored (model.chunked_logprobs).
+    Every index is built here on the host, so the forward waits for nothing on the device.
     An empty `rows` runs a one-token dummy forward (see micro_batches) and returns None."""
     if not rows:
         dummy = torch.zeros(1, dtype=torch.long, device=device)
-        logp, _ = net(dummy, torch.tensor([0, 1], dtype=torch.int32, device=device),
-                      targets=dummy, temperature=temperature)
+        logp, _ = net(dummy, torch.tensor([0, 1], dtype=torch.int32, device=device), max_seqlen=1,
+                      scored=dummy, targets=dummy, temperature=temperature)
         return logp.sum() * 0.0, None  # a zero that is still part of the graph: backward runs too
-    ids, targets, cu, where = [], [], [0], []
-    for i in rows:
+    T = rollouts.width
+    ids, cu, scored, targets, cells = [], [0], [], [], []
+    for j, i in enumerate(rows):
         prompt, response = rollouts.prompts[i], rollouts.responses[i]
-        # position len(prompt)-1+t predicts response[t]; every other position is not scored
+        # packed position start + len(prompt) - 1 + t predicts response[t]; it lands in cell (j, t)
+        first = cu[-1] + len(prompt) - 1
         ids += prompt + response
-        targets += [M.IGNORE] * (len(prompt) - 1) + response + [M.IGNORE]
-        where.append(cu[-1] + len(prompt) - 1)
+        scored += range(first, first + len(response))
+        targets += response
+        cells += range(j * T, j * T + len(response))
         cu.append(cu[-1] + len(prompt) + len(response))
     logp, entropy = net(torch.tensor(ids, device=device), torch.tensor(cu, dtype=torch.int32, device=device),
-                        targets=torch.tensor(targets, device=device), temperature=temperature)
-    # scatter the packed positions into [b, T]
-    T = rollouts.width
-    lengths = torch.tensor([len(rollouts.responses[i]) for i in rows], device=device)
-    mask = torch.arange(T, device=device)[None, :] < lengths[:, None]  # [b, T]
-    index = (torch.tensor(where, device=device)[:, None] + torch.arange(T, device=device)[None, :])
-    index = torch.where(mask, index, 0)
-    return torch.where(mask, logp[index], 0.0), torch.where(mask, entropy[index], 0.0)
+                        max_seqlen=max(b - a for a, b in zip(cu, cu[1:])),
+                        scored=torch.tensor(scored, device=device), targets=torch.tensor(targets, device=device),
+                        temperature=temperature)  # [M] each
+    cells = torch.tensor(cells, device=device)
+    grid = torch.zeros(len(rows) * T, device=device)  # [b * T], then scattered into
+    return grid.index_put((cells,), logp).view(len(rows), T), grid.index_put((cells,), entropy).view(len(rows), T)
 
 
 @torch.no_grad()
@@ -689,7 +706,7 @@ def export(net, tokenizer, path):
 # 8. SFT warm start (the toy's Eurus-2-7B-SFT): packed cross-entropy on the responses.
 # ==============================================================================================
 
-def sft(cfg, tokenizer, out_path, device, world):
+def sft(cfg, tokenizer, out_path, device, mesh):
     """Train a fresh toy model on worked solutions: next-token cross-entropy on response tokens
     only (the prompt is context), AdamW with linear warmup then cosine decay."""
     rank = dist.get_rank()
@@ -700,8 +717,8 @@ def sft(cfg, tokenizer, out_path, device, world):
     net = M.Qwen2ForCausalLM(config)
     M.init_weights(net)
     net.to(device)
-    if world > 1:
-        M.fsdp_wrap(net, device.type, mixed_precision=cfg.bf16)
+    M.fsdp_wrap(net, mesh, mixed_precision=cfg.bf16)
+    world = mesh.size()
     rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, steps=cfg.toy_steps,
                          max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share)
     pairs = data.sft_pairs(rows, tokenizer)
@@ -781,7 +798,7 @@ def held_out_accuracy(policy, tokenizer, problems, cfg):
 
 def main(argv):
     cfg = parse_config(argv)
-    rank, world, device = setup_distributed()
+    rank, world, device, mesh = setup_distributed(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     check_batch_arithmetic(cfg, world)
     if rank == 0:
@@ -798,7 +815,7 @@ def main(argv):
             tokenizer = data.build_toy_tokenizer(os.path.join(cfg.out_dir, "tokenizer")) if rank == 0 else None
             dist.barrier()
             tokenizer = AutoTokenizer.from_pretrained(os.path.join(cfg.out_dir, "tokenizer"))
-            sft(cfg, tokenizer, model_path, device, world)
+            sft(cfg, tokenizer, model_path, device, mesh)
     elif cfg.stage == "sft":
         raise SystemExit("train.py: stage=sft trains the toy model only; Eurus-2-7B-SFT is a released "
                          "checkpoint: pass it as --model_path")
@@ -810,7 +827,7 @@ def main(argv):
     if not train_problems:
         raise SystemExit("train.py: no training prompts left after the length filter")
 
-    policy, prm, ref, models, optimizers = build_models(cfg, model_path, device, world)
+    policy, prm, ref, models, optimizers = build_models(cfg, model_path, device, mesh)
     stream = PromptStream(len(train_problems), cfg.seed, rank, world)
 
     trainer = {"step": 0, "eval_accuracy_start": None, "seconds": 0.0}

@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 import model as M
 import rewards
@@ -125,7 +126,8 @@ def test_build_models_loads_only_what_the_switches_need(tmp_path, monkeypatch, s
     loaded = []
     real_load = M.load_model
     monkeypatch.setattr(M, "load_model", lambda *a, **k: loaded.append(a[0]) or real_load(*a, **k))
-    policy, prm, ref, models, optimizers = train.build_models(config(**switches), path, torch.device("cpu"), 1)
+    policy, prm, ref, models, optimizers = train.build_models(config(**switches), path, torch.device("cpu"),
+                                                               init_device_mesh("cpu", (1,)))
 
     assert len(loaded) == loads, loaded
     assert set(models) == set(optimizers) == trained  # what a checkpoint stores

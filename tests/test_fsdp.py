@@ -3,6 +3,7 @@
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 import model as M
@@ -12,20 +13,21 @@ LENGTHS = [[7, 5], [6, 6]]  # rank 0's and rank 1's sequences: 10 scored tokens 
 
 
 def shard_batch(rank):
-    """Rank `rank`'s packed sequences, every token scored against its successor."""
+    """Rank `rank`'s packed sequences, every token but each sequence's last scored against
+    its successor: (ids, cu_seqlens, scored positions)."""
     g = torch.Generator().manual_seed(1234 + rank)
     seqs = [torch.randint(0, 97, (n,), generator=g) for n in LENGTHS[rank]]
     ids = torch.cat(seqs)
-    targets = torch.cat([torch.cat([s[1:], torch.tensor([M.IGNORE])]) for s in seqs])
     cu = torch.tensor([0] + torch.tensor(LENGTHS[rank]).cumsum(0).tolist(), dtype=torch.int32)
-    return ids, cu, targets
+    scored = torch.cat([torch.arange(a, b - 1) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())])
+    return ids, cu, scored
 
 
-def sgd_step(model, ids, cu, targets):
+def sgd_step(model, ids, cu, scored):
     """Mean negative log-likelihood over the scored tokens, one SGD step; returns the loss."""
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    logp, _ = model(ids, cu, targets=targets)
-    loss = -logp.sum() / (targets != M.IGNORE).sum()
+    logp, _ = model(ids, cu, scored=scored, targets=ids[scored + 1])
+    loss = -logp.sum() / len(scored)
     loss.backward()
     opt.step()
     return loss.item()
@@ -33,9 +35,9 @@ def sgd_step(model, ids, cu, targets):
 
 def _worker(rank, init_file, ckpt, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    model = M.fsdp_wrap(M.load_model(ckpt), "cpu", mixed_precision=False)
-    ids, cu, targets = shard_batch(rank)
-    loss = sgd_step(model, ids, cu, targets)
+    model = M.fsdp_wrap(M.load_model(ckpt), init_device_mesh("cpu", (2,)), mixed_precision=False)
+    ids, cu, scored = shard_batch(rank)
+    loss = sgd_step(model, ids, cu, scored)
 
     q_proj = model.model.layers[0].self_attn.q_proj
     with torch.no_grad():
@@ -62,8 +64,8 @@ def test_fsdp_step_equals_single_process_step(tmp_path):
     batches = [shard_batch(r) for r in range(2)]
     ids = torch.cat([b[0] for b in batches])
     cu = torch.cat([batches[0][1], batches[1][1][1:] + batches[0][1][-1]])
-    targets = torch.cat([b[2] for b in batches])
-    loss = sgd_step(single, ids, cu, targets)
+    scored = torch.cat([batches[0][2], batches[1][2] + batches[0][1][-1]])
+    loss = sgd_step(single, ids, cu, scored)
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert abs((ranks[0]["loss"] + ranks[1]["loss"]) / 2 - loss) < 1e-5

@@ -125,7 +125,7 @@ def test_cached_decode_equals_full_recompute(tmp_path, flash_standin_backend, ba
     steps = 5
     new = torch.randint(0, 97, (3, steps))  # the tokens "sampled" at each step, fixed here
     ids, cu = packed(prompts)
-    cache = M.KVCache(max_len=9 + steps)
+    cache = M.KVCache(rows=3, max_len=9 + steps)
     with torch.no_grad():
         step_logits = [ours(ids, cu, cache=cache)]
         for t in range(steps):
@@ -154,8 +154,7 @@ def test_chunked_logprobs_equal_naive_values_and_gradients(monkeypatch):
     hidden = torch.randn(23, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
     targets = torch.randint(0, 50, (23,))
-    targets[[0, 5, 6]] = M.IGNORE
-    scored = targets != M.IGNORE
+    targets[[0, 5]] = torch.tensor([0, 49])  # the first and last vocabulary entries too
     upstream = torch.randn(23)
 
     logp, entropy = M.chunked_logprobs(hidden, weight, targets, temperature=0.7)
@@ -163,12 +162,10 @@ def test_chunked_logprobs_equal_naive_values_and_gradients(monkeypatch):
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
 
-    ref_logp, ref_entropy = naive_logprobs(hidden @ weight.T, targets.clamp(min=0), 0.7)
-    ref_logp = torch.where(scored, ref_logp, 0.0)
+    ref_logp, ref_entropy = naive_logprobs(hidden @ weight.T, targets, 0.7)
     (ref_logp * upstream).sum().backward()
     assert torch.allclose(logp, ref_logp, atol=1e-5)
-    assert torch.allclose(entropy[scored], ref_entropy[scored], atol=1e-5)
-    assert (entropy[~scored] == 0).all() and (logp[~scored] == 0).all()
+    assert torch.allclose(entropy, ref_entropy, atol=1e-5)
     assert torch.allclose(grads[0], hidden.grad, atol=1e-5)
     assert torch.allclose(grads[1], weight.grad, atol=1e-5)
 
@@ -178,26 +175,24 @@ def test_score_mode_matches_logits(tmp_path):
     ours = M.load_model(tmp_path / "hf")
     seqs = [torch.randint(0, 97, (n,)) for n in (6, 4)]
     ids, cu = packed(seqs)
-    targets = torch.full_like(ids, M.IGNORE)
-    targets[2:5] = ids[3:6]  # score the last 3 tokens of sequence 0 ...
-    targets[7:9] = ids[8:10]  # ... and the last 2 of sequence 1
+    scored = torch.tensor([2, 3, 4, 7, 8])  # the last 3 tokens of sequence 0, the last 2 of sequence 1
+    targets = ids[scored + 1]
     with torch.no_grad():
-        logp, entropy = ours(ids, cu, targets=targets, temperature=1.3)
-        ref_logp, ref_entropy = naive_logprobs(ours(ids, cu), targets.clamp(min=0), 1.3)
-    scored = targets != M.IGNORE
-    assert torch.allclose(logp[scored], ref_logp[scored], atol=1e-5)
-    assert torch.allclose(entropy[scored], ref_entropy[scored], atol=1e-5)
+        logp, entropy = ours(ids, cu, max_seqlen=6, scored=scored, targets=targets, temperature=1.3)
+        ref_logp, ref_entropy = naive_logprobs(ours(ids, cu)[scored], targets, 1.3)
+    assert torch.allclose(logp, ref_logp, atol=1e-5)
+    assert torch.allclose(entropy, ref_entropy, atol=1e-5)
 
 
 def test_activation_checkpointing_gives_same_gradients(tmp_path):
     random_checkpoint(tmp_path / "hf")
     ids, cu = packed([torch.randint(0, 97, (n,)) for n in (7, 5)])
-    targets = torch.roll(ids, -1)
+    scored = torch.tensor([0, 1, 2, 3, 4, 5, 7, 8, 9, 10])  # every token but each sequence's last
     grads = []
     for ac in (False, True):
         ours = M.load_model(tmp_path / "hf")
         ours.activation_checkpointing = ac
-        logp, _ = ours(ids, cu, targets=targets)
+        logp, _ = ours(ids, cu, scored=scored, targets=ids[scored + 1])
         logp.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in ours.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
@@ -211,7 +206,7 @@ def test_sampling_path_fused_qkv_equals_separate_projections(tmp_path):
     ours = M.load_model(tmp_path / "hf")
     names = list(ours.state_dict())
     ids, cu = packed([torch.randint(0, 97, (n,)) for n in (6, 1, 11)])
-    cache = M.KVCache(max_len=16)
+    cache = M.KVCache(rows=3, max_len=16)
     with torch.no_grad():
         fused = ours(ids, cu, cache=cache)  # [3, V]
         plain = ours(ids, cu)[cu[1:].long() - 1]

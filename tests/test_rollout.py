@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
 
 import model as M
 import rollout
@@ -174,7 +175,7 @@ PER_RANK = {0: [], 1: [9, 2, 14]}, {0: [3, 8, 1, 12, 5], 1: [6]}
 
 def _fsdp_worker(rank, init_file, ckpt, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    model = M.fsdp_wrap(M.load_model(ckpt), "cpu", mixed_precision=True)  # bf16, as on CUDA
+    model = M.fsdp_wrap(M.load_model(ckpt), init_device_mesh("cpu", (2,)), mixed_precision=True)  # bf16, as on CUDA
     results = []
     for case, lengths in enumerate(PER_RANK):  # uneven prompt counts and lengths per rank
         prompts = random_prompts(lengths[rank], seed=10 * case + rank)
