@@ -12,7 +12,7 @@ model: `train.py --stage=sft --out_dir=<root>/sft` makes it once, and each run g
 exists is skipped, so re-running the same command resumes (train.py itself resumes a run that
 was cut off from its last checkpoint).
 
-The configurations (train.py switches; PRIME_NOTES §8 for the paper's results):
+The configurations (train.py switches; docs/notes.md §8 for the paper's results):
 
     prime           the recipe: online implicit PRM, single-forward, SFT reference, filter on
     rloo            process_rewards=false: outcome-only RLOO, the baseline of Fig. 4 (the paper:

@@ -2,7 +2,7 @@
 
 PRIME learns from prompts alone: each step samples K responses per prompt, and a rule-based
 verifier turns each response into an outcome reward r_o by comparing it with the prompt's
-ground truth (PRIME_NOTES.md §5-§7). So the data the trainer needs is, per problem, the
+ground truth (docs/notes.md §5-§7). So the data the trainer needs is, per problem, the
 chat-templated prompt token ids and a ground truth (an answer string for math, the tests for
 code). This file produces exactly that, from three sources:
 
@@ -12,7 +12,7 @@ code). This file produces exactly that, from three sources:
      (`toy_model_config`);
   3. benchmark files for eval.py (`load_benchmark`, `benchmark_messages`).
 
-Sources 1 and 2 share one row schema (the verl / Eurus-2-RL-Data schema, PRIME_NOTES.md §6):
+Sources 1 and 2 share one row schema (the verl / Eurus-2-RL-Data schema, docs/notes.md §6):
 
     {"data_source": str,
      "prompt": [{"role": "system"|"user"|"assistant", "content": str}, ...],   # a chat
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 # ==============================================================================================
-# 1. The paper's prompts (PRIME_NOTES.md §6 and §8).
+# 1. The paper's prompts (docs/notes.md §6 and §8).
 # ==============================================================================================
 
 # The Eurus "action-centric" system prompt. Eurus-2-7B-SFT was fine-tuned on responses written
@@ -97,7 +97,7 @@ Next action: [NEXT ACTION NAME]
 
 # Appended to the question by ability (PRIME README "Usage" and the eval scripts). The math
 # suffix asks for the \boxed{} answer that the verifier extracts; the code suffix asks for a
-# final ```python block, which is what the code verifier executes (PRIME_NOTES.md §7).
+# final ```python block, which is what the code verifier executes (docs/notes.md §7).
 MATH_SUFFIX = "\n\nPresent the answer in LaTex format: \\boxed{Your answer}"
 CODE_SUFFIX = "\n\nWrite Python code to solve the problem. Present the code in \n```python\nYour code\n```\nat the end."
 
@@ -194,7 +194,7 @@ def _check_row(row, where):
 def rows_to_problems(rows, tokenizer, max_prompt_tokens=None, source="rows"):
     """Turn rows of the shared schema into `Problem`s: check each row, apply the tokenizer's
     chat template, and drop prompts longer than `max_prompt_tokens` after templating (the
-    official recipe drops prompts over 1024 tokens, PRIME_NOTES.md §6; None keeps all).
+    official recipe drops prompts over 1024 tokens, docs/notes.md §6; None keeps all).
 
     Returns (problems, n_dropped). Raises ValueError naming `source`, the row number
     (0-based) and the field for a malformed row.
@@ -219,7 +219,7 @@ def rows_to_problems(rows, tokenizer, max_prompt_tokens=None, source="rows"):
 
 
 # ==============================================================================================
-# 4. Eurus-2-RL-Data: local parquet files (PRIME_NOTES.md §6).
+# 4. Eurus-2-RL-Data: local parquet files (docs/notes.md §6).
 # ==============================================================================================
 # Download train.parquet / validation.parquet of PRIME-RL/Eurus-2-RL-Data and pass their paths.
 # Each row's `prompt` already holds the system prompt above and the user question; we apply the
@@ -489,7 +489,7 @@ def toy_model_config(tokenizer, hidden_size=128, num_layers=4, num_heads=4, num_
 
 
 # ==============================================================================================
-# 7. Benchmark files for eval.py (PRIME_NOTES.md §8).
+# 7. Benchmark files for eval.py (docs/notes.md §8).
 # ==============================================================================================
 # Benchmarks come as local JSON Lines (or JSON array) or parquet files with various column names.
 # `load_benchmark` maps them to one form, {"id", "question", "ability", "ground_truth"}; eval.py

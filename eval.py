@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=N eval.py --model CHECKPOINT [--data FILE ...]
 
 For each benchmark file: prompt every question the paper's way (the Eurus system prompt plus the
-math or code suffix, PRIME_NOTES.md §6/§8), sample responses with rollout.py (greedy unless the
+math or code suffix, docs/notes.md §6/§8), sample responses with rollout.py (greedy unless the
 paper sampled), score each with verify.py, and report the mean score. With no --data, the toy
 task's held-out problems are evaluated, prompted exactly as train.py's toy prompts are.
 
@@ -42,7 +42,7 @@ from verify import code_correct, extract_answer, extract_program, score_batch
 
 
 # ==============================================================================================
-# 1. The paper's seven benchmarks: reference numbers and eval settings (PRIME_NOTES.md §8).
+# 1. The paper's seven benchmarks: reference numbers and eval settings (docs/notes.md §8).
 # ==============================================================================================
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class PaperBenchmark:
     n_samples: int = 1
 
 
-# Settings ([PR] eval/, PRIME_NOTES.md §8): greedy with 4096 new tokens for AIME, AMC and the
+# Settings ([PR] eval/, docs/notes.md §8): greedy with 4096 new tokens for AIME, AMC and the
 # Qwen2.5-Math harness (Minerva, OlympiadBench); 8192 for MATH-500 and LeetCode. LiveCodeBench ran
 # lcb_runner with its own defaults (eval/run.sh overrides none): 10 samples at T=0.2, top_p 0.95,
 # 4096 tokens, pass@1 estimated as the mean over the 10; its score is on the v2 window
@@ -158,12 +158,12 @@ def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samp
         bar.close()
 
     # Score the decoded text without special tokens, as the official reward code did
-    # (PRIME_NOTES.md §7): the verifiers see what a reader sees.
+    # (docs/notes.md §7): the verifiers see what a reader sees.
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     scores = score_batch([{"ability": p.ability, "response": text, "ground_truth": p.ground_truth,
                            "id": p.id} for p, text in zip(rows, texts)])
     # Code: score_batch gives the training reward, the fraction of the first 10 tests passed
-    # (PRIME_NOTES.md §7), but a benchmark's pass@1 counts a program as solved only when it
+    # (docs/notes.md §7), but a benchmark's pass@1 counts a program as solved only when it
     # passes every test (the LeetCode and LiveCodeBench judges of the official eval). So partial
     # credit is 0, and a full score is rechecked on all the tests (problems with more than 10).
     code = [i for i, p in enumerate(rows) if p.ability == "code"]

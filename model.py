@@ -2,7 +2,7 @@
 
 PRIME trains a policy pi_theta and an implicit process reward model (PRM) pi_phi, and keeps a
 frozen reference pi_ref; all three are copies of one decoder-only language model, initialised
-from the same SFT checkpoint (paper Alg. 1 line 1; PRIME_NOTES.md §1). For Eurus-2-7B-PRIME that
+from the same SFT checkpoint (paper Alg. 1 line 1; docs/notes.md §1). For Eurus-2-7B-PRIME that
 network is Qwen2.5-Math-7B's: the Qwen2 architecture. This file writes it in plain PyTorch:
 
     tokens -> embedding -> N x [RMSNorm -> attention (+residual) -> RMSNorm -> SwiGLU MLP (+residual)]
@@ -651,7 +651,7 @@ def fsdp_wrap(model, mesh, mixed_precision, activation_checkpointing=False):
     unit's full weights are all-gathered just before it runs and freed after. With
     `mixed_precision` (the recipe's setting), master weights and optimizer states stay fp32,
     units compute in bf16 and gradients are reduce-scattered in fp32, as the official code did
-    after its PRM-precision fix (PRIME_NOTES.md §9). On one rank this changes nothing but the
+    after its PRM-precision fix (docs/notes.md §9). On one rank this changes nothing but the
     precision, so one process computes exactly as N do.
 
     The root unit (embedding, final norm, LM head: 1.1B parameters at Qwen2.5-7B's vocabulary)

@@ -1,7 +1,7 @@
 """rollout.py: sample K responses per prompt with the policy (PRIME Alg. 1 line 4).
 
 Sampling is the most expensive phase of a PRIME step (281.7 of 680.3 s in the paper's timing,
-PRIME_NOTES.md §6). The official code used vLLM; this is a small KV-cached batched sampler of our
+docs/notes.md §6). The official code used vLLM; this is a small KV-cached batched sampler of our
 own, written against model.py:
 
   1. prefill: the prompts in packed forwards (no padding; a few prompts at a time when
@@ -13,7 +13,7 @@ own, written against model.py:
      finished rows are dropped from the batch, so the work shrinks as rows finish.
 
 Sampling follows vLLM's defaults as the recipe used them (temperature 1.0, top_p 1, top_k off,
-PRIME_NOTES.md §6), on fp32 logits, with a seeded generator so that a seed reproduces a run.
+docs/notes.md §6), on fp32 logits, with a seeded generator so that a seed reproduces a run.
 """
 
 import torch

@@ -6,7 +6,7 @@
         --model_path=/ckpt/Eurus-2-7B-SFT --train_files=/data/train.parquet --out_dir=runs/prime
     python train.py --print_config [--preset=...]     # the resolved config as JSON
 
-One PRIME iteration (Alg. 1; the official code's "single-forward" order, PRIME_NOTES.md §2, §10):
+One PRIME iteration (Alg. 1; the official code's "single-forward" order, docs/notes.md §2, §10):
 
     collect   each rank samples K responses for each of its prompts (rollout.py), scores them
               (verify.py), keeps prompts whose mean score lies in [0.2, 0.8], and samples more
@@ -73,7 +73,7 @@ def knob(default, help):
 @dataclass
 class Config:
     """Defaults are the toy preset's; PRESETS below lists what the other presets change.
-    The paper's recipe also sets the KL coefficient and the entropy bonus to 0 (PRIME_NOTES §4),
+    The paper's recipe also sets the KL coefficient and the entropy bonus to 0 (docs/notes.md §4),
     so the policy loss here has neither term."""
     preset: str = knob("toy", "toy (CPU, minutes) or eurus2-7b-prime (the paper's recipe)")
     stage: str = knob("prime", "prime: the RL loop (after SFT if the toy has no SFT model yet); sft: SFT only")
@@ -159,7 +159,7 @@ class Config:
 
 PRESETS = {
     "toy": {},
-    "eurus2-7b-prime": dict(  # PRIME_NOTES.md §6: Eurus-2-7B-PRIME
+    "eurus2-7b-prime": dict(  # docs/notes.md §6: Eurus-2-7B-PRIME
         out_dir="runs/eurus2-7b-prime", bf16=True, activation_checkpointing=True,
         max_prompt_tokens=1024, max_response_tokens=3072, prompts_per_step=256, samples_per_prompt=4,
         temperature=1.0, top_p=1.0, filter_low=0.2, filter_high=0.8, beta=0.05,
@@ -308,7 +308,7 @@ def load_for_training(path, cfg, device, mesh, trainable):
     """A model from a Hugging Face folder, on `device`, sharded with FSDP2 over `mesh` (on one
     rank too: then FSDP2 only applies the mixed precision, so one process computes exactly as
     N do). Trainable models keep fp32 master weights (bf16 compute with cfg.bf16); the frozen
-    reference is stored in bf16 under cfg.bf16, as the official code kept it (PRIME_NOTES §1).
+    reference is stored in bf16 under cfg.bf16, as the official code kept it (docs/notes.md §1).
     With both, the PRM's bf16 compute copy of the SFT weights equals the reference's bf16
     weights bit for bit, so at step 1 their log-probs agree exactly and every process reward
     is exactly 0 (prm_step's docstring says why that matters)."""
@@ -452,7 +452,7 @@ def all_logprobs(net, rollouts, cfg, device, temperature=1.0):
 class PromptStream:
     """This rank's prompts, forever: a seeded shuffle of the training problems per epoch (every
     rank the same order; rank r takes every world-th), and a buffer of prompts that were kept
-    beyond a step's quota, served first (the official BufferedDataLoader, PRIME_NOTES §5)."""
+    beyond a step's quota, served first (the official BufferedDataLoader, docs/notes.md §5)."""
 
     def __init__(self, n_problems, seed, rank, world):
         self.n, self.seed, self.rank, self.world = n_problems, seed, rank, world
@@ -548,7 +548,7 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
 def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
     """The implicit PRM's part of a step (Alg. 1 lines 7-8): returns the implicit process rewards
     [B, T] and the PRM's cross-entropy loss (the mean over the step's responses). The PRM goes over
-    its mini-batches in order; how scoring and updating interleave is `mode` (PRIME_NOTES §2):
+    its mini-batches in order; how scoring and updating interleave is `mode` (docs/notes.md §2):
 
       single  the official default ([PR] update=after, "single-forward", paper §5.3 / App. B.2):
               each mini-batch's rewards are kept from the very forward whose loss then updates the
@@ -564,7 +564,7 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
     before this step's update (pi_theta_old; see build_models). It runs on the very same
     micro-batches as the PRM, so when the two hold equal weights (step 1) both forwards are
     identical computations and every reward is exactly 0 (different packing would leave ~1e-6
-    noise, which normalize_process_rewards would blow up to unit size, PRIME_NOTES §1)."""
+    noise, which normalize_process_rewards would blow up to unit size, docs/notes.md §1)."""
     if mode not in PRM_UPDATES:
         raise ValueError(f"prm_step: mode must be one of {PRM_UPDATES}, got {mode!r}")
     update = mode != "frozen"

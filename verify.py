@@ -13,7 +13,7 @@ step (the official code could hang on CPU-bound programs: PRIME issue #56). This
            code_correct(program, tests)     -> every test passes
   bulk     score_batch(samples)             -> one float per sample, in input order
 
-"[PR]" below means the official PRIME code, as summarised in PRIME_NOTES.md §7.
+"[PR]" below means the official PRIME code, as summarised in docs/notes.md §7.
 
 What the code sandbox does NOT stop
 -----------------------------------

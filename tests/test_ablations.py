@@ -1,7 +1,7 @@
 """The paper's ablations as train.py switches, in-process: each switch changes what it should and
 nothing else. Outcome-only RLOO (process_rewards=False) gives whiten(RLOO of the outcome) and
 loads neither PRM nor reference; the PRM update modes (single / double / frozen) score and update
-as PRIME_NOTES §2 describes; reference=policy scores against the policy's own log-probs;
+as docs/notes.md §2 describes; reference=policy scores against the policy's own log-probs;
 accuracy_filter=False keeps every group; bad values are rejected.
 
 The models are tiny random Qwen2 networks (tests/tiny.py) and the rollouts random token ids, so

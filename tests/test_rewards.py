@@ -18,7 +18,7 @@ def close(a, b, tol=1e-5):
     return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol, rtol=0)
 
 
-# PRIME_NOTES.md §3 worked test vector: K = 4, one group, lengths [4, 2, 3, 1], acc [1, 0, 0, 1].
+# docs/notes.md §3 worked test vector: K = 4, one group, lengths [4, 2, 3, 1], acc [1, 0, 0, 1].
 Q = t([[.2, -.1, .4, .1], [-.3, .5, 0, 0], [.1, .1, -.2, 0], [.6, 0, 0, 0]])
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
 ACC = t([1, 0, 0, 1])
