@@ -24,6 +24,7 @@ benchmark files -> Problems, the command line.
 
 import argparse
 import json
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,8 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 import data
-from model import head_dim, load_model
+import memory
+from model import load_model
 from rollout import generate
 from verify import code_correct, extract_answer, extract_program, score_batch
 
@@ -118,7 +120,7 @@ def stop_token_ids(tokenizer):
 
 
 def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samples=1, top_p=1.0,
-             seed=0, max_batch_tokens=None, progress=True):
+             seed=0, max_batch_tokens=None, max_prefill_tokens=None, progress=True):
     """Sample `n_samples` responses per problem, score them, and return the averages.
 
     problems: the full list of `data.Problem`s, the same on every rank. Under torch.distributed
@@ -126,7 +128,8 @@ def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samp
         rank must call evaluate and every rank gets the same result.
     temperature 0 is greedy (then n_samples=1 is all that makes sense). seed: the sampler's seed
         (rank r uses seed + r, so ranks draw different streams).
-    max_batch_tokens: rollout.generate's memory bound (None: one batch).
+    max_batch_tokens, max_prefill_tokens: rollout.generate's memory bounds (None: one batch, one
+        prefill forward).
     progress: show a tqdm bar on rank 0.
 
     A response scores 1 when it is right (math: the answer matches; code: every test passes), else 0.
@@ -153,7 +156,8 @@ def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samp
                          temperature=temperature, top_p=top_p, seed=seed + rank,
                          # ids past the tokenizer's vocabulary are embedding padding (Qwen pads
                          # to a multiple of 64); they must never be sampled
-                         vocab_size=len(tokenizer), max_batch_tokens=max_batch_tokens, progress=bar)
+                         vocab_size=len(tokenizer), max_batch_tokens=max_batch_tokens,
+                         max_prefill_tokens=max_prefill_tokens, progress=bar)
     if bar is not None:
         bar.close()
 
@@ -272,7 +276,7 @@ def parse_args(argv):
     parser.add_argument("--max_new_tokens", type=int, help="default: the paper's (4096; MATH-500 and "
                         f"LeetCode 8192; the toy {TOY_MAX_NEW_TOKENS})")
     parser.add_argument("--max_batch_tokens", type=int, help="KV-cache slots per sampling batch "
-                        "(default: half the free GPU memory; on the CPU, one batch)")
+                        "(default on a GPU: what 90%% of its memory leaves after the weights; on the CPU, one batch)")
     parser.add_argument("--toy_problems", type=int, default=500, help="toy held-out problems (no --data)")
     parser.add_argument("--out", help="output folder (default: <model>/eval)")
     args = parser.parse_args(argv)
@@ -307,16 +311,20 @@ def setup_device():
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def default_max_batch_tokens(model, device):
-    """On a GPU, as many KV-cache slots as half the free memory holds (the rest is for the
-    prefill's activations and the logits); on the CPU, no bound."""
+EVAL_PREFILL_TOKENS = 16384  # prompts prefilled per forward on a GPU (bounds the prefill's activations)
+
+
+def sampling_memory(model, device, rows):
+    """rollout.generate's memory bounds (max_batch_tokens, max_prefill_tokens) for `rows` rows of
+    this unsharded model: on a GPU, the KV cache gets what is left under 90% of the device's
+    memory (memory.cache_slots, as train.py sizes its own sampling; the weights are already
+    loaded, the fused q/k/v copies are not); on the CPU, no bound."""
     if device.type != "cuda":
-        return None
-    config = model.config
-    bytes_per_slot = (2 * config.num_hidden_layers * config.num_key_value_heads * head_dim(config)
-                      * next(model.parameters()).element_size())  # keys and values, every layer
-    free, _ = torch.cuda.mem_get_info(device)
-    return free // 2 // bytes_per_slot
+        return None, None
+    dtype = next(model.parameters()).dtype
+    available = memory.available_bytes(device, 0.9) - memory.fused_qkv_bytes(model.config, dtype)
+    slots = memory.cache_slots(available, model.config, dtype, EVAL_PREFILL_TOKENS, rows)
+    return max(int(slots), 1), EVAL_PREFILL_TOKENS  # too few for one row: generate says so
 
 
 def response_room(problems, context, name):
@@ -386,7 +394,6 @@ def main(argv=None):
             plans.append((name, problems, settings))
     except (OSError, ValueError) as error:
         raise SystemExit(f"eval.py: {error}") from None
-    max_batch_tokens = args.max_batch_tokens or default_max_batch_tokens(model, device)
     out_dir = args.out or os.path.join(args.model, "eval")
 
     rows = []
@@ -395,9 +402,12 @@ def main(argv=None):
             print(f"eval.py: {name}: {len(problems)} problems, {metric_name(settings)}, "
                   f"temperature {settings['temperature']}, top_p {settings['top_p']}, "
                   f"max_new_tokens {settings['max_new_tokens']}", flush=True)
+        max_batch_tokens, max_prefill_tokens = sampling_memory(
+            model, device, math.ceil(len(problems) / world) * settings["n_samples"])
         result = evaluate(model, tokenizer, problems, settings["max_new_tokens"],
                           temperature=settings["temperature"], n_samples=settings["n_samples"],
-                          top_p=settings["top_p"], seed=0, max_batch_tokens=max_batch_tokens)
+                          top_p=settings["top_p"], seed=0, max_batch_tokens=args.max_batch_tokens or max_batch_tokens,
+                          max_prefill_tokens=max_prefill_tokens)
         paper = paper_benchmark(name)
         extra = {}
         if not args.data:  # the toy: how its responses open (see toy_openings)

@@ -23,16 +23,18 @@ Attention has two backends behind one function, `attention()`:
 
 Also here: `KVCache` (the preallocated cache the sampler in rollout.py fills), memory-frugal
 token log-probs (`chunked_logprobs`), checkpoint I/O (`load_model`, `save_model`) and FSDP2
-(`fsdp_wrap`, `full_state_dict`, `gathered_params`).
+(`fsdp_wrap`, `full_tensors`, `gathered_params`).
 
 Shapes: N packed tokens, S sequences, H query heads, Hkv key/value heads, D head dim,
 C hidden size, V vocabulary.
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -592,25 +594,46 @@ def load_model(path, device="cpu", dtype=torch.float32):
     return model
 
 
-def save_model(model, path, max_shard_bytes=5 * 2 ** 30):
-    """Write `model` as a Hugging Face folder: config.json and safetensors, split into shards
-    of at most `max_shard_bytes` with an index when larger. Works on a plain module or on an
-    FSDP2-sharded one (every rank must call it then; rank 0 writes). The folder appears whole
-    or not at all: it is written beside `path` and renamed into place.
+def save_model(model, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
+    """Write `model` as a Hugging Face folder: config.json and safetensors in `dtype` (default:
+    the parameters' own), split into shards of at most `max_shard_bytes` with an index when
+    larger. Works on a plain module or on an FSDP2-sharded one (every rank must call it then;
+    rank 0 writes). The folder appears whole or not at all: it is written beside `path` and
+    renamed into place.
+
+    The weights are streamed: each parameter is gathered alone (`full_tensors`) and rank 0 writes
+    a shard as soon as it is complete, so no process ever holds more than one shard in host
+    memory (a whole 7B model in fp32 would be 30 GB on rank 0) and the other ranks wait only for
+    the gathers, not for the whole model to be written.
     """
-    state = full_state_dict(model)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        config = model.config
-        if config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)  # stored once, as the embedding
-        config.torch_dtype = next(iter(state.values())).dtype  # older transformers read this
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    config = model.config
+    skip = {"lm_head.weight"} if config.tie_word_embeddings else set()  # stored once, as the embedding
+    shapes = {name: (t.shape, dtype or t.dtype) for name, t in model.state_dict().items() if name not in skip}
+    shards = _shard_names(shapes, max_shard_bytes)  # name -> file, decided before anything is gathered
+    files = list(dict.fromkeys(shards.values()))
+    if rank0:
+        config.torch_dtype = next(iter(shapes.values()))[1]  # older transformers read this
         config.dtype = config.torch_dtype
         config.architectures = ["Qwen2ForCausalLM"]
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
         config.save_pretrained(tmp)
-        _write_safetensors(state, tmp, max_shard_bytes)
+    current, missing = {}, Counter(shards.values())  # tensors still to come, per file
+    for name, tensor in full_tensors(model, dtype, skip):
+        if not rank0:
+            continue
+        current[name] = tensor.cpu().contiguous()
+        missing[shards[name]] -= 1
+        if missing[shards[name]] == 0:  # this shard is complete
+            save_file(current, os.path.join(tmp, shards[name]), metadata={"format": "pt"})
+            current = {}
+    if rank0:
+        if len(files) > 1:
+            total = sum(math.prod(shape) * _dtype_bytes(dt) for shape, dt in shapes.values())
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": shards}, f, indent=2)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.rename(tmp, path)
@@ -618,27 +641,25 @@ def save_model(model, path, max_shard_bytes=5 * 2 ** 30):
         dist.barrier()
 
 
-def _write_safetensors(state, folder, max_shard_bytes):
-    shards, current, size = [], {}, 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = tensor.contiguous()
+def _dtype_bytes(dtype):
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _shard_names(shapes, max_shard_bytes):
+    """{tensor name: safetensors file}, in order, each file at most max_shard_bytes (a larger
+    tensor gets a file of its own); one file is model.safetensors."""
+    groups, size = [[]], 0
+    for name, (shape, dtype) in shapes.items():
+        nbytes = math.prod(shape) * _dtype_bytes(dtype)
+        if groups[-1] and size + nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
         size += nbytes
-    shards.append(current)
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(folder, name), metadata={"format": "pt"})
-        weight_map.update({key: name for key in shard})
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if len(groups) == 1:
+        return {name: "model.safetensors" for name in groups[0]}
+    return {name: f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+            for i, group in enumerate(groups) for name in group}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -670,14 +691,21 @@ def fsdp_wrap(model, mesh, mixed_precision, activation_checkpointing=False):
     return model
 
 
-def full_state_dict(model):
-    """The complete weights as CPU tensors: on rank 0 for an FSDP2 model (a collective: every
-    rank must call it; the others get {}), or simply the module's own for an unsharded one."""
-    from torch.distributed.fsdp import FSDPModule
-    if isinstance(model, FSDPModule):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+def full_tensors(model, dtype=None, skip=()):
+    """Yield (name, tensor) for every entry of the state dict but `skip`: the complete tensor on
+    the model's device, cast to `dtype` if given. For an FSDP2 model each one is all-gathered
+    alone, after the cast (half the traffic in bf16): a collective, so every rank must iterate,
+    and only one full parameter exists at a time."""
+    from torch.distributed.tensor import DTensor
+    for name, tensor in model.state_dict().items():
+        if name in skip:
+            continue
+        tensor = tensor.detach()
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+        yield name, tensor
 
 
 @contextmanager

@@ -56,6 +56,7 @@ from transformers import AutoTokenizer
 
 import data
 import eval as evaluation
+import memory
 import model as M
 import rewards
 import rollout
@@ -87,7 +88,14 @@ class Config:
     bf16: bool = knob(False, "bf16 compute with fp32 master weights (CUDA); reference kept in bf16")
     activation_checkpointing: bool = knob(False, "recompute each layer in backward to save memory")
 
-    # processes
+    # memory and processes (see memory.py)
+    gpu_memory_utilization: float = knob(0.9, "share of each GPU's memory the run may use: sampling sizes its KV "
+                                              "cache to fit it, the memory plan checks every phase against it")
+    memory_plan: bool = knob(False, "print the per-GPU memory plan of this config (and write it to "
+                                    "<out_dir>/memory_plan.json) and exit: runs on a CPU, --model_path needs only "
+                                    "config.json; exit 1 if it does not fit")
+    world_size: int = knob(0, "memory plan: GPUs to plan for (0: this machine's, or 8 without GPUs)")
+    gpu_memory_gib: float = knob(0.0, "memory plan: GiB per GPU (0: this machine's GPU, or 80 without GPUs)")
     dist_timeout_minutes: int = knob(30, "how long a rank waits at a collective before the run fails")
 
     # data
@@ -252,7 +260,7 @@ def seed_for(*parts):
 
 
 def log(*args):
-    if dist.get_rank() == 0:
+    if not dist.is_initialized() or dist.get_rank() == 0:
         print(*args, flush=True)
 
 
@@ -351,6 +359,21 @@ def build_models(cfg, model_path, device, mesh):
         ref = policy if cfg.reference == "policy" else load_for_training(model_path, cfg, device, mesh,
                                                                           trainable=False)
     return policy, prm, ref, models, optimizers
+
+
+def sampling_memory(policy, cfg, device, rows):
+    """rollout.generate's memory bounds (max_batch_tokens, max_prefill_tokens) for sampling `rows`
+    rows now. On a GPU the KV cache gets what is left under gpu_memory_utilization once the
+    policy's weights are gathered, less a reserve for the prefill's activations (prompts are
+    prefilled micro_batch_tokens at a time) and a decode step's temporaries: memory.cache_slots,
+    the computation the memory plan checks. On the CPU there is no bound."""
+    if device.type != "cuda":
+        return None, None
+    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    available = memory.available_bytes(device, cfg.gpu_memory_utilization) - memory.gathered_bytes(policy.config,
+                                                                                                    compute)
+    slots = memory.cache_slots(available, policy.config, compute, cfg.micro_batch_tokens, rows)
+    return max(int(slots), 1), cfg.micro_batch_tokens  # too few for one row: generate says so
 
 
 def clip_and_step(net, optimizer, max_norm):
@@ -506,9 +529,11 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
         prompts = [problems[i].prompt_ids for i in batch for _ in range(K)]  # K contiguous copies
         bar.total += len(prompts)  # one bar for the step's rounds
         bar.refresh()
+        max_batch_tokens, max_prefill_tokens = sampling_memory(policy, cfg, device, len(prompts))
         responses = rollout.generate(policy, prompts, cfg.max_response_tokens, eos, cfg.temperature,
                                      cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
-                                     vocab_size=len(tokenizer), progress=bar)
+                                     vocab_size=len(tokenizer), max_batch_tokens=max_batch_tokens,
+                                     max_prefill_tokens=max_prefill_tokens, progress=bar)
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         samples = [{"ability": problems[i].ability, "response": text, "ground_truth": problems[i].ground_truth,
                     "id": problems[i].id} for i, text in zip([i for i in batch for _ in range(K)], texts)]
@@ -694,9 +719,10 @@ def load_checkpoint(path, models, optimizers, stream):
         return json.load(f)
 
 
-def export(net, tokenizer, path):
-    """The model as a Hugging Face folder with its tokenizer, ready for eval.py and transformers."""
-    M.save_model(net, path)
+def export(net, tokenizer, path, cfg):
+    """The model as a Hugging Face folder with its tokenizer, ready for eval.py and transformers,
+    in the compute dtype (bf16 under --bf16, as the released Eurus checkpoints are)."""
+    M.save_model(net, path, dtype=torch.bfloat16 if cfg.bf16 else None)
     if dist.get_rank() == 0:
         tokenizer.save_pretrained(path)
     dist.barrier()
@@ -755,7 +781,7 @@ def sft(cfg, tokenizer, out_path, device, mesh):
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss:.3f}")
     bar.close()
-    export(net, tokenizer, out_path)
+    export(net, tokenizer, out_path, cfg)
     log(f"SFT model saved to {out_path}")
 
 
@@ -788,16 +814,43 @@ def _load_problems(cfg, tokenizer):
     return train, held_out
 
 
-def held_out_accuracy(policy, tokenizer, problems, cfg):
-    """Greedy pass@1 on the held-out problems (eval.py's own computation)."""
+def held_out_accuracy(policy, tokenizer, problems, cfg, device):
+    """Greedy pass@1 on the held-out problems (eval.py's own computation), sampled in chunks that
+    fit beside the training state (sampling_memory)."""
     if not problems:
         return None
-    result = evaluation.evaluate(policy, tokenizer, problems, cfg.max_response_tokens, temperature=0.0)
+    rows = math.ceil(len(problems) / dist.get_world_size())
+    max_batch_tokens, max_prefill_tokens = sampling_memory(policy, cfg, device, rows)
+    result = evaluation.evaluate(policy, tokenizer, problems, cfg.max_response_tokens, temperature=0.0,
+                                 max_batch_tokens=max_batch_tokens, max_prefill_tokens=max_prefill_tokens)
     return result["accuracy"]
+
+
+def memory_plan(cfg):
+    """--memory_plan=true: memory.py's per-GPU plan of this config, printed, on any machine.
+    Returns the exit status: 0 if every phase fits, 1 if not."""
+    if not cfg.model_path:
+        raise SystemExit("train.py: --memory_plan needs --model_path (a folder with the model's config.json)")
+    try:
+        config = M.load_config(cfg.model_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"train.py: {error}") from None
+    cuda = torch.cuda.is_available()
+    world = cfg.world_size or (torch.cuda.device_count() if cuda else 8)
+    gib = cfg.gpu_memory_gib or (torch.cuda.get_device_properties(0).total_memory / memory.GIB if cuda else 80)
+    check_batch_arithmetic(cfg, world)
+    result = memory.plan(cfg, config, world, gib)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "memory_plan.json"), "w") as f:
+        json.dump(memory.to_json(result), f, indent=2)
+    print("\n".join(memory.report(result, cfg, config)), flush=True)
+    return 0 if result.fits() else 1
 
 
 def main(argv):
     cfg = parse_config(argv)
+    if cfg.memory_plan:
+        raise SystemExit(memory_plan(cfg))
     rank, world, device, mesh = setup_distributed(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     check_batch_arithmetic(cfg, world)
@@ -844,7 +897,7 @@ def main(argv):
     elif rank == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
     if trainer["eval_accuracy_start"] is None:
-        trainer["eval_accuracy_start"] = held_out_accuracy(policy, tokenizer, held_out, cfg)
+        trainer["eval_accuracy_start"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
         log(f"held-out greedy accuracy before PRIME: {trainer['eval_accuracy_start']}")
 
     start_time = time.time() - trainer["seconds"]
@@ -908,7 +961,7 @@ def main(argv):
                 raise SystemExit(f"train.py: {key} is {row[key]} at step {step}; stopping. The last good "
                                  f"checkpoint is in {os.path.join(cfg.out_dir, 'checkpoints')}")
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            row["eval_accuracy"] = held_out_accuracy(policy, tokenizer, held_out, cfg)
+            row["eval_accuracy"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
         trainer["seconds"] = time.time() - start_time
         if rank == 0:
             with open(metrics_path, "a") as f:
@@ -925,11 +978,11 @@ def main(argv):
                             cfg.keep_checkpoints)
 
     final_step = max(trainer["step"], cfg.steps)
-    eval_end = held_out_accuracy(policy, tokenizer, held_out, cfg)
-    export(policy, tokenizer, os.path.join(cfg.out_dir, "policy"))
+    eval_end = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
+    export(policy, tokenizer, os.path.join(cfg.out_dir, "policy"), cfg)
     prm_out = os.path.join(cfg.out_dir, "prm") if cfg.process_rewards else None
     if prm_out:  # the PRM as trained here: --prm_path of a later offline-PRM (prm_update=frozen) run
-        export(prm, tokenizer, prm_out)
+        export(prm, tokenizer, prm_out, cfg)
     if rank == 0:
         summary = {"eval_accuracy_start": trainer["eval_accuracy_start"], "eval_accuracy_end": eval_end,
                    "steps": final_step, "eval_problems": len(held_out), "model_path": model_path,

@@ -4,10 +4,12 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 
-def tiny_config(vocab_size=97, hidden_size=64, layers=2, heads=4, kv_heads=2, tie=False, **extra):
-    return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                       max_position_embeddings=256, rope_theta=500.0, rms_norm_eps=1e-6,
+def tiny_config(vocab_size=97, hidden_size=64, layers=2, heads=4, kv_heads=2, tie=False, intermediate_size=None,
+                max_position_embeddings=256, **extra):
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size,
+                       intermediate_size=intermediate_size or 2 * hidden_size, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       max_position_embeddings=max_position_embeddings, rope_theta=500.0, rms_norm_eps=1e-6,
                        tie_word_embeddings=tie, **extra)
 
 

@@ -1,0 +1,485 @@
+"""memory.py: will a config fit its GPUs? The per-GPU memory of every phase of a PRIME step,
+planned on any machine, and the sampling chunk sizes the run derives from the same numbers.
+
+    python train.py --preset=eurus2-7b-prime --model_path=DIR --memory_plan=true \
+        [--world_size=8] [--gpu_memory_gib=80]
+
+DIR needs only config.json. The last line says `memory plan: peak P GiB of G GiB per GPU
+(phase NAME): fits` (exit 0) or `... does not fit` with the reason (exit 1).
+
+How the plan is made. Nothing is counted by hand that can be measured: the real modules of
+model.py, sharded with FSDP2 exactly as train.py shards them (model.fsdp_wrap), run the phases of
+one step on fake tensors (torch's FakeTensorMode: shapes, dtypes and devices, no storage) inside
+a fake process group of world_size ranks (every collective returns at once, sizes as on real
+ranks). torch's MemTracker sees every tensor created and freed and so gives the bytes alive at
+each moment. One rank is simulated: all ranks hold the same shapes. The worst case is planned:
+every prompt max_prompt_tokens long, every response max_response_tokens long.
+
+Three things are arithmetic rather than measurement, and the GPU check (gpu_check.py) measures
+each on a real GPU:
+  * memory outside PyTorch's allocator (CUDA context, cuBLAS and NCCL buffers): NON_TORCH_BYTES;
+  * flash-attn's kernels cannot run on fake tensors; `flash_memory_model` stands in for them with
+    the buffers their C++ entry points allocate (read from flash-attn 2.8's csrc/flash_attn/
+    flash_api.cpp: mha_varlen_fwd, mha_varlen_bwd, mha_fwd_kvcache);
+  * the sampler sizes its KV cache from what is free at run time (`cache_slots`), keeping a
+    reserve for the prefill's activations and a decode step's temporaries (`sampling_reserve`),
+    a bound from the shapes. The plan sizes the cache with that very function and then measures
+    the phase: if the bound were too small, the measured peak would show it.
+
+A PRIME step's phases (train.py's loop) and what each holds besides the three models' shards and
+the two optimizers' states:
+  sampling (prefill, decode, batch shrink)   the policy's gathered bf16 weights, its fused qkv
+                                             copies (model.fuse_qkv), the KV cache, activations
+  old log-probs, reference log-probs         one micro-batch's forward, a layer at a time
+  PRM update, policy update                  forward + backward of a micro-batch with
+                                             activation checkpointing, gradients, clip, AdamW
+  held-out eval                              as sampling, with greedy decoding
+  checkpoint save                            DCP writes each rank's shards as they are
+  export                                     one full bf16 parameter at a time (model.save_model)
+"""
+
+import math
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+import model as M
+import rollout
+
+GIB = 2 ** 30
+NON_TORCH_BYTES = 2 * GIB  # CUDA context + cuBLAS workspaces + NCCL buffers, per GPU (an assumption)
+
+
+# ==============================================================================================
+# 1. Sizes from shapes: what train.py needs at run time to size sampling.
+# ==============================================================================================
+
+def dtype_bytes(dtype):
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def n_params(config):
+    """Parameters of the Qwen2 network described by `config` (the head counted once if tied)."""
+    C, I, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    D, H, Hkv = M.head_dim(config), config.num_attention_heads, config.num_key_value_heads
+    attention = C * (H + 2 * Hkv) * D + (H + 2 * Hkv) * D + H * D * C  # q, k, v (with bias), o
+    layer = attention + 3 * C * I + 2 * C  # + gate, up, down + two RMSNorms
+    return V * C * (1 if config.tie_word_embeddings else 2) + L * layer + C
+
+
+def kv_bytes_per_slot(config, dtype):
+    """Bytes of KV cache per token slot: a key and a value for every layer's KV heads."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * M.head_dim(config) * dtype_bytes(dtype)
+
+
+def fused_qkv_bytes(config, dtype):
+    """The q/k/v weights and biases the sampler joins once per call, every layer (model.fuse_qkv)."""
+    D, H, Hkv, C = M.head_dim(config), config.num_attention_heads, config.num_key_value_heads, config.hidden_size
+    return config.num_hidden_layers * (H + 2 * Hkv) * D * (C + 1) * dtype_bytes(dtype)
+
+
+def gathered_bytes(config, dtype):
+    """The model's weights gathered for sampling in `dtype`, plus its fused q/k/v copies."""
+    return n_params(config) * dtype_bytes(dtype) + fused_qkv_bytes(config, dtype)
+
+
+def sampling_reserve(config, dtype, prefill_tokens, rows):
+    """Bytes sampling needs besides the weights and the KV cache: a bound on one prefill
+    forward of `prefill_tokens` tokens and one decode step of `rows` rows.
+
+    Prefill (inference mode: a layer's activations are freed as the next layer starts), per
+    token: the residual stream and the normed input (fp32 inside RMSNorm), the fused q/k/v
+    projection and its rotary temporaries, the attention output, and the SwiGLU MLP's three
+    intermediate-size tensors alive at once (silu(gate), up, their product). Decode, per row:
+    fp32 logits and the sampler's softmax / cumulative sums over the vocabulary (rollout.sample),
+    plus one token's prefill cost. train.py passes micro_batch_tokens as prefill_tokens."""
+    b = dtype_bytes(dtype)
+    C, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    qkv = (config.num_attention_heads + 2 * config.num_key_value_heads) * M.head_dim(config)
+    per_token = b * (4 * C + 3 * qkv + 3 * I) + 4 * 3 * C
+    per_row = 4 * 4 * V + per_token
+    return prefill_tokens * per_token + rows * per_row
+
+
+def cache_slots(available, config, dtype, prefill_tokens, rows):
+    """KV-cache token slots (rollout.generate's max_batch_tokens) that fit in `available` bytes,
+    which must already exclude the gathered weights. 0 or less: not even the reserve fits."""
+    return (available - sampling_reserve(config, dtype, prefill_tokens, rows)) // kv_bytes_per_slot(config, dtype)
+
+
+def available_bytes(device, utilization):
+    """What this process may still allocate on a CUDA device while the whole process (tensors,
+    the allocator's cached blocks, the CUDA context, NCCL) stays within `utilization` of it."""
+    free, total = torch.cuda.mem_get_info(device)
+    outside = total - free - torch.cuda.memory_reserved(device)  # context, NCCL, other processes
+    return int(total * utilization) - outside - torch.cuda.memory_allocated(device)
+
+
+# ==============================================================================================
+# 2. flash-attn's memory, for fake tensors.
+# ==============================================================================================
+
+class _FlashVarlenMemory(torch.autograd.Function):
+    """flash_attn_varlen_func's allocations (values are not computed): forward out [N, H, D] and
+    softmax_lse [H, N] fp32, both saved for backward; backward dq, dk, dv, softmax_d
+    [H, N + 128 S] fp32, dq_accum [N + 128 S, H, D] fp32 and, with grouped-query attention,
+    dk/dv for every query head [N, H, D] before they are summed per KV head."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, n_seqs):
+        out = torch.empty_like(q)
+        lse = q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.n_seqs = n_seqs
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        (N, H, D), padded = q.shape, q.shape[0] + 128 * ctx.n_seqs
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        softmax_d = q.new_empty(H, padded, dtype=torch.float32)
+        dq_accum = q.new_empty(padded, H, D, dtype=torch.float32)
+        if k.shape[1] != H:
+            dk_expanded, dv_expanded = q.new_empty(k.shape[0], H, D), q.new_empty(k.shape[0], H, D)
+            dk = dk_expanded.view(k.shape[0], k.shape[1], H // k.shape[1], D).sum(2)
+            dv = dv_expanded.view(k.shape[0], k.shape[1], H // k.shape[1], D).sum(2)
+            del dk_expanded, dv_expanded
+        del softmax_d, dq_accum
+        return dq, dk, dv, None
+
+
+def _flash_varlen_memory(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                         softmax_scale=None, causal=False):
+    return _FlashVarlenMemory.apply(q, k, v, len(cu_seqlens_q) - 1)
+
+
+def _flash_kvcache_memory(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, causal=False):
+    """flash_attn_with_kvcache's allocations: out like q and softmax_lse [B, H, Sq] fp32 (the new
+    keys/values go into the cache in place; a split-KV decode's fp32 partials are [splits, B, H,
+    Sq, D] and only split when B * Hkv is small, so they are negligible)."""
+    q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32)
+    return torch.empty_like(q)
+
+
+@contextmanager
+def flash_memory_model():
+    """model.py's flash-attn call sites, backed by the memory models above."""
+    saved = M.flash_attn_varlen_func, M.flash_attn_with_kvcache
+    M.flash_attn_varlen_func, M.flash_attn_with_kvcache = _flash_varlen_memory, _flash_kvcache_memory
+    try:
+        yield
+    finally:
+        M.flash_attn_varlen_func, M.flash_attn_with_kvcache = saved
+
+
+# ==============================================================================================
+# 3. The plan: every phase on fake tensors.
+# ==============================================================================================
+
+@dataclass
+class Phase:
+    name: str
+    peak: int               # bytes alive at the phase's worst moment (allocator-visible)
+    parts: dict             # what made the peak: name -> bytes (the rest is "activations")
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    world: int
+    gpu_bytes: int
+    limit: int               # gpu_bytes * utilization: every phase must stay below
+    phases: list = field(default_factory=list)
+    sizes: dict = field(default_factory=dict)    # the chunk and micro-batch sizes chosen
+    problem: str = ""        # why it cannot fit (set before any phase when the states alone overflow)
+
+    @property
+    def worst(self):
+        return max(self.phases, key=lambda p: p.peak) if self.phases else None
+
+    def fits(self):
+        return not self.problem and self.worst.peak + NON_TORCH_BYTES <= self.limit
+
+
+class _Meter:
+    """torch's MemTracker, one `with` block per phase: entering it resets the peak to what is
+    alive, so each phase's peak is its own. Only its byte counts are used: its per-module
+    snapshots (a deep copy at every module call, and an error when a model runs a second time)
+    are switched off by replacing its four module hooks with no-ops."""
+
+    def __init__(self, *tracked):
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        class Totals(MemTracker):
+            def _pre_fw_hook(self, *args):
+                pass
+
+            _post_fw_hook = _pre_bw_hook = _post_bw_hook = _pre_fw_hook
+
+        self.tracker = Totals()
+        self.tracker.track_external(*tracked)
+
+    @staticmethod
+    def _total(snapshot):
+        return sum(device["Total"] for device in snapshot.values())
+
+    def now(self):
+        return self._total(self.tracker.get_tracker_snapshot("current"))
+
+    @contextmanager
+    def measure(self, out):
+        with self.tracker:
+            yield
+        out["peak"] = self._total(self.tracker.get_tracker_snapshot("peak"))
+
+
+def _local_bytes(tensors):
+    """Bytes of this rank's part of each tensor (the local shard of a DTensor)."""
+    from torch.distributed.tensor import DTensor
+    total = 0
+    for t in tensors:
+        t = t.to_local() if isinstance(t, DTensor) else t
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _meta_model(config, mesh, dtype, trainable, mixed_precision, activation_checkpointing):
+    """A model as train.load_for_training builds it (dtype, train mode, FSDP2 over `mesh`), on
+    the meta device: shapes only. `to_empty` under fake mode then gives it fake storage."""
+    with torch.device("meta"):
+        net = M.Qwen2ForCausalLM(config).to(dtype)
+    net.train(trainable)
+    net.requires_grad_(trainable)
+    M.fsdp_wrap(net, mesh, mixed_precision=mixed_precision, activation_checkpointing=activation_checkpointing)
+    net.attn_backend = "flash"
+    return net
+
+
+def _micro_batch(cfg, device):
+    """The worst micro-batch train.py can build: sequences of max_prompt + max_response tokens
+    packed up to micro_batch_tokens (a longer sequence goes alone), every response token scored.
+    Returns the model's score-mode arguments."""
+    seq = cfg.max_prompt_tokens + cfg.max_response_tokens
+    n_seqs = max(1, cfg.micro_batch_tokens // seq)
+    ids = torch.zeros(n_seqs * seq, dtype=torch.long, device=device)
+    cu = torch.arange(0, n_seqs * seq + 1, seq, dtype=torch.int32, device=device)
+    scored = torch.arange(n_seqs * cfg.max_response_tokens, device=device)  # the count matters, not where
+    return dict(input_ids=ids, cu_seqlens=cu, max_seqlen=seq, scored=scored,
+                targets=torch.zeros_like(scored))
+
+
+def _optimizer_step(net, optimizer, batch, clip, reference=None):
+    """An optimizer step as train.py takes it: micro-batches whose gradients accumulate (two
+    here: the second backward runs beside the first one's gradients, as every later one does),
+    then clip and AdamW. With `reference`, each micro-batch is first scored by it, as prm_step
+    scores the PRM's micro-batches. The loss is a stand-in: the losses of rewards.py add
+    [b, T] tensors, nothing next to the model's activations. Returns the gradients' bytes."""
+    for _ in range(2):
+        if reference is not None:
+            with torch.no_grad():
+                reference(**batch)
+        logp, _ = net(**batch)
+        logp.sum().backward()
+    grads = _local_bytes(p.grad for p in net.parameters() if p.grad is not None)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grads
+
+
+def _sampling_phases(plan, meter, states, policy, config, cfg, device, rows, max_new, label):
+    """Sampling as rollout.generate does it, for the largest chunk the sizing allows: gather the
+    weights, prefill one group of prompts (the others repeat the same computation), decode one
+    step over every row, drop one finished row. Returns the chunk's rows."""
+    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    slots_per_row = cfg.max_prompt_tokens + max_new
+    available = plan.limit - NON_TORCH_BYTES - meter.now() - gathered_bytes(config, compute)
+    slots = cache_slots(available, config, compute, cfg.micro_batch_tokens, rows)
+    chunk = min(rows, max(slots, 0) // slots_per_row)
+    plan.sizes[f"{label}: KV-cache slots (max_batch_tokens)"] = int(slots)
+    plan.sizes[f"{label}: rows per chunk (of {rows} at {slots_per_row} slots each)"] = chunk
+    if chunk == 0:
+        plan.problem = (f"{label}: after the models' states and the gathered weights, not even one "
+                        f"row of {slots_per_row} KV-cache slots fits")
+        return 0
+    group = max(1, cfg.micro_batch_tokens // cfg.max_prompt_tokens)  # prompts per prefill forward
+    prompts = [[0] * cfg.max_prompt_tokens] * min(group, chunk)
+    prefill, decode, shrink = {}, {}, {}
+    # Three measurements in a row (a MemTracker block resets its peak only when entered afresh);
+    # the gathered weights and the cache live across them, as in the sampler.
+    with torch.inference_mode(), ExitStack() as gathered_weights:
+        with meter.measure(prefill):
+            gathered_weights.enter_context(M.gathered_params(policy))
+            gathered = meter.now() - states
+            cache = M.KVCache(rows=chunk, max_len=slots_per_row)
+            logits = rollout.prefill(policy, prompts, cache, device)
+            cache.filled = chunk  # the other groups write their rows with the same computation
+            logits = torch.cat([logits] * math.ceil(chunk / len(prompts)))[:chunk]  # [chunk, V]
+            kv, fused = cache.nbytes(), _local_bytes(t for pair in cache.qkv for t in pair)
+        with meter.measure(decode):
+            token = rollout.sample(logits, 1.0, 1.0, 0, None, config.vocab_size)
+            logits = policy(token, cache=cache)
+            token = rollout.sample(logits, 1.0, 1.0, 0, None, config.vocab_size)
+        with meter.measure(shrink):  # one row finished: the cache compacts in place
+            cache.keep(torch.arange(chunk - 1, device=device))
+            policy(token[:-1], cache=cache)
+            del cache, logits, token
+            gathered_weights.close()
+    base = {"states": states, "gathered weights": gathered + fused, "KV cache": kv}
+    for name, out in (("prefill", prefill), ("decode", decode), ("batch shrink", shrink)):
+        plan.phases.append(Phase(f"{label}: {name}", out["peak"], base))
+    return chunk
+
+
+def plan(cfg, config, world, gpu_gib):
+    """The memory plan of `cfg` (a train.Config) for the network `config` on `world` GPUs of
+    `gpu_gib` GiB each. Runs in this process on fake tensors: call it once, in a process that has
+    no process group of its own (train.py --memory_plan=true)."""
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    gpu_bytes = int(gpu_gib * GIB)
+    result = Plan(world=world, gpu_bytes=gpu_bytes, limit=int(gpu_bytes * cfg.gpu_memory_utilization))
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))  # the mesh must exist before fake mode
+    device = torch.device("cpu")
+    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    K = cfg.samples_per_prompt
+    responses = cfg.prompts_per_step * K // world  # this rank's rows per step (and per sampling round)
+    try:
+        # The models and optimizers as train.build_models makes them (default switches).
+        policy = _meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
+        prm = _meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
+        ref = _meta_model(config, mesh, compute, False, False, False)
+        with FakeTensorMode(allow_non_fake_inputs=True), flash_memory_model():
+            for net in (policy, prm, ref):
+                net.to_empty(device=device)
+            opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-6, weight_decay=0.01, fused=True)
+                    for name, net in (("policy", policy), ("prm", prm))}
+            meter = _Meter(policy, prm, ref, *opts.values())
+            # Steady state (from step 2 on): AdamW's moments exist. One tiny step per model creates
+            # them; it also runs FSDP2's DTensor ops (clip, AdamW) once, whose first call builds
+            # sharding metadata that fake tensors would count as memory.
+            dummy = dict(input_ids=torch.zeros(1, dtype=torch.long, device=device),
+                         cu_seqlens=torch.tensor([0, 1], dtype=torch.int32, device=device), max_seqlen=1,
+                         scored=torch.zeros(1, dtype=torch.long, device=device),
+                         targets=torch.zeros(1, dtype=torch.long, device=device))
+            with meter.measure({}):
+                for name, net in (("policy", policy), ("prm", prm)):
+                    _optimizer_step(net, opts[name], dummy, 1.0)
+            states = meter.now()
+            params = _local_bytes(p for net in (policy, prm, ref) for p in net.parameters())
+            moments = _local_bytes(t for o in opts.values() for s in o.state.values() for t in s.values())
+            result.sizes["model states per GPU: parameters / AdamW moments, GiB"] = \
+                f"{params / GIB:.1f} / {moments / GIB:.1f}"
+            base = {"states": states}
+            if states + NON_TORCH_BYTES > result.limit:
+                result.phases.append(Phase("model states", states, base))
+                result.problem = (f"the three models' shards and two AdamW states alone need "
+                                  f"{(states + NON_TORCH_BYTES) / GIB:.1f} GiB per GPU on {world} GPUs "
+                                  f"(limit {result.limit / GIB:.1f}); use more GPUs")
+                return result
+
+            # Alg. 1 lines 4-5: sampling, one round of `responses` rows.
+            if not _sampling_phases(result, meter, states, policy, config, cfg, device, responses,
+                                    cfg.max_response_tokens, "sampling"):
+                return result
+
+            # The step's [B, T] tensors (old log-probs, process rewards, advantages, ...) are
+            # responses x max_response_tokens floats each: about a megabyte apiece.
+            batch = _micro_batch(cfg, device)
+            tokens = len(batch["input_ids"])
+            result.sizes["micro-batch (micro_batch_tokens)"] = f"{cfg.micro_batch_tokens} tokens; " \
+                f"planned at {tokens} = {tokens // (cfg.max_prompt_tokens + cfg.max_response_tokens)} x " \
+                f"({cfg.max_prompt_tokens} + {cfg.max_response_tokens})"
+            result.sizes["log-prob chunk (model.LOGPROB_CHUNK_ELEMENTS)"] = \
+                f"{M.LOGPROB_CHUNK_ELEMENTS // config.vocab_size} tokens x {config.vocab_size} fp32 logits " \
+                f"= {M.LOGPROB_CHUNK_ELEMENTS * 4 / GIB:.3f} GiB per buffer"
+            for name, net in (("old log-probs", policy), ("reference log-probs", ref)):
+                out = {}
+                with torch.no_grad(), meter.measure(out):
+                    net(**batch)
+                result.phases.append(Phase(name, out["peak"], base))
+
+            # Alg. 1 lines 7-8 and 10: the PRM's and the policy's optimizer steps.
+            for name, net, reference, clip in (("PRM update", prm, ref, cfg.prm_grad_clip),
+                                               ("policy update", policy, None, cfg.policy_grad_clip)):
+                out = {}
+                with meter.measure(out):
+                    grads = _optimizer_step(net, opts["prm" if net is prm else "policy"], batch, clip, reference)
+                result.phases.append(Phase(name, out["peak"], {**base, "gradients": grads}))
+
+            # The held-out eval (greedy) from inside the training process: the same shapes.
+            if not _sampling_phases(result, meter, states, policy, config, cfg, device, responses,
+                                    cfg.max_response_tokens, "held-out eval"):
+                return result
+
+            # Checkpoint: DCP saves each rank's shards as they are, copying one to the host at a
+            # time; get_state_dict only views them.
+            out = {}
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+            with meter.measure(out):
+                views = [get_state_dict(net, opts[name]) for name, net in (("policy", policy), ("prm", prm))]
+            result.phases.append(Phase("checkpoint save", out["peak"], base))
+            del views
+
+            # Export: one parameter at a time, gathered and cast to the compute dtype. (Twice: the
+            # first pass builds DTensor's sharding metadata for these ops, see the warm-up above.)
+            out = {}
+            for measured in ({}, out):
+                with meter.measure(measured):
+                    for _name, tensor in M.full_tensors(policy, compute):
+                        del tensor
+            result.phases.append(Phase("export", out["peak"], base))
+    finally:
+        dist.destroy_process_group()
+    return result
+
+
+def to_json(result):
+    """The plan as plain data (train.py writes it to <out_dir>/memory_plan.json)."""
+    return {"world_size": result.world, "gpu_bytes": result.gpu_bytes, "limit_bytes": result.limit,
+            "non_torch_bytes": NON_TORCH_BYTES, "fits": result.fits(), "problem": result.problem,
+            "sizes": result.sizes,
+            "phases": [{"name": p.name, "peak_bytes": p.peak, "parts": p.parts} for p in result.phases]}
+
+
+# ==============================================================================================
+# 4. The report.
+# ==============================================================================================
+
+def report(result, cfg, config):
+    """The plan as lines of text; the last says whether it fits."""
+    gib = lambda x: f"{x / GIB:.1f}"  # noqa: E731
+    lines = [f"memory plan: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab "
+             f"{config.vocab_size}; {result.world} GPUs x {result.gpu_bytes / GIB:.0f} GiB, limit "
+             f"{gib(result.limit)} GiB per GPU (gpu_memory_utilization {cfg.gpu_memory_utilization}); "
+             f"{NON_TORCH_BYTES / GIB:.1f} GiB outside PyTorch assumed",
+             "", "chosen sizes:"]
+    lines += [f"  {key}: {value}" for key, value in result.sizes.items()]
+    if result.phases:
+        lines += ["", "| phase | peak GiB | states | gradients | gathered weights (+ fused qkv) | KV cache | "
+                      "activations and temporaries |",
+                  "|---|---|---|---|---|---|---|"]
+        for phase in result.phases:
+            parts = phase.parts
+            rest = phase.peak - sum(parts.values())
+            cells = [gib(phase.peak + NON_TORCH_BYTES)] + [
+                gib(parts[key]) if key in parts else "-"
+                for key in ("states", "gradients", "gathered weights", "KV cache")] + [gib(rest)]
+            lines.append(f"| {phase.name} | " + " | ".join(cells) + " |")
+        lines.append(f"(peak = tensors + {NON_TORCH_BYTES / GIB:.1f} GiB outside PyTorch; states = the three models' "
+                     f"shards and the two AdamW states)")
+    worst = result.worst
+    peak = f"peak {gib(worst.peak + NON_TORCH_BYTES) if worst else '-'} GiB of {result.gpu_bytes / GIB:.0f} GiB " \
+           f"per GPU (phase {worst.name if worst else '-'})"
+    if result.fits():
+        verdict = "fits"
+    else:
+        verdict = f"does not fit: {result.problem or f'over the limit of {gib(result.limit)} GiB'}"
+    lines += ["", f"memory plan: {peak}: {verdict}"]
+    return lines
