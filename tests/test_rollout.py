@@ -12,7 +12,7 @@ from torch.distributed.device_mesh import init_device_mesh
 import model as M
 import rollout
 from tests import flash_standin
-from tests.tiny import random_checkpoint
+from tests.tiny import random_checkpoint, seven_b_attention
 
 VOCAB = 97
 
@@ -62,17 +62,31 @@ def test_greedy_equals_transformers_generate(ckpt):
     assert all(r[-1] == eos for r in got if len(r) < 24)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flash"])
-def test_cached_decode_equals_full_recompute(ckpt, monkeypatch, backend):
-    monkeypatch.setattr(M, "flash_attn_varlen_func", flash_standin.flash_attn_varlen_func)
-    monkeypatch.setattr(M, "flash_attn_with_kvcache", flash_standin.flash_attn_with_kvcache)
+def test_cached_decode_equals_full_recompute(ckpt):
     ours = M.load_model(ckpt)
-    ours.attn_backend = backend
     prompts = random_prompts([7, 2, 15, 4], seed=1)
     eos = [11, 42]
     got = rollout.generate(ours, prompts, max_new_tokens=20, eos_token_id=eos, temperature=0)
-    ours.attn_backend = "sdpa"
     assert got == [recompute_greedy(ours, p, 20, eos) for p in prompts]
+
+
+def test_sampler_through_the_flash_call_sites_at_7b_geometry(monkeypatch):
+    """The whole sampler (prefill in several forwards, decode, the batch shrinking as rows stop)
+    through flash-attn's call sites (the strict stand-in), in bf16 at Qwen2.5-7B's attention
+    geometry: the same greedy tokens as the SDPA path, and the chunked prefill changes nothing."""
+    monkeypatch.setattr(M, "flash_attn_varlen_func", flash_standin.flash_attn_varlen_func)
+    monkeypatch.setattr(M, "flash_attn_with_kvcache", flash_standin.flash_attn_with_kvcache)
+    _, net = seven_b_attention()
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 128, (n,), generator=g).tolist() for n in (5, 12, 1, 8, 3, 9)]
+    eos = list(range(0, 128, 5))  # a fifth of the vocabulary: rows stop at different steps
+    runs = {}
+    for backend in ("sdpa", "flash"):
+        net.attn_backend = backend
+        for prefill in (None, 16):
+            runs[backend, prefill] = rollout.generate(net, prompts, 24, eos, temperature=0, max_prefill_tokens=prefill)
+    assert len(set(map(len, runs["flash", None]))) > 2, "rows should stop at different steps"
+    assert runs["flash", None] == runs["flash", 16] == runs["sdpa", None] == runs["sdpa", 16]
 
 
 def test_batch_composition_and_chunking_do_not_change_greedy_rows(ckpt):

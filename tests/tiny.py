@@ -1,7 +1,10 @@
-"""Tiny random Qwen2 checkpoints for tests, made with transformers' own implementation."""
+"""Tiny random Qwen2 checkpoints for tests, made with transformers' own implementation, and a
+network of ours with Qwen2.5-7B's attention geometry."""
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import model as M
 
 
 def tiny_config(vocab_size=97, hidden_size=64, layers=2, heads=4, kv_heads=2, tie=False, intermediate_size=None,
@@ -32,3 +35,23 @@ def random_checkpoint(path, seed=0, **config_kwargs):
     model = random_hf_model(tiny_config(**config_kwargs), seed)
     model.save_pretrained(path)
     return model
+
+
+def seven_b_attention(layers=2, seed=0):
+    """A network with Qwen2.5-7B's attention geometry (hidden 3584, 28 query heads and 4 KV heads
+    of dim 128; a small MLP and vocabulary keep it fast): random weights, norms and biases, fp32.
+    Returns (fp32 network, the same in bf16)."""
+    config = tiny_config(vocab_size=128, hidden_size=3584, layers=layers, heads=28, kv_heads=4,
+                         intermediate_size=256)
+    torch.manual_seed(seed)
+    net = M.Qwen2ForCausalLM(config)
+    M.init_weights(net, std=0.02)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.02)
+    bf16 = M.Qwen2ForCausalLM(config)
+    bf16.load_state_dict(net.state_dict())
+    return net, bf16.to(torch.bfloat16)
