@@ -243,6 +243,10 @@ def setup_distributed(cfg):
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     timeout = timedelta(minutes=cfg.dist_timeout_minutes)
+    # The sampler's KV cache and the training activations take turns with very different block
+    # sizes; expandable segments let the CUDA allocator reuse freed memory across them instead of
+    # fragmenting it (the memory plan counts allocated bytes, not fragments).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)

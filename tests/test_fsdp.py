@@ -1,5 +1,7 @@
 """FSDP2 on two gloo ranks (CPU) against the same step in one process."""
 
+import json
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,6 +50,7 @@ def _worker(rank, init_file, ckpt, out):
     resharded = isinstance(q_proj.weight, DTensor) and q_proj.weight.to_local().shape[0] == 32
 
     M.save_model(model, f"{out}/saved")
+    M.save_model(model, f"{out}/saved_bf16", dtype=torch.bfloat16, max_shard_bytes=20_000)  # streamed, sharded
     torch.save({"loss": loss, "gathered": gathered, "resharded": resharded,
                 "same_inside": all(torch.equal(outside, x) for x in inside)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -74,3 +77,14 @@ def test_fsdp_step_equals_single_process_step(tmp_path):
     for name, tensor in single.state_dict().items():
         assert torch.allclose(saved[name], tensor, atol=1e-5), name
     assert any(not torch.allclose(saved[n], t) for n, t in M.load_model(ckpt).state_dict().items())
+    # the bf16 export: the same weights rounded once, in several safetensors files with an index
+    from safetensors.torch import load_file
+    index = json.loads((tmp_path / "saved_bf16" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 3, files
+    shards = {}
+    for file in files:
+        shards.update(load_file(tmp_path / "saved_bf16" / file))
+    assert set(shards) == set(saved) and all(t.dtype == torch.bfloat16 for t in shards.values())
+    assert all(torch.equal(shards[n], saved[n].to(torch.bfloat16)) for n in saved)
+    assert M.load_model(tmp_path / "saved_bf16").config.vocab_size == 97
