@@ -64,57 +64,102 @@ logger = logging.getLogger(__name__)
 # Math, part 1: find the final answer in a response.
 # =========================================================================================
 # The paper's prompt asks the model to put its final answer in \boxed{} ([P1 App. A]), so
-# the last \boxed{...} is the answer. [PR] match_answer also looks after "the answer is";
-# we use that and a final inline formula only as fallbacks when nothing is boxed.
+# the last \boxed{...} is the answer. [PR] match_answer also looks after "answer:" / "the
+# answer is"; we use that, a display block that ends the response, a final inline formula
+# and a concluding "Therefore ... 41 ..." sentence only as fallbacks when nothing is boxed
+# (Math-Verify's extraction accepts all four; its test suite has an example of each).
 
 _BOX = re.compile(r"\\(?:boxed|fbox)")
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\banswers?\s*(?:is|are|:)\s*:?\s*", re.IGNORECASE)
 _INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+# A display block (\[...\] or $$...$$) with nothing but punctuation after it: "Answer\n\[\n9\n\]".
+_TRAILING_DISPLAY = re.compile(r"(?:\\\[(.+?)\\\]|\$\$(.+?)\$\$)[\s.]*$", re.DOTALL)
+# What may stand between the boxes of one answer split over several boxes, as in
+# "\boxed{(2, 2)} \text{ and } \boxed{(6, 2)}", "\boxed{1}, \boxed{2}", "\boxed{k=45} \quad
+# \boxed{n=2}" or "x = \boxed{-2} or x = \boxed{5}": spaces, commas, math delimiters, LaTeX
+# spacing and line breaks, "and"/"or" (bare or in \text{}), and a variable's "x =".
+_BOX_GAP = re.compile(r"(?:\s|[,;&$]|\\[,;:! ]|\\q?quad|\\\\|\\text\{\s*(?:and|or|,)?\s*\}"
+                      r"|\b(?:and|or)\b|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*")
+_CONCLUSION = re.compile(r"^\W*(?:therefore|thus|hence|so|finally|in conclusion)\b", re.IGNORECASE)
+_COPULA = re.compile(r"\s(?:is|are|equals|be)\s", re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:\s*\\?%)?")
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} / \\fbox{...} (nested braces matched), or of
-    `\\boxed 5` (no braces: the argument runs to the next space or `$`)."""
-    for match in reversed(list(_BOX.finditer(text))):
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of each complete \\boxed{...} / \\fbox{...} (nested braces
+    matched) or `\\boxed 5` (no braces: the argument runs to the next space or `$`), in
+    order. A box the response was cut off inside is not complete, so it is skipped."""
+    found = []
+    for match in _BOX.finditer(text):
         rest = text[match.end():]
         stripped = rest.lstrip()
         if stripped.startswith("{"):
-            start = len(rest) - len(stripped) + 1
+            start = match.end() + len(rest) - len(stripped) + 1
             depth = 1
-            for i in range(start, len(rest)):
-                depth += {"{": 1, "}": -1}.get(rest[i], 0)
+            for i in range(start, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
                 if depth == 0:
-                    return rest[start:i].strip()
-            continue  # unbalanced: the response was cut off inside this box, try an earlier one
-        if rest[:1] == " ":
+                    found.append((match.start(), i + 1, text[start:i].strip()))
+                    break
+        elif rest[:1] == " ":
             argument = re.match(r"\s*([^\s$]+)", rest)
             if argument:
-                return argument.group(1)
-    return None
+                found.append((match.start(), match.end() + argument.end(), argument.group(1)))
+    return found
+
+
+def _final_boxed(text: str) -> str | None:
+    """The last box's content; when boxes just before it are separated from it only by
+    _BOX_GAP (one answer split over several boxes), their contents joined with ", ".
+    A value boxed twice counts once. Hedging is then not rewarded:
+    "\\boxed{2} or \\boxed{3}" is the answer "2, 3", which is wrong when the key is 3."""
+    boxes = _boxes(text)
+    if not boxes:
+        return None
+    group = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        gap_start, gap_end = box[1], group[0][0]
+        if gap_start > gap_end or gap_end - gap_start > 200 or not _BOX_GAP.fullmatch(text, gap_start, gap_end):
+            break
+        group.insert(0, box)
+    contents = list(dict.fromkeys(content for _, _, content in group))
+    return ", ".join(contents)
 
 
 def extract_answer(response: str) -> str | None:
     """The final answer in `response` as a string, or None when there is none.
 
-    In order: the last \\boxed{} (or \\fbox{}, or `\\boxed 5`); the text after the last
-    "the answer is" / "final answer:" up to the end of its line (a formula in it wins);
-    the last $...$, \\(...\\) or \\[...\\] on the last non-empty line. A one-line response
-    is taken to be a bare answer (ground truths and hand-written tests look like that;
-    model responses never do).
+    In order: the last \\boxed{} (or \\fbox{}, or `\\boxed 5`), joined with the boxes just
+    before it when one answer is split over several; after the last "answer:" / "the
+    answer is", the rest of that sentence (from its last "is", as in "Final Answer: The
+    largest $n$ is 34."; a formula in it wins); a display block that ends the response;
+    the last number of a finished last sentence without a formula that opens with
+    "Therefore" / "Thus" / "Hence" / "So"; the last $...$, \\(...\\) or \\[...\\] on the
+    last non-empty line. A one-line response is taken to be a bare answer (ground truths
+    and hand-written tests look like that; model responses never do).
     """
-    boxed = _last_boxed(response)
+    boxed = _final_boxed(response)
     if boxed is not None:
         return boxed
     markers = list(_ANSWER_IS.finditer(response))
     if markers:
-        tail = response[markers[-1].end():].split("\n")[0]
-        formula = _last_inline_math(tail)
-        answer = (formula if formula is not None else tail).strip().rstrip(".").strip()
+        answer = _answer_in_sentence(response[markers[-1].end():])
         if answer:
             return answer
+    display = _TRAILING_DISPLAY.search(response)
+    if display:
+        return next(group for group in display.groups() if group is not None).strip()
     lines = [line for line in response.strip().split("\n") if line.strip()]
     if not lines:
         return None
+    sentence = _sentences(lines[-1])[-1]
+    formula = _last_inline_math(sentence)
+    # A finished sentence only: a response cut off at the length limit in the middle of
+    # "So we still need 7 more ..." has not answered.
+    concluded = _CONCLUSION.match(sentence) and sentence.endswith(".")
+    numbers = _NUMBER.findall(sentence) if concluded else []
+    if formula is None and numbers:
+        return numbers[-1].rstrip(",")
     formula = _last_inline_math(lines[-1])
     if formula is not None:
         return formula
@@ -126,6 +171,32 @@ def _last_inline_math(text: str) -> str | None:
     if not found:
         return None
     return next(group for group in found[-1].groups() if group is not None).strip()
+
+
+def _masked(text: str) -> str:
+    """`text` with every formula blanked out (same length), so that a period or an "is"
+    inside $...$ does not end a sentence or split an answer."""
+    return _INLINE_MATH.sub(lambda m: "#" * len(m.group(0)), text)
+
+
+def _sentences(text: str) -> list[str]:
+    """`text` cut into sentences (at ". " and line ends outside formulas); never empty."""
+    cuts = [m.end() for m in re.finditer(r"\.(?:\s+|$)|\n+", _masked(text))]
+    pieces = [text[a:b].strip() for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    return [piece for piece in pieces if piece] or [""]
+
+
+def _answer_in_sentence(tail: str) -> str | None:
+    """The answer in the sentence that follows an answer marker: the part after its last
+    "is" / "are" / "equals" outside formulas ("The largest $n$ is 34." -> "34"), then its
+    last formula if it has one, else the text without a final period."""
+    sentence = _sentences(tail)[0]
+    copulas = list(_COPULA.finditer(_masked(sentence)))
+    if copulas:
+        sentence = sentence[copulas[-1].end():]
+    formula = _last_inline_math(sentence)
+    answer = (formula if formula is not None else sentence).strip().rstrip(".").strip()
+    return answer or None
 
 
 # =========================================================================================
@@ -144,20 +215,29 @@ _THOUSANDS = re.compile(r"[+-]?\d{1,3}([, ]\d{3})+(\.\d+)?")
 _ASSIGNMENT = re.compile(r"^\\?[a-zA-Z]+(?:_\{?\w+\}?)?\s*=\s*([^=]+)$")
 _CHOICE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:])")
 _WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
+ELLIPSIS = "\\ldots"  # \dots, \cdots and "..." are spelled this way
 
 
 def _normalize(answer: str) -> tuple[str, bool]:
     """Strip presentation (math delimiters, \\left/\\right, spacing macros, \\dfrac,
-    degrees, currency, \\text units, a final period, thousands separators). Returns the
-    text and whether it carried a percent sign."""
+    degrees, currency, \\text units, a final period, thousands separators) and spell a
+    few things one way (ellipses, the empty set, "1 or 2" as "1, 2", a matrix row break
+    with spacing "\\\\[2pt]"). Returns the text and whether it carried a percent sign."""
     s = answer.strip()
     for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         while s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left):len(s) - len(right)].strip()
     s = re.sub(r"\\left\.|\\right\.|\\left|\\right|\\displaystyle", "", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = s.replace("{,}", ",").replace("\\!", "").replace("\\,", "")
-    s = re.sub(r"\\[;:]|\\q?quad|~", " ", s)
+    # LaTeX thousands separators: "32,\! 349" and "4{,}096" are 32349 and 4096 (but "32, 349"
+    # stays a list of two numbers).
+    s = re.sub(r",\\!\s*", ",", s).replace("{,}", ",").replace("\\!", "").replace("\\,", "")
+    s = re.sub(r"(?<!\\)\\[;: ]|\\q?quad|~", " ", s)  # "\ ", but not a row break's "\\ "
+    s = re.sub(r"\\(?:[lc]?dots|ldotp)|\.\.\.", lambda _: ELLIPSIS, s)
+    s = s.replace("\\varnothing", "\\emptyset")
+    s = re.sub(r"\\\\\s*\[[^\]]*\]", r"\\\\", s)  # \\[2pt] -> \\
+    s = re.sub(r"\\text\{\s*(and|or)\s*\}", r" \1 ", s)
+    s = re.sub(r"(?<=[\d)\]}])\s*,?\s+(?:and|or)\s+(?=[-+\d(\[\\])", ", ", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)  # 30^\circ -> 30
     s = s.strip().rstrip(".").strip()
     percent = s.endswith("%")
@@ -176,8 +256,9 @@ def _normalize(answer: str) -> tuple[str, bool]:
 
 
 def _as_number(s: str) -> tuple[Fraction, bool] | None:
-    """A plain number (integer, decimal, a/b, \\frac{a}{b}, \\frac12) as an exact
-    Fraction plus whether it was written as a decimal; None for anything else."""
+    """A plain number (integer, decimal, a/b, \\frac{a}{b}, \\frac12, a mixed number
+    2\\frac{1}{2} as MATH writes them) as an exact Fraction plus whether it was written
+    as a decimal; None for anything else."""
     s = s.replace(" ", "")
     sign = -1 if s.startswith("-") else 1
     body = s.lstrip("+-") if s[:1] in "+-" and s[1:2] not in "+-" else s
@@ -185,11 +266,14 @@ def _as_number(s: str) -> tuple[Fraction, bool] | None:
         return sign * Fraction(int(body)), False
     if re.fullmatch(r"\d*\.\d+|\d+\.", body):
         return sign * Fraction(body if not body.endswith(".") else body[:-1]), True
-    frac = (re.fullmatch(r"(\d+)/(\d+)", body)
-            or re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", body)
-            or re.fullmatch(r"\\frac(\d)(\d)", body))
-    if frac and int(frac.group(2)) != 0:
-        return sign * Fraction(int(frac.group(1)), int(frac.group(2))), False
+    frac = (re.fullmatch(r"()(\d+)/(\d+)", body)
+            or re.fullmatch(r"(\d*)\\frac\{(\d+)\}\{(\d+)\}", body)
+            or re.fullmatch(r"(\d*)\\frac(\d)(\d)", body))
+    if frac and int(frac.group(3)) != 0:
+        whole, numerator, denominator = (int(x or 0) for x in frac.groups())
+        if whole and numerator >= denominator:  # "2\frac{5}{3}" is not a mixed number
+            return None
+        return sign * (whole + Fraction(numerator, denominator)), False
     return None
 
 
@@ -251,9 +335,26 @@ def _symbolic_equal(pred: str, gold: str) -> bool:
             return False
         # allow_set_relation_comp: "x <= 3" and "(-\infty, 3]" are the same answer.
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None,
-                           allow_set_relation_comp=True))
+                           allow_set_relation_comp=True)
+                    and not _exact_numbers_differ(gold_parsed[0], pred_parsed[0]))
     except Exception:  # an unparsable answer is a wrong answer
         return False
+
+
+def _exact_numbers_differ(a, b) -> bool:
+    """Do two exact numbers (sympy expressions without unknowns or decimals) differ?
+    Math-Verify compares numbers after rounding them to 6 decimal places, so every value
+    below 5e-7 equals every other: 1/2^98 "equals" 1/2^99 and 1/2006! "equals" 1/2004!.
+    Exact answers must agree to 30 significant digits instead (evaluated with 40, which
+    also settles equal radicals that sympy does not simplify into each other). Decimals
+    keep Math-Verify's rule, as plain numbers keep ours (_numbers_equal)."""
+    import sympy
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return False  # sets, intervals, matrices, equations: Math-Verify's verdict stands
+    if a.free_symbols or b.free_symbols or a.atoms(sympy.Float) or b.atoms(sympy.Float):
+        return False
+    x, y = sympy.N(a, 40), sympy.N(b, 40)
+    return bool(abs(x - y) > sympy.Float("1e-30", 40) * max(abs(x), abs(y)))
 
 
 # ----- a pool of Math-Verify worker processes with hard kills ------------------------------
@@ -384,7 +485,7 @@ def _gold_answer(ground_truth) -> str:
     text = _require_text(ground_truth, "ground_truth")
     if not text.strip():
         raise ValueError("ground_truth is missing (empty string)")
-    boxed = _last_boxed(text)
+    boxed = _final_boxed(text)
     return boxed if boxed is not None else text.strip()
 
 
@@ -393,10 +494,34 @@ def _math_correct(response, ground_truth, timeout: float) -> bool:
     pred = extract_answer(_require_text(response, "response"))
     if pred is None or not pred.strip():
         return False
+    return _answers_equal(pred, gold, timeout)
+
+
+def _answers_equal(pred: str, gold: str, timeout: float) -> bool:
+    """Our exact rules, then the pattern rule below, then Math-Verify."""
     verdict = _quick_verdict(pred, gold)
     if verdict is not None:
         return verdict
+    # A pattern such as "1, 3, 5, \ldots, 2n-1" is compared term by term, an "\ldots" only
+    # with an "\ldots" in the same place: Math-Verify reads such a list as something else
+    # entirely (it credited "1, 3, 5, \ldots, 2n-1" for "1, 2, \ldots, n").
+    p, g = (_split_top_level(_normalize(x)[0]) for x in (pred, gold))
+    if ELLIPSIS in p or ELLIPSIS in g:
+        return len(p) == len(g) and all(
+            a == b == ELLIPSIS or (ELLIPSIS not in (a, b) and _answers_equal(a, b, timeout))
+            for a, b in zip(p, g))
     return _SYMBOLIC_POOL.equal(pred, gold, timeout)
+
+
+def _split_top_level(s: str) -> list[str]:
+    """`s` split at the commas that are not inside (), [] or {}: "1, f(2, 3), \\ldots"."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(s):
+        depth += (c in "([{") - (c in ")]}")
+        if c == "," and depth == 0:
+            parts.append(s[start:i].strip())
+            start = i + 1
+    return [*parts, s[start:].strip()]
 
 
 def math_correct(response: str, ground_truth: str, timeout: float = MATH_TIMEOUT) -> bool:

@@ -31,6 +31,15 @@ import verify
     ("Step 1: ...\nFinal answer: 42.", "42"),
     ("Work.\nTherefore the area is $12\\pi$", "12\\pi"),
     ("\\frac{3}{4}", "\\frac{3}{4}"),                                # a bare answer
+    ("so $x = \\boxed{(2, 2)} \\text{ and } \\boxed{(6, 2)}$", "(2, 2), (6, 2)"),  # one answer, two boxes
+    ("$\\boxed{k = 45} \\quad \\boxed{n = 2}$", "k = 45, n = 2"),
+    ("$\\boxed{5}$.\n\n**Final Answer**\n$\\boxed{5}$", "5"),      # not one answer split: the last
+    ("Step 4 ...\nFinal Answer: The largest $n$ is 34.", "34"),       # after the marker's "is"
+    ("Final Answer: The final answer is $28\\%$. I hope it is correct.", "28\\%"),
+    ("So the answer is\n\\[\n9\n\\]", "9"),
+    ("Step 2 ...\nAnswer\n\\[\n9\n\\]", "9"),                       # a display block ends the response
+    ("Step 2 ...\nTherefore, the error grows by 100%.", "100%"),    # a concluding sentence's number
+    ("Step 2 ...\nSo we still need 7 more", None),                  # cut off: no answer
     ("Some reasoning\nwith no answer at all", None),
     ("", None),
 ])
@@ -110,10 +119,50 @@ MATH_CASES = [
     ("Step 1 ...\nI am not sure.", "7", False),
     # a ground truth that is itself a boxed solution
     ("\\boxed{4}", "Adding, we get $\\boxed{4}$.", True),
+    # mixed numbers (MATH writes 2\\frac{1}{2})
+    ("\\boxed{3\\frac{1}{4}}", "\\frac{13}{4}", True),
+    ("\\boxed{3\\frac{1}{4}}", "\\frac{3}{4}", False),
+    ("\\boxed{33\\frac{1}{3}\\%}", "33\\frac13", True),
+]
+
+# The kinds of issue 15 (each with true and false cases): one answer split over several
+# boxes, LaTeX thousands separators, final answers without a box, very small or patterned
+# values (no credit for being "close"), matrix environments.
+ISSUE_15_CASES = [
+    ("Both work: $\\boxed{(4, 1)} \\text{ and } \\boxed{(9, 2)}$.", "(4, 1), (9, 2)", True),
+    ("Both work: $\\boxed{(4, 1)} \\text{ and } \\boxed{(9, 3)}$.", "(4, 1), (9, 2)", False),
+    ("The values are $\\boxed{7}, \\boxed{8}, \\boxed{9}$.", "\\{7, 8, 9\\}", True),
+    ("The values are $\\boxed{7}, \\boxed{8}$.", "\\{7, 8, 9\\}", False),
+    ("Hence $\\boxed{r = 6} \\quad \\boxed{s = 11}$", "r = 6, s = 11", True),
+    ("So $y = \\boxed{4}$ or $y = \\boxed{-1}$.", "-1, 4", True),
+    ("So $y = \\boxed{4}$ or $y = \\boxed{-1}$.", "4", False),      # hedging earns nothing
+    ("\\boxed{48,\\! 207}", "48207", True),
+    ("\\boxed{3,\\!048,\\!576}", "3048576", True),
+    ("\\boxed{48, 207}", "48207", False),                             # a list, not 48207
+    ("Checking each case.\n\nFinal Answer: The greatest $m$ is 58.", "58", True),
+    ("Checking each case.\n\nFinal Answer: The greatest $m$ is 58.", "85", False),
+    ("Each side doubles. Therefore, the volume increases by 700%.", "700\\%", True),
+    ("Each side doubles. Therefore, the volume increases by 700%.", "100\\%", False),
+    ("Collecting terms:\n\nAnswer\n\\[\n23\n\\]", "23", True),
+    ("Collecting terms:\n\nAnswer\n\\[\n23\n\\]", "32", False),
+    ("\\boxed{\\frac{1}{1999!}}", "\\frac{1}{1997!}", False),
+    ("\\boxed{\\frac{1}{1997!}}", "\\frac{1}{1997!}", True),
+    ("\\boxed{\\frac{1}{7^{45}}}", "\\frac{1}{7^{46}}", False),
+    ("\\boxed{7^{-46}}", "\\frac{1}{7^{46}}", True),
+    ("\\boxed{1 - \\frac{1}{2^{70}}}", "1 - \\frac{1}{2^{71}}", False),
+    ("\\boxed{3, 6, 9, \\ldots, 3n}", "1, 2, \\ldots, n", False),
+    ("\\boxed{3, 6, 9, \\dots, 3n}", "3, 6, 9, \\cdots, 3n", True),
+    ("\\boxed{1, 2, 4, \\ldots}", "1, 2, 3, \\ldots", False),
+    ("\\boxed{\\begin{bmatrix} 2 & 0 \\\\ -1 & 7 \\end{bmatrix}}",
+     "\\begin{pmatrix}2&0\\\\-1&7\\end{pmatrix}", True),
+    ("\\boxed{\\begin{bmatrix} 2 & 0 \\\\ 1 & 7 \\end{bmatrix}}",
+     "\\begin{pmatrix}2&0\\\\-1&7\\end{pmatrix}", False),
+    ("\\boxed{\\begin{bmatrix} \\dfrac{1}{3} \\\\[4pt] 2 \\end{bmatrix}}",
+     "\\begin{pmatrix}\\frac13\\\\2\\end{pmatrix}", True),
 ]
 
 
-@pytest.mark.parametrize("response, ground_truth, expected", MATH_CASES)
+@pytest.mark.parametrize("response, ground_truth, expected", MATH_CASES + ISSUE_15_CASES)
 def test_math_correct(response, ground_truth, expected):
     assert verify.math_correct(response, ground_truth) is expected
 
