@@ -209,8 +209,9 @@ def _answer_in_sentence(tail: str) -> str | None:
 # matrices, equations) to Math-Verify, the field's LaTeX-to-sympy grader.
 
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
-# A number followed by a unit in \text{...} (optionally squared/cubed): "5\text{ cm}^2".
-_TRAILING_UNIT = re.compile(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?\d\}?)?$")
+# A number followed by a unit in \text{...} (optionally squared/cubed): "5\text{ cm}^2",
+# "72\text{ km/h}".
+_TRAILING_UNIT = re.compile(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z ./]*\}(?:\^\{?\d\}?)?$")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}([, ]\d{3})+(\.\d+)?")
 _ASSIGNMENT = re.compile(r"^\\?[a-zA-Z]+(?:_\{?\w+\}?)?\s*=\s*([^=]+)$")
 _CHOICE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:])")

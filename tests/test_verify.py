@@ -82,6 +82,7 @@ MATH_CASES = [
     ("\\boxed{40\\%}", "0.5", False),
     ("\\boxed{5\\text{ cm}}", "5", True),
     ("\\boxed{12 \\text{ inches}^2}", "12", True),
+    ("\\boxed{72\\text{ km/h}}", "72", True),
     ("\\boxed{6\\text{ cm}}", "5", False),
     ("\\boxed{30^\\circ}", "30", True),
     ("\\boxed{\\$5.00}", "5", True),
