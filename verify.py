@@ -15,27 +15,29 @@ step (the official code could hang on CPU-bound programs: PRIME issue #56). This
 
 "[PR]" below means the official PRIME code, as summarised in PRIME_NOTES.md §7.
 
-What the code sandbox does NOT stop
------------------------------------
-Programs run as ordinary Python processes under our own user (root in the containers we
-train in), guarded only by resource limits and a Python audit hook. An audit hook is a
-tripwire, not a security boundary: code that reaches an operation the interpreter does
-not audit (for example a C extension module, including `_posixsubprocess.fork_exec`
-called directly, or a bug in CPython) gets past it; such code could then fork, call
-`setsid()` to leave the process group we kill, and outlive the call. Some file operations
-are not audited at all: os.mkfifo and os.mknod can create entries outside the temporary
-directory. Reading is not
-restricted except `/proc/<other pid>`: a program can read any file our user can read
-(credentials in the home directory such as ~/.netrc or a Hugging Face token, the
-training data including other problems' tests, this source file). There is no network
-namespace (sockets are refused only through the hook), no filesystem namespace, no
-seccomp filter, no cgroup: RLIMIT_NPROC does not bind root, so the process count is
-limited by the hook alone, and memory is limited per process (RLIMIT_AS), not per group.
-Timing and CPU side channels between concurrent programs are not prevented. Run untrusted
-code at scale inside a container or VM you can throw away, as an unprivileged user; this
-sandbox is a second line of defence that keeps honest-but-buggy and casually hostile
-programs (infinite loops, memory bombs, fork bombs, shelling out, deleting files,
-peeking at the environment) from hurting the trainer.
+The code sandbox: what it stops and what it does not
+----------------------------------------------------
+Every test runs as a fresh `python -I` process under resource limits and a Python audit
+hook (part 3 below). Where bubblewrap works, that process runs in a bwrap jail: its own
+user, pid, network, ipc and uts namespaces, a root holding only /usr and the Python
+installation (read-only) and the test's temporary directory (the only writable place),
+no capabilities, and the whole pid namespace killed when the test ends. The jail stops
+what the hook cannot: code that gets past the hook (a C extension module, including
+`_posixsubprocess.fork_exec` called directly, or a CPython bug) still has no network,
+cannot read our files outside /usr and the Python installation (credentials in the home
+directory, the training data including other problems' tests, this source file), sees no
+other process, writes nowhere but its
+directory, and dies with the jail even after setsid(). Neither stops: a kernel exploit
+(there is no seccomp filter), memory use summed over processes (RLIMIT_AS is per process;
+there is no cgroup), timing and CPU side channels between concurrent programs.
+Without bubblewrap (one warning per process) the hook is the only line: code past it can
+fork, leave the process group we kill and outlive the call, os.mkfifo and os.mknod are
+not audited, any file our user can read is readable (except /proc/<other pid>), sockets
+are refused by the hook alone, and RLIMIT_NPROC does not bind root. Run untrusted code at
+scale as an unprivileged user inside a container or VM you can throw away; this sandbox
+keeps honest-but-buggy and casually hostile programs (infinite loops, memory bombs, fork
+bombs, shelling out, deleting files, peeking at the environment or our data) from
+hurting the trainer.
 """
 from __future__ import annotations
 
@@ -641,9 +643,12 @@ def _values_equal(got, want) -> bool:
 # os functions set to None), a signal.alarm of 5 s per test and no memory limit. Here each
 # test runs in a fresh `python -I` process (isolated mode: no PYTHON* variables, no user
 # site, no script directory on sys.path) in its own temporary directory and its own
-# session, so one os.killpg reaches everything it started. The prelude below runs first in
-# that process: it sets resource limits, then installs an audit hook that kills the process
-# (exit code _REFUSED) on any refused action, then runs the program.
+# session, so one os.killpg reaches everything it started. When the machine has
+# bubblewrap, that process runs inside a bwrap jail (below: its own namespaces, nothing of
+# the file system but the Python installation, read-only, and the temporary directory).
+# The prelude below runs first in that process: it sets resource limits, then installs an
+# audit hook that kills the process (exit code _REFUSED) on any refused action, then runs
+# the program. In the jail the hook is a second line; without it, the only one.
 
 _REFUSED = 86                  # exit code of a process whose audit hook refused an action
 _MEMORY_LIMIT = 1 << 30        # RLIMIT_AS per test program: 1 GiB of address space
@@ -751,13 +756,95 @@ _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"
               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+# ----- the jail: bubblewrap ---------------------------------------------------------------
+# bwrap (https://github.com/containers/bubblewrap, Debian package `bubblewrap`) starts a
+# command in new namespaces without a daemon or root. Ours:
+#   --unshare-all      user, pid, network, ipc, uts and cgroup namespaces: no network at all
+#                      (only a loopback of its own), and the program sees its own processes only;
+#   a new root         an empty tmpfs holding read-only binds of /usr (+ the /bin, /lib ... links
+#                      or directories) and of the Python installation, a fresh /proc and a
+#                      minimal /dev, and the test's temporary directory, read-write; nothing
+#                      else of the host (no home directory, no training data, no other test's
+#                      directory), and after --remount-ro / nothing else writable;
+#   --cap-drop ALL     no capabilities inside, even when we run as root;
+#   --new-session      no access to a controlling terminal (TIOCSTI);
+#   --die-with-parent  the jail is killed if the thread that started it dies;
+#   --as-pid-1         the test program itself is the jail's pid 1. (bwrap's own pid-1 reaper
+#                      would outlive bwrap by a moment at every exit and be left to the host's
+#                      init as a zombie, and that init may be the trainer, in a container.)
+#   --info-fd          bwrap reports the host pid of the jail's pid 1. Killing that process
+#                      ends the whole pid namespace, including anything that left our process
+#                      group with setsid(); bwrap, its parent, then reaps it and exits.
+# It adds about 4 ms to a test's ~50 ms (README, bench_verify.py). Where bwrap is missing or cannot
+# create namespaces (no unprivileged user namespaces, a restrictive container seccomp filter)
+# the probe below fails once, we log one warning per process, and tests run unjailed.
+
+_BWRAP = shutil.which("bwrap")
+_jail_lock = threading.Lock()
+_jail_state: bool | None = None  # None: not probed yet in this process
+
+
+def _jail_argv(workdir: str, info_fd: int | None = None) -> list[str]:
+    """The bwrap command line (to be followed by the command) for a test in `workdir`."""
+    argv = [_BWRAP, "--unshare-all", "--cap-drop", "ALL", "--new-session", "--die-with-parent",
+            "--as-pid-1"]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+              os.path.dirname(os.path.abspath(sys.executable)),
+              os.path.dirname(os.path.realpath(sys.executable))}
+    bound: list[str] = []
+    for path in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", *sorted(python)]:
+        if any(path == top or path.startswith(top + os.sep) for top in bound):
+            continue
+        if os.path.islink(path) and os.path.dirname(path) == "/":  # merged /usr: /bin -> usr/bin
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+            bound.append(path)
+    return argv + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",  # where shared libraries are
+                   "--proc", "/proc", "--dev", "/dev", "--bind", workdir, workdir,
+                   "--chdir", workdir, "--remount-ro", "/"]
+
+
+def _jail_works() -> bool:
+    """Can this process jail its tests? Probed once (a jailed `python -I` must start and
+    print); on failure, one warning and the unjailed sandbox for the rest of the process."""
+    global _jail_state
+    with _jail_lock:
+        if _jail_state is None:
+            reason = "bubblewrap (bwrap) is not installed" if _BWRAP is None else _jail_probe_failure()
+            _jail_state = reason is None
+            if reason:
+                logger.warning("verify: %s; code tests run without a jail, under resource limits "
+                               "and an audit hook only (see README, 'The code sandbox')", reason)
+    return _jail_state
+
+
+def _jail_probe_failure() -> str | None:
+    """None if a jailed Python runs, else why not."""
+    workdir = tempfile.mkdtemp(prefix="prime_verify_")
+    try:
+        result = subprocess.run([*_jail_argv(workdir), sys.executable, "-I", "-c", "print('jailed')"],
+                                capture_output=True, env=_CHILD_ENV, timeout=_WORKER_START_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bwrap did not run ({error})"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if result.returncode != 0 or result.stdout != b"jailed\n":
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        return f"bwrap is installed but cannot jail ({message[-1] if message else result.returncode})"
+    return None
+
+
 def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
                     timeout: float) -> tuple[str, bytes]:
     """Run one program on one input. Returns (status, stdout) with status one of
     "ok" (exit code 0), "error" (non-zero exit, e.g. an exception), "refused" (the audit
-    hook stopped it), "timeout", "output_limit". The process group is killed and the
-    temporary directory removed before this returns, whatever happened."""
+    hook stopped it), "timeout", "output_limit". The jail (if any) and the process group
+    are killed and the temporary directory removed before this returns, whatever happened."""
     workdir = tempfile.mkdtemp(prefix="prime_verify_")
+    info_read = info_write = jail_pidfd = None
     try:
         with open(os.path.join(workdir, "solution.py"), "w") as f:
             f.write(source)
@@ -766,20 +853,50 @@ def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
         env = dict(_CHILD_ENV, HOME=workdir, TMPDIR=workdir)
         limits = [str(math.ceil(timeout) + 1), str(_MEMORY_LIMIT), str(_FILE_SIZE_LIMIT),
                   str(_OPEN_FILES_LIMIT), str(_REFUSED)]
+        command = [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, _PREAMBLE]
+        if _jail_works():
+            info_read, info_write = os.pipe()
+            command = _jail_argv(workdir, info_write) + command
         with open(os.path.join(workdir, "stdin"), "rb") as stdin_file:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, _PREAMBLE],
-                stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                cwd=workdir, env=env, start_new_session=True, close_fds=True)
+                command, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                cwd=workdir, env=env, start_new_session=True, close_fds=True,
+                pass_fds=() if info_write is None else (info_write,))
+        deadline = time.monotonic() + timeout
         try:
-            status, output = _collect(process, time.monotonic() + timeout)
+            if info_read is not None:
+                os.close(info_write)
+                info_write = None
+                jail_pidfd = _jail_pid1(info_read, deadline)
+            status, output = _collect(process, deadline)
         finally:
-            _kill_group(process)
+            _kill_group(process, jail_pidfd)
         if status is None:
             status = {0: "ok", _REFUSED: "refused"}.get(process.returncode, "error")
         return status, output
     finally:
+        for fd in (info_read, info_write):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _jail_pid1(info_read: int, deadline: float) -> int | None:
+    """A pidfd for the jail's pid 1, from bwrap's --info-fd report ({"child-pid": N, ...},
+    written and closed as soon as the namespaces exist); None if none came. The pidfd is
+    opened at once, while that process is certainly alive, so it cannot name a reused pid."""
+    report = b""
+    poller = select.poll()
+    poller.register(info_read, select.POLLIN)
+    while (remaining := deadline - time.monotonic()) > 0 and poller.poll(remaining * 1000):
+        chunk = os.read(info_read, 4096)
+        if not chunk:
+            break
+        report += chunk
+    try:
+        return os.pidfd_open(json.loads(report)["child-pid"])
+    except (ValueError, KeyError, TypeError, OSError):  # no report, or pid 1 already gone
+        return None
 
 
 def _collect(process: subprocess.Popen, deadline: float) -> tuple[str | None, bytes]:
@@ -810,8 +927,20 @@ def _collect(process: subprocess.Popen, deadline: float) -> tuple[str | None, by
     return None, b"".join(chunks)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the child's whole process group, then reap the child."""
+def _kill_group(process: subprocess.Popen, jail_pidfd: int | None = None) -> None:
+    """SIGKILL the jail's pid 1 (the kernel then kills every process in the jail) and let
+    bwrap reap it and exit; SIGKILL the child's whole process group; reap the child."""
+    if jail_pidfd is not None:
+        try:
+            signal.pidfd_send_signal(jail_pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(jail_pidfd)
+        deadline = time.monotonic() + 1.0  # bwrap exits within milliseconds of its child
+        while (os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+               and time.monotonic() < deadline):
+            time.sleep(0.002)
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

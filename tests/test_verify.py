@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -296,13 +298,19 @@ def test_malformed_tests_are_clear_errors(tests, message):
 
 # ----------------------------------------------------------------------------------------
 # The sandbox under attack: each attack fails, the test process is unharmed, nothing is
-# left running, nothing is written outside the program's temporary directory.
+# left running, nothing is written outside the program's temporary directory. Every attack
+# runs twice: in the bwrap jail (skipped where bubblewrap cannot jail) and without it.
 # ----------------------------------------------------------------------------------------
 
-@pytest.fixture
-def sandbox_root(tmp_path, monkeypatch):
-    """Make the sandbox create its temporary directories under our own folder, so we can
-    find any process still running in one (by its cwd) and any directory left behind."""
+@pytest.fixture(params=["jail", "no_jail"])
+def sandbox_root(request, tmp_path, monkeypatch):
+    """Pick the jail or the unjailed fallback, and make the sandbox create its temporary
+    directories under our own folder, so we can find any process still running in one (by
+    its cwd) and any directory left behind."""
+    if request.param == "no_jail":
+        monkeypatch.setattr(verify, "_jail_state", False)
+    elif not verify._jail_works():
+        pytest.skip("bubblewrap (bwrap) cannot jail on this machine")
     root = tmp_path / "sandboxes"
     root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(root))
@@ -441,6 +449,104 @@ def test_ordinary_libraries_still_work(sandbox_root):
     assert numpy is not None
     source = "import numpy as np, threading\nt = threading.Thread(target=lambda: None)\nt.start()\nprint(np.arange(4).sum())"
     assert _attack(source)[:2] == ("ok", b"6\n")
+
+
+# ----------------------------------------------------------------------------------------
+# What only the jail stops. Where the audit hook would stop an attack too, the hook is taken
+# out of the prelude for the test, as for code that gets past it (a C extension, a CPython
+# bug): the jail alone must hold.
+# ----------------------------------------------------------------------------------------
+
+jail_only = pytest.mark.parametrize("sandbox_root", ["jail"], indirect=True)
+
+
+def _without_audit_hook(monkeypatch):
+    assert "sys.addaudithook(hook)" in verify._PRELUDE
+    monkeypatch.setattr(verify, "_PRELUDE", verify._PRELUDE.replace("sys.addaudithook(hook)", "pass"))
+
+
+@jail_only
+def test_jail_hides_files_outside_its_directory(sandbox_root, tmp_path):
+    other = tmp_path / "other_problem_tests.json"     # readable by the trainer, not by the jail
+    other.write_text('{"inputs": ["secret input"], "outputs": ["secret output"]}')
+    status, output, _ = _attack(f"print(open({str(other)!r}).read())")
+    assert status == "error" and b"secret" not in output
+    status, output, _ = _attack(f"print(open({verify.__file__!r}).read())")
+    assert status == "error" and output == b""
+    # At the top of its file system: only what Python needs and the way to its directory.
+    status, output, _ = _attack("import os\nprint(' '.join(os.listdir('/')))")
+    needed = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev"}
+    needed |= {path.split(os.sep)[1] for path in (sys.prefix, sys.base_prefix, str(sandbox_root))}
+    assert status == "ok" and set(output.decode().split()) <= needed
+
+
+@jail_only
+def test_jail_hides_other_processes(sandbox_root):
+    status, output, _ = _attack("import os\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()), os.getppid())")
+    assert (status, output) == ("ok", b"['1'] 0\n")  # itself, as pid 1; its parent is outside
+
+
+@jail_only
+def test_jail_has_no_network(sandbox_root, monkeypatch):
+    _without_audit_hook(monkeypatch)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        source = ("import socket\ntry:\n"
+                  f"    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+                  "    print('connected')\nexcept OSError:\n    print('no network')")
+        assert _attack(source)[:2] == ("ok", b"no network\n")
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing ever reached our listener
+
+
+@jail_only
+def test_jail_allows_writes_only_in_its_directory(sandbox_root, tmp_path, monkeypatch):
+    _without_audit_hook(monkeypatch)
+    targets = [str(tmp_path / "outside.txt"), "/outside.txt", "/usr/outside.txt",
+               f"/tmp/prime_outside_{os.getpid()}.txt"]
+    source = (f"for path in {targets!r} + ['inside.txt']:\n"
+              "    try:\n        open(path, 'w').write('x')\n        print('wrote', path)\n"
+              "    except OSError:\n        print('blocked', path)")
+    status, output, _ = _attack(source)
+    assert status == "ok"
+    assert output.decode().splitlines() == [f"blocked {path}" for path in targets] + ["wrote inside.txt"]
+    assert not any(os.path.exists(path) for path in targets)
+
+
+@jail_only
+def test_jail_kills_processes_that_left_the_group(sandbox_root, monkeypatch):
+    # With the hook out of the way a program can fork, leave our process group with
+    # setsid() and outlive the call; in the jail it dies with the jail's pid 1.
+    _without_audit_hook(monkeypatch)
+    marker = b"sleep\x0031.4159\x00"
+    source = ("import os\nif os.fork() == 0:\n    os.setsid()\n"
+              "    os.execv('/usr/bin/sleep', ['sleep', '31.4159'])\n"
+              "import time\ntime.sleep(0.3)\nprint('parent done')")
+    assert _attack(source)[:2] == ("ok", b"parent done\n")
+    survivors = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == marker:
+                    survivors.append(int(pid))
+        except OSError:
+            continue
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
+def test_no_jail_warns_once_per_process(monkeypatch, caplog):
+    for bwrap in (None, "/bin/false"):  # not installed; installed but cannot create namespaces
+        monkeypatch.setattr(verify, "_BWRAP", bwrap)
+        monkeypatch.setattr(verify, "_jail_state", None)
+        with caplog.at_level(logging.WARNING, logger="verify"):
+            caplog.clear()
+            assert verify._jail_works() is False and verify._jail_works() is False
+        assert len(caplog.records) == 1 and "without a jail" in caplog.text
+    # and the fallback still judges
+    assert verify.code_score("print(2 * int(input()))", DOUBLE) == 1.0
 
 
 # ----------------------------------------------------------------------------------------
