@@ -991,6 +991,14 @@ def code_correct(program: str, tests, timeout: float = CODE_TIMEOUT) -> bool:
 # Bulk: score_batch for training and evaluation.
 # =========================================================================================
 
+def default_workers() -> int:
+    """How many samples one process scores at once: the node's CPUs shared among the
+    processes torchrun started on it (LOCAL_WORLD_SIZE), at least 1. Each sample in flight
+    keeps a CPU busy (a test program or a Math-Verify worker), and with 8 ranks each taking
+    os.cpu_count() the node would be oversubscribed eightfold while other ranks still decode."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def score_batch(samples: list[dict], workers: int | None = None,
                 math_timeout: float = MATH_TIMEOUT, code_timeout: float = CODE_TIMEOUT) -> list[float]:
     """Outcome rewards r_o for a batch, in input order, each in [0, 1].
@@ -1004,14 +1012,14 @@ def score_batch(samples: list[dict], workers: int | None = None,
     Math scores 1.0 or 0.0 (math_correct); code scores code_score (fraction of the first
     10 tests passed).
 
-    `workers` (default: the CPU count) samples are scored at once by threads; each symbolic
+    `workers` (default: default_workers()) samples are scored at once by threads; each symbolic
     math comparison runs in a worker process killed after `math_timeout` s, and each code
     test in its own sandboxed process killed after `code_timeout` s, so no sample can hang
     the batch. A malformed row (unknown ability, missing or bad fields, bad tests) scores 0
     and logs a warning naming its id: one bad row must not crash training. Unlike [PR]
     (which set every score to 0.5 when anything failed globally) nothing else is affected.
     """
-    workers = workers or os.cpu_count() or 1
+    workers = workers or default_workers()
 
     def score(index: int, sample) -> float:
         row_id = sample.get("id", index) if isinstance(sample, dict) else index

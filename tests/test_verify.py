@@ -568,6 +568,34 @@ def test_score_batch_mixed_keeps_order(sandbox_root):
     assert scores == [1.0, 1.0, 0.0, pytest.approx(1 / 3), 1.0, 0.0]
 
 
+@pytest.mark.parametrize("cpus, local_world_size, workers", [
+    (16, None, 16), (16, "8", 2), (2, "8", 1), (96, "8", 12), (None, "2", 1)])
+def test_default_workers_share_the_node_among_local_ranks(monkeypatch, cpus, local_world_size, workers):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)  # as torchrun sets it
+    assert verify.default_workers() == workers
+
+
+def test_score_batch_pool_is_sized_per_local_rank(monkeypatch):
+    sizes = []
+
+    class Recording(verify.ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            sizes.append(max_workers)
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(verify, "ThreadPoolExecutor", Recording)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    sample = {"ability": "math", "response": "\\boxed{1}", "ground_truth": "1"}
+    assert verify.score_batch([sample]) == [1.0]
+    assert verify.score_batch([sample], workers=3) == [1.0]
+    assert sizes == [2, 3]
+
+
 def test_score_batch_bad_rows_score_zero_with_a_warning(caplog):
     samples = [
         {"id": "no-gt", "ability": "math", "response": "\\boxed{1}"},
