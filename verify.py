@@ -57,6 +57,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 logger = logging.getLogger(__name__)
@@ -539,20 +540,53 @@ def math_correct(response: str, ground_truth: str, timeout: float = MATH_TIMEOUT
 # Code, part 1: the program and its tests.
 # =========================================================================================
 
+# Three judges, named by the tests' optional "judge" field (data.load_benchmark writes it for
+# the two code benchmarks of the paper's Table 2; training data has none):
+#   "apps"           [PR]'s training judge, for Eurus-2-RL-Data / APPS / TACO tests (the default);
+#   "livecodebench"  lcb_runner's judge (lcb_runner/evaluation/testing_util.py in
+#                    github.com/LiveCodeBench/LiveCodeBench): its comparison rules and imports;
+#   "leetcode"       [PR]'s LeetCode judge (eval/Coding/leetcode/evaluate_leetcode.py and
+#                    eval/utils/execution_leetcode.py): the program followed by the problem's
+#                    own test code (asserts on a Solution()) must run without an error.
+# Each runs programs in our sandbox; the official judges exec'd them in a forked process.
+JUDGES = ("apps", "livecodebench", "leetcode")
+
+
 def extract_program(response: str) -> str:
     """The last ```python block of a response, or the whole text if there is none (the
-    [PR] rule: completion.split('```python')[-1].split('```')[0])."""
+    [PR] training rule: completion.split('```python')[-1].split('```')[0])."""
     return _require_text(response, "response").split("```python")[-1].split("```")[0]
 
 
-def _parse_tests(tests) -> list[tuple[str, str | None, bytes, object]]:
-    """APPS / Eurus / TACO / LiveCodeBench test JSON -> [(mode, fn_name, stdin, expected)].
+def _benchmark_program(response: str, judge: str) -> str:
+    """The program the official LeetCode / LiveCodeBench evaluation runs for a response:
+    the last ```python block that defines something ("def "), else the last ```python
+    block; the same over plain ``` blocks; else the text before the first ``` ([PR]
+    evaluate_leetcode.match_code, and [PR]'s copy of lcb_runner extraction_utils.extract_code).
+    LeetCode then wraps code without "class Solution:" in one, indented, as
+    evaluate_leetcode.py does (its tests call Solution().method)."""
+    response = _require_text(response, "response")
+    code = response.split("```")[0]
+    for fence in (r"```python(.*?)```", r"```(.*?)```"):
+        blocks = re.findall(fence, response, re.DOTALL)
+        if blocks:
+            code = next((block for block in reversed(blocks) if "def " in block), blocks[-1])
+            break
+    if judge == "leetcode" and "class Solution:" not in code:
+        code = "class Solution:\n" + "\n".join("    " + line for line in code.split("\n"))
+    return code
+
+
+def _parse_tests(tests) -> tuple[str, list[tuple[str, str | None, bytes, object]]]:
+    """Test JSON -> (judge, [(mode, fn_name, stdin, expected)]).
 
     stdin/stdout form: {"inputs": [str, ...], "outputs": [str, ...]} (a list of lines is
     joined with newlines, as APPS stores some). Call-based form adds "fn_name"; each input
     is then a list of arguments (TACO/APPS) or a string of newline-separated JSON arguments
     (LiveCodeBench), whose output is a JSON string too. The arguments travel to the child
-    as JSON on stdin. Raises ValueError naming what is wrong."""
+    as JSON on stdin. Optional "judge": one of JUDGES (default "apps"); "leetcode" tests are
+    {"judge": "leetcode", "test_code": str}, one case whose code travels on stdin.
+    Raises ValueError naming what is wrong."""
     if isinstance(tests, (str, bytes)):
         try:
             tests = json.loads(tests)
@@ -560,6 +594,14 @@ def _parse_tests(tests) -> list[tuple[str, str | None, bytes, object]]:
             raise ValueError(f"tests is not valid JSON: {error}") from None
     if not isinstance(tests, dict):
         raise ValueError(f"tests must be a dict or a JSON object, got {type(tests).__name__}")
+    judge = tests.get("judge", "apps")
+    if judge not in JUDGES:
+        raise ValueError(f"tests field 'judge' must be one of {JUDGES}, got {judge!r}")
+    if judge == "leetcode":
+        test_code = tests.get("test_code")
+        if not isinstance(test_code, str) or not test_code.strip():
+            raise ValueError("leetcode tests need a non-empty string field 'test_code'")
+        return judge, [("script", None, test_code.encode(), None)]
     inputs, outputs = tests.get("inputs"), tests.get("outputs")
     if not isinstance(inputs, list) or not isinstance(outputs, list):
         raise ValueError("tests needs list fields 'inputs' and 'outputs'")
@@ -592,7 +634,7 @@ def _parse_tests(tests) -> list[tuple[str, str | None, bytes, object]]:
         except json.JSONDecodeError as error:
             raise ValueError(f"test {index}: bad JSON in call-based test: {error}") from None
         cases.append(("call", fn_name, json.dumps(arguments).encode(), (expected, unwrap)))
-    return cases
+    return judge, cases
 
 
 # =========================================================================================
@@ -616,6 +658,25 @@ def _tokens_equal(got: str, want: str) -> bool:
         except ValueError:
             return False
         if not (math.isfinite(x) and math.isfinite(y) and abs(x - y) <= 1e-6 * max(1.0, abs(y))):
+            return False
+    return True
+
+
+def _lcb_lines_equal(got: str, want: str) -> bool:
+    """LiveCodeBench's stdin/stdout rule (testing_util.grade_stdio): both outputs stripped
+    and cut into lines, each line stripped; as many lines, and each pair equal as text or,
+    token by token, as Decimals (exactly: "2.50" equals "2.5", 0.3333333 is not 0.333333)."""
+    got_lines = [line.strip() for line in got.strip().split("\n")]
+    want_lines = [line.strip() for line in want.strip().split("\n")]
+    if len(got_lines) != len(want_lines):
+        return False
+    for a, b in zip(got_lines, want_lines):
+        if a == b:
+            continue
+        try:
+            if [Decimal(x) for x in a.split()] != [Decimal(x) for x in b.split()]:
+                return False
+        except (InvalidOperation, ValueError):  # not numbers, or a signalling NaN
             return False
     return True
 
@@ -657,7 +718,8 @@ _OPEN_FILES_LIMIT = 64         # RLIMIT_NOFILE
 _OUTPUT_LIMIT = 16 << 20       # bytes of stdout read; past it the test fails and the program is
                                # killed at once (no test expects that much; waiting for the
                                # timeout while draining would only burn CPU)
-CODE_TIMEOUT = 5.0             # [PR] code_util: 5 s wall clock per test
+CODE_TIMEOUT = 5.0             # [PR] code_util: 5 s wall clock per test (LeetCode's and
+                               # LiveCodeBench's official judges allow 10 s per script and 6 s per test)
 MAX_SCORED_TESTS = 10          # [PR] code_util: reward = passed / min(#tests, 10)
 
 # Names pre-imported for the program, as LeetCode's judge and [PR]'s testing_util (which
@@ -672,6 +734,44 @@ from heapq import heappush, heappop, heapify
 from bisect import bisect_left, bisect_right
 from math import gcd, inf, sqrt, ceil, floor, log, log2
 """
+# The benchmark judges' own blocks: lcb_runner's `import_string` (testing_util.py), and
+# [PR]'s LeetCode IMPORT_HELPER["python"] (eval/utils/evaluation_leetcode.py; numpy only
+# where it is installed).
+_LCB_PREAMBLE = """\
+from string import *
+from re import *
+from datetime import *
+from collections import *
+from heapq import *
+from bisect import *
+from copy import *
+from math import *
+from random import *
+from statistics import *
+from itertools import *
+from functools import *
+from operator import *
+from io import *
+from sys import *
+from json import *
+from builtins import *
+from typing import *
+import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics
+import itertools, functools, operator, io, sys, json
+sys.setrecursionlimit(50000)
+"""
+_LEETCODE_PREAMBLE = """\
+import math, re, sys, copy, datetime, itertools, collections, heapq, functools, hashlib, string
+try:
+    import numpy
+    import numpy as np
+except ImportError:
+    pass
+from typing import *
+from collections import *
+from functools import *
+"""
+_PREAMBLES = {"apps": _PREAMBLE, "livecodebench": _LCB_PREAMBLE, "leetcode": _LEETCODE_PREAMBLE}
 
 _PRELUDE = r'''
 import json, os, resource, sys
@@ -683,8 +783,8 @@ for limit, value in ((resource.RLIMIT_CPU, int(cpu_seconds)), (resource.RLIMIT_A
 root = os.path.realpath(os.getcwd())
 with open("solution.py") as f:
     source = f.read()
-if mode == "call":
-    arguments = json.loads(sys.stdin.read())
+if mode != "stdio":                          # call: the arguments as JSON; script: the test code
+    given = sys.stdin.read()
     result_fd = os.dup(1)                      # the result goes here; the program's own
     devnull = os.open(os.devnull, os.O_WRONLY) # prints go to /dev/null
     os.dup2(devnull, 1)
@@ -739,6 +839,8 @@ sys.addaudithook(hook)
 del hook
 namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": __builtins__}
 exec(preamble, namespace)
+if mode == "script":                           # LeetCode: the program, then the problem's tests
+    source += "\n" + given
 exec(compile(source, "solution.py", "exec"), namespace)
 if mode == "call":
     sys.stdin = open(os.devnull)
@@ -747,8 +849,10 @@ if mode == "call":
         function = getattr(solution(), fn_name)
     else:
         function = namespace[fn_name]
-    result = json.dumps(function(*arguments))  # a non-JSON result (any object) fails here
+    result = json.dumps(function(*json.loads(given)))  # a non-JSON result (any object) fails here
     os.write(result_fd, result.encode())
+elif mode == "script":                         # reached only if every assert held; a program that
+    os.write(result_fd, b"passed")             # exits early (sys.exit(0), os._exit(0)) fails
 '''
 
 # The child's whole environment: no inherited variables, so no inherited secrets.
@@ -838,8 +942,9 @@ def _jail_probe_failure() -> str | None:
 
 
 def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
-                    timeout: float) -> tuple[str, bytes]:
-    """Run one program on one input. Returns (status, stdout) with status one of
+                    timeout: float, preamble: str = _PREAMBLE) -> tuple[str, bytes]:
+    """Run one program on one input (mode "stdio", "call" or "script": see the prelude),
+    after `preamble`. Returns (status, stdout) with status one of
     "ok" (exit code 0), "error" (non-zero exit, e.g. an exception), "refused" (the audit
     hook stopped it), "timeout", "output_limit". The jail (if any) and the process group
     are killed and the temporary directory removed before this returns, whatever happened."""
@@ -853,7 +958,7 @@ def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
         env = dict(_CHILD_ENV, HOME=workdir, TMPDIR=workdir)
         limits = [str(math.ceil(timeout) + 1), str(_MEMORY_LIMIT), str(_FILE_SIZE_LIMIT),
                   str(_OPEN_FILES_LIMIT), str(_REFUSED)]
-        command = [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, _PREAMBLE]
+        command = [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, preamble]
         if _jail_works():
             info_read, info_write = os.pipe()
             command = _jail_argv(workdir, info_write) + command
@@ -949,19 +1054,23 @@ def _kill_group(process: subprocess.Popen, jail_pidfd: int | None = None) -> Non
     process.stdout.close()
 
 
-def _passes(source: str, case, timeout: float) -> bool:
+def _passes(source: str, judge: str, case, timeout: float) -> bool:
     mode, fn_name, stdin, expected = case
-    status, output = _run_in_sandbox(source, mode, fn_name, stdin, timeout)
+    status, output = _run_in_sandbox(source, mode, fn_name, stdin, timeout, _PREAMBLES[judge])
     if status != "ok":
         return False
+    if mode == "script":
+        return output == b"passed"
     text = output.decode("utf-8", errors="replace")
     if mode == "stdio":
-        return _tokens_equal(text, expected)
+        return _lcb_lines_equal(text, expected) if judge == "livecodebench" else _tokens_equal(text, expected)
     try:
         got = json.loads(text)
     except json.JSONDecodeError:
         return False
     want, unwrap = expected
+    if judge == "livecodebench":  # grade_call_based: prediction == expected, Python's ==, after
+        return got == want        # a tuple becomes a list (JSON did that); JSON values only here
     # [PR]/APPS testing_util: TACO/APPS outputs wrap the return value in a list, and a
     # result equal to that list's element passes. We allow it only for one-element lists,
     # so [5, 6] is not credited by returning 5.
@@ -970,21 +1079,33 @@ def _passes(source: str, case, timeout: float) -> bool:
 
 
 def code_score(program: str, tests, timeout: float = CODE_TIMEOUT) -> float:
-    """Fraction of the first min(#tests, 10) tests that `program` passes ([PR]'s reward:
-    its first pass ran every test and gave 1.0 if all passed, else it scored the first 10
-    one by one; both cases equal this). `program` may be a whole response (the last
-    ```python block is used). Raises ValueError on malformed `tests`."""
-    cases = _parse_tests(tests)[:MAX_SCORED_TESTS]
-    source = extract_program(program)
-    return sum(_passes(source, case, timeout) for case in cases) / len(cases)
+    """Fraction of the first min(#tests, 10) tests that `program` passes. `program` may be
+    a whole response (the last ```python block is used; for the benchmark judges, the block
+    their official evaluation takes). A LeetCode problem is one test: 1.0 or 0.0, as its
+    judge says. Raises ValueError on malformed `tests`.
+
+    [PR]'s reward differs for call-based problems (fn_name). Its first pass runs every test
+    and gives 1.0 if all pass; otherwise it scores the first 10 one by one, but builds each
+    one-test dict from "inputs" and "outputs" only, dropping "fn_name", so that each test
+    then runs the program as a stdin/stdout script, which prints nothing and fails: a
+    call-based problem scores 1.0 or (almost always) 0.0 there. We give it the fraction
+    passed, as [PR] gives stdin/stdout problems (README, differences from the official code)."""
+    judge, cases = _parse_tests(tests)
+    source = _program(program, judge)
+    cases = cases[:MAX_SCORED_TESTS]
+    return sum(_passes(source, judge, case, timeout) for case in cases) / len(cases)
 
 
 def code_correct(program: str, tests, timeout: float = CODE_TIMEOUT) -> bool:
     """Does `program` pass every test (all of them, not only the first 10)? Stops at the
     first failure. Raises ValueError on malformed `tests`."""
-    cases = _parse_tests(tests)
-    source = extract_program(program)
-    return all(_passes(source, case, timeout) for case in cases)
+    judge, cases = _parse_tests(tests)
+    source = _program(program, judge)
+    return all(_passes(source, judge, case, timeout) for case in cases)
+
+
+def _program(response: str, judge: str) -> str:
+    return extract_program(response) if judge == "apps" else _benchmark_program(response, judge)
 
 
 # =========================================================================================

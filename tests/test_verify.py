@@ -279,7 +279,48 @@ def test_score_counts_first_ten_tests_but_correct_needs_all():
     assert verify.code_correct("print(input())", tests) is False
 
 
+# The benchmark judges (tests with a "judge" field, as data.load_benchmark writes them for
+# LiveCodeBench and LeetCode): the official comparison rules, not the training judge's.
+
+@pytest.mark.parametrize("got, want, same", [
+    ("1 2\n3\n", "1 2\n3", True),
+    ("  6  \n\n", "6", True),          # the whole output, and each line, are stripped
+    ("1 2 3", "1\n2\n3", False),       # lines matter (the training judge compares tokens)
+    ("2.50 1e2", "2.5 100", True),     # numbers compare as decimals, exactly...
+    ("0.3333333", "0.333333", False),  # ...with no tolerance (the training judge allows 1e-6)
+    ("007", "7", True),                # Decimal("007") == 7 (the training judge: not equal)
+    ("1  2", "1 2", True),
+    ("a  b", "a b", False),            # text within a line must match exactly
+    ("YES", "Yes", False),
+])
+def test_livecodebench_output_rule(got, want, same):
+    assert verify._lcb_lines_equal(got, want) is same
+
+
+def test_livecodebench_call_rule_is_pythons_equality():
+    def lcb(output):
+        return {"judge": "livecodebench", "fn_name": "f", "inputs": ["2"], "outputs": [output]}
+    assert verify.code_score("def f(x):\n    return 1", lcb("true")) == 1.0         # 1 == True
+    assert verify.code_score("def f(x):\n    return 0.1 + 0.2", lcb("0.3")) == 0.0  # no tolerance
+    assert verify.code_score("def f(x):\n    return (x, x)", lcb("[2, 2]")) == 1.0
+    assert verify.code_score("def f(x):\n    return 5", lcb("[5]")) == 0.0
+    # the training judge on the same tests: floats within 1e-6, booleans only equal booleans
+    apps = {"fn_name": "f", "inputs": ["2"], "outputs": ["0.3"]}
+    assert verify.code_score("def f(x):\n    return 0.1 + 0.2", apps) == 1.0
+
+
+def test_benchmark_judges_take_the_official_evaluations_code_block():
+    response = ("```python\ndef helper():\n    return 1\n```\nand to run it:\n```python\nprint(helper())\n```")
+    assert verify.extract_program(response) == "\nprint(helper())\n"          # training: the last block
+    assert verify._benchmark_program(response, "livecodebench") == "\ndef helper():\n    return 1\n"
+    assert verify._benchmark_program("no fences at all", "livecodebench") == "no fences at all"
+    assert verify._benchmark_program("```\ndef f(self):\n    pass\n```", "leetcode") == (
+        "class Solution:\n    \n    def f(self):\n        pass\n    ")            # wrapped, as [PR] does
+
+
 @pytest.mark.parametrize("tests, message", [
+    ({"judge": "leetcode"}, "'test_code'"),
+    ({"judge": "codeforces", "inputs": ["1"], "outputs": ["1"]}, "'judge' must be one of"),
     ("{not json", "not valid JSON"),
     ([1, 2], "must be a dict"),
     ({"inputs": ["1"]}, "'inputs' and 'outputs'"),
