@@ -26,10 +26,14 @@ what the hook cannot: code that gets past the hook (a C extension module, includ
 `_posixsubprocess.fork_exec` called directly, or a CPython bug) still has no network,
 cannot read our files outside /usr and the Python installation (credentials in the home
 directory, the training data including other problems' tests, this source file), sees no
-other process, writes nowhere but its
-directory, and dies with the jail even after setsid(). Neither stops: a kernel exploit
-(there is no seccomp filter), memory use summed over processes (RLIMIT_AS is per process;
-there is no cgroup), timing and CPU side channels between concurrent programs.
+other process, writes nowhere but its directory, and dies with the jail even after
+setsid(). Neither stops: a kernel exploit (there is no seccomp filter), memory use summed
+over processes (RLIMIT_AS is per process; there is no cgroup), timing and CPU side
+channels between concurrent programs, or a deliberate forgery of the judge's report from
+inside its process: a program that writes "passed" on the descriptor our prelude reports
+on and exits skips a LeetCode problem's asserts (a forged call-based result is only a
+value it could have returned). The official judges, which run the program in their own
+process, share this.
 Without bubblewrap (one warning per process) the hook is the only line: code past it can
 fork, leave the process group we kill and outlive the call, os.mkfifo and os.mknod are
 not audited, any file our user can read is readable (except /proc/<other pid>), sockets
