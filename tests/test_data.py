@@ -515,6 +515,8 @@ def test_load_benchmark_reads_livecodebench_as_released(tmp_path):
     samples = [{"id": i, "ability": "code", "response": text, "ground_truth": p["ground_truth"]}
                for i, (p, text) in enumerate(responses)]
     assert verify.score_batch(samples, workers=2) == [1.0, pytest.approx(1 / 3), 1.0, 1.0, 0.5]
+    # eval.py's verdict: every test, public and private
+    assert [verify.code_correct(text, p["ground_truth"]) for p, text in responses[:2]] == [True, False]
 
 
 @pytest.mark.parametrize("file_name, rows, message", [
