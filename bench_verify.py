@@ -5,8 +5,10 @@
 Math responses are short model-style solutions ending in a boxed answer; half have plain
 number answers (decided without sympy), half need Math-Verify (radicals, pi, fractions,
 intervals, matrices). Code responses are stdin/stdout programs with 5 tests each, half
-correct. The first (cold) math batch includes starting the Math-Verify workers; the
-second (warm) batch is what a training step sees after its first.
+correct, scored three times: in the bwrap jail, without it, and in the jail again (the
+machine's load drifts; compare neighbouring rows). The first (cold) math batch includes
+starting the Math-Verify workers; the second (warm) batch is what a training step sees
+after its first.
 """
 import argparse
 import json
@@ -66,10 +68,16 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(0)
     maths, codes = math_samples(256, rng), code_samples(64, rng)
-    print(f"{os.cpu_count()} CPUs, workers={args.workers}")
-    for label, samples in (("math, cold", maths), ("math, warm", maths), ("code", codes)):
+    jail = verify._jail_works()
+    print(f"{os.cpu_count()} CPUs, workers={args.workers}, bwrap jail {'works' if jail else 'unavailable'}")
+    rows = [("math, cold", maths, jail), ("math, warm", maths, jail), ("code, jail", codes, True),
+            ("code, no jail", codes, False), ("code, jail", codes, True)]
+    for label, samples, jailed in rows:
+        if jailed and not jail:
+            continue
+        verify._jail_state = jailed  # the probe's verdict, or the unjailed fallback for this row
         seconds, mean = timed(samples, args.workers)
-        print(f"{label:11s} {len(samples):4d} samples  {seconds:6.2f} s  "
+        print(f"{label:13s} {len(samples):4d} samples  {seconds:6.2f} s  "
               f"{len(samples) / seconds:7.1f} responses/s  (mean reward {mean:.2f})")
 
 

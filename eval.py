@@ -40,7 +40,7 @@ import data
 import memory
 from model import load_model
 from rollout import generate
-from verify import code_correct, extract_answer, extract_program, score_batch
+from verify import code_correct, default_workers, extract_answer, extract_program, score_batch
 
 
 # ==============================================================================================
@@ -172,7 +172,7 @@ def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samp
     # credit is 0, and a full score is rechecked on all the tests (problems with more than 10).
     code = [i for i, p in enumerate(rows) if p.ability == "code"]
     solved = [i for i in code if scores[i] == 1.0]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
         verdicts = dict(zip(solved, pool.map(lambda i: code_correct(texts[i], rows[i].ground_truth), solved)))
     for i in code:
         scores[i] = float(verdicts.get(i, False))

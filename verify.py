@@ -15,27 +15,33 @@ step (the official code could hang on CPU-bound programs: PRIME issue #56). This
 
 "[PR]" below means the official PRIME code, as summarised in docs/notes.md §7.
 
-What the code sandbox does NOT stop
------------------------------------
-Programs run as ordinary Python processes under our own user (root in the containers we
-train in), guarded only by resource limits and a Python audit hook. An audit hook is a
-tripwire, not a security boundary: code that reaches an operation the interpreter does
-not audit (for example a C extension module, including `_posixsubprocess.fork_exec`
-called directly, or a bug in CPython) gets past it; such code could then fork, call
-`setsid()` to leave the process group we kill, and outlive the call. Some file operations
-are not audited at all: os.mkfifo and os.mknod can create entries outside the temporary
-directory. Reading is not
-restricted except `/proc/<other pid>`: a program can read any file our user can read
-(credentials in the home directory such as ~/.netrc or a Hugging Face token, the
-training data including other problems' tests, this source file). There is no network
-namespace (sockets are refused only through the hook), no filesystem namespace, no
-seccomp filter, no cgroup: RLIMIT_NPROC does not bind root, so the process count is
-limited by the hook alone, and memory is limited per process (RLIMIT_AS), not per group.
-Timing and CPU side channels between concurrent programs are not prevented. Run untrusted
-code at scale inside a container or VM you can throw away, as an unprivileged user; this
-sandbox is a second line of defence that keeps honest-but-buggy and casually hostile
-programs (infinite loops, memory bombs, fork bombs, shelling out, deleting files,
-peeking at the environment) from hurting the trainer.
+The code sandbox: what it stops and what it does not
+----------------------------------------------------
+Every test runs as a fresh `python -I` process under resource limits and a Python audit
+hook (part 3 below). Where bubblewrap works, that process runs in a bwrap jail: its own
+user, pid, network, ipc and uts namespaces, a root holding only /usr and the Python
+installation (read-only) and the test's temporary directory (the only writable place),
+no capabilities, and the whole pid namespace killed when the test ends. The jail stops
+what the hook cannot: code that gets past the hook (a C extension module, including
+`_posixsubprocess.fork_exec` called directly, or a CPython bug) still has no network,
+cannot read our files outside /usr and the Python installation (credentials in the home
+directory, the training data including other problems' tests, this source file), sees no
+other process, writes nowhere but its directory, and dies with the jail even after
+setsid(). Neither stops: a kernel exploit (there is no seccomp filter), memory use summed
+over processes (RLIMIT_AS is per process; there is no cgroup), timing and CPU side
+channels between concurrent programs, or a deliberate forgery of the judge's report from
+inside its process: a program that writes "passed" on the descriptor our prelude reports
+on and exits skips a LeetCode problem's asserts (a forged call-based result is only a
+value it could have returned). The official judges, which run the program in their own
+process, share this.
+Without bubblewrap (one warning per process) the hook is the only line: code past it can
+fork, leave the process group we kill and outlive the call, os.mkfifo and os.mknod are
+not audited, any file our user can read is readable (except /proc/<other pid>), sockets
+are refused by the hook alone, and RLIMIT_NPROC does not bind root. Run untrusted code at
+scale as an unprivileged user inside a container or VM you can throw away; this sandbox
+keeps honest-but-buggy and casually hostile programs (infinite loops, memory bombs, fork
+bombs, shelling out, deleting files, peeking at the environment or our data) from
+hurting the trainer.
 """
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 logger = logging.getLogger(__name__)
@@ -64,57 +71,102 @@ logger = logging.getLogger(__name__)
 # Math, part 1: find the final answer in a response.
 # =========================================================================================
 # The paper's prompt asks the model to put its final answer in \boxed{} ([P1 App. A]), so
-# the last \boxed{...} is the answer. [PR] match_answer also looks after "the answer is";
-# we use that and a final inline formula only as fallbacks when nothing is boxed.
+# the last \boxed{...} is the answer. [PR] match_answer also looks after "answer:" / "the
+# answer is"; we use that, a display block that ends the response, a final inline formula
+# and a concluding "Therefore ... 41 ..." sentence only as fallbacks when nothing is boxed
+# (Math-Verify's extraction accepts all four; its test suite has an example of each).
 
 _BOX = re.compile(r"\\(?:boxed|fbox)")
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\banswers?\s*(?:is|are|:)\s*:?\s*", re.IGNORECASE)
 _INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+# A display block (\[...\] or $$...$$) with nothing but punctuation after it: "Answer\n\[\n9\n\]".
+_TRAILING_DISPLAY = re.compile(r"(?:\\\[(.+?)\\\]|\$\$(.+?)\$\$)[\s.]*$", re.DOTALL)
+# What may stand between the boxes of one answer split over several boxes, as in
+# "\boxed{(2, 2)} \text{ and } \boxed{(6, 2)}", "\boxed{1}, \boxed{2}", "\boxed{k=45} \quad
+# \boxed{n=2}" or "x = \boxed{-2} or x = \boxed{5}": spaces, commas, math delimiters, LaTeX
+# spacing and line breaks, "and"/"or" (bare or in \text{}), and a variable's "x =".
+_BOX_GAP = re.compile(r"(?:\s|[,;&$]|\\[,;:! ]|\\q?quad|\\\\|\\text\{\s*(?:and|or|,)?\s*\}"
+                      r"|\b(?:and|or)\b|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*")
+_CONCLUSION = re.compile(r"^\W*(?:therefore|thus|hence|so|finally|in conclusion)\b", re.IGNORECASE)
+_COPULA = re.compile(r"\s(?:is|are|equals|be)\s", re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:\s*\\?%)?")
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} / \\fbox{...} (nested braces matched), or of
-    `\\boxed 5` (no braces: the argument runs to the next space or `$`)."""
-    for match in reversed(list(_BOX.finditer(text))):
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of each complete \\boxed{...} / \\fbox{...} (nested braces
+    matched) or `\\boxed 5` (no braces: the argument runs to the next space or `$`), in
+    order. A box the response was cut off inside is not complete, so it is skipped."""
+    found = []
+    for match in _BOX.finditer(text):
         rest = text[match.end():]
         stripped = rest.lstrip()
         if stripped.startswith("{"):
-            start = len(rest) - len(stripped) + 1
+            start = match.end() + len(rest) - len(stripped) + 1
             depth = 1
-            for i in range(start, len(rest)):
-                depth += {"{": 1, "}": -1}.get(rest[i], 0)
+            for i in range(start, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
                 if depth == 0:
-                    return rest[start:i].strip()
-            continue  # unbalanced: the response was cut off inside this box, try an earlier one
-        if rest[:1] == " ":
+                    found.append((match.start(), i + 1, text[start:i].strip()))
+                    break
+        elif rest[:1] == " ":
             argument = re.match(r"\s*([^\s$]+)", rest)
             if argument:
-                return argument.group(1)
-    return None
+                found.append((match.start(), match.end() + argument.end(), argument.group(1)))
+    return found
+
+
+def _final_boxed(text: str) -> str | None:
+    """The last box's content; when boxes just before it are separated from it only by
+    _BOX_GAP (one answer split over several boxes), their contents joined with ", ".
+    A value boxed twice counts once. Hedging is then not rewarded:
+    "\\boxed{2} or \\boxed{3}" is the answer "2, 3", which is wrong when the key is 3."""
+    boxes = _boxes(text)
+    if not boxes:
+        return None
+    group = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        gap_start, gap_end = box[1], group[0][0]
+        if gap_start > gap_end or gap_end - gap_start > 200 or not _BOX_GAP.fullmatch(text, gap_start, gap_end):
+            break
+        group.insert(0, box)
+    contents = list(dict.fromkeys(content for _, _, content in group))
+    return ", ".join(contents)
 
 
 def extract_answer(response: str) -> str | None:
     """The final answer in `response` as a string, or None when there is none.
 
-    In order: the last \\boxed{} (or \\fbox{}, or `\\boxed 5`); the text after the last
-    "the answer is" / "final answer:" up to the end of its line (a formula in it wins);
-    the last $...$, \\(...\\) or \\[...\\] on the last non-empty line. A one-line response
-    is taken to be a bare answer (ground truths and hand-written tests look like that;
-    model responses never do).
+    In order: the last \\boxed{} (or \\fbox{}, or `\\boxed 5`), joined with the boxes just
+    before it when one answer is split over several; after the last "answer:" / "the
+    answer is", the rest of that sentence (from its last "is", as in "Final Answer: The
+    largest $n$ is 34."; a formula in it wins); a display block that ends the response;
+    the last number of a finished last sentence without a formula that opens with
+    "Therefore" / "Thus" / "Hence" / "So"; the last $...$, \\(...\\) or \\[...\\] on the
+    last non-empty line. A one-line response is taken to be a bare answer (ground truths
+    and hand-written tests look like that; model responses never do).
     """
-    boxed = _last_boxed(response)
+    boxed = _final_boxed(response)
     if boxed is not None:
         return boxed
     markers = list(_ANSWER_IS.finditer(response))
     if markers:
-        tail = response[markers[-1].end():].split("\n")[0]
-        formula = _last_inline_math(tail)
-        answer = (formula if formula is not None else tail).strip().rstrip(".").strip()
+        answer = _answer_in_sentence(response[markers[-1].end():])
         if answer:
             return answer
+    display = _TRAILING_DISPLAY.search(response)
+    if display:
+        return next(group for group in display.groups() if group is not None).strip()
     lines = [line for line in response.strip().split("\n") if line.strip()]
     if not lines:
         return None
+    sentence = _sentences(lines[-1])[-1]
+    formula = _last_inline_math(sentence)
+    # A finished sentence only: a response cut off at the length limit in the middle of
+    # "So we still need 7 more ..." has not answered.
+    concluded = _CONCLUSION.match(sentence) and sentence.endswith(".")
+    numbers = _NUMBER.findall(sentence) if concluded else []
+    if formula is None and numbers:
+        return numbers[-1].rstrip(",")
     formula = _last_inline_math(lines[-1])
     if formula is not None:
         return formula
@@ -128,6 +180,32 @@ def _last_inline_math(text: str) -> str | None:
     return next(group for group in found[-1].groups() if group is not None).strip()
 
 
+def _masked(text: str) -> str:
+    """`text` with every formula blanked out (same length), so that a period or an "is"
+    inside $...$ does not end a sentence or split an answer."""
+    return _INLINE_MATH.sub(lambda m: "#" * len(m.group(0)), text)
+
+
+def _sentences(text: str) -> list[str]:
+    """`text` cut into sentences (at ". " and line ends outside formulas); never empty."""
+    cuts = [m.end() for m in re.finditer(r"\.(?:\s+|$)|\n+", _masked(text))]
+    pieces = [text[a:b].strip() for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    return [piece for piece in pieces if piece] or [""]
+
+
+def _answer_in_sentence(tail: str) -> str | None:
+    """The answer in the sentence that follows an answer marker: the part after its last
+    "is" / "are" / "equals" outside formulas ("The largest $n$ is 34." -> "34"), then its
+    last formula if it has one, else the text without a final period."""
+    sentence = _sentences(tail)[0]
+    copulas = list(_COPULA.finditer(_masked(sentence)))
+    if copulas:
+        sentence = sentence[copulas[-1].end():]
+    formula = _last_inline_math(sentence)
+    answer = (formula if formula is not None else sentence).strip().rstrip(".").strip()
+    return answer or None
+
+
 # =========================================================================================
 # Math, part 2: normalise, then decide. Cheap exact rules first, Math-Verify for the rest.
 # =========================================================================================
@@ -138,26 +216,36 @@ def _last_inline_math(text: str) -> str | None:
 # matrices, equations) to Math-Verify, the field's LaTeX-to-sympy grader.
 
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
-# A number followed by a unit in \text{...} (optionally squared/cubed): "5\text{ cm}^2".
-_TRAILING_UNIT = re.compile(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?\d\}?)?$")
+# A number followed by a unit in \text{...} (optionally squared/cubed): "5\text{ cm}^2",
+# "72\text{ km/h}".
+_TRAILING_UNIT = re.compile(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z ./]*\}(?:\^\{?\d\}?)?$")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}([, ]\d{3})+(\.\d+)?")
 _ASSIGNMENT = re.compile(r"^\\?[a-zA-Z]+(?:_\{?\w+\}?)?\s*=\s*([^=]+)$")
 _CHOICE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:])")
 _WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
+ELLIPSIS = "\\ldots"  # \dots, \cdots and "..." are spelled this way
 
 
 def _normalize(answer: str) -> tuple[str, bool]:
     """Strip presentation (math delimiters, \\left/\\right, spacing macros, \\dfrac,
-    degrees, currency, \\text units, a final period, thousands separators). Returns the
-    text and whether it carried a percent sign."""
+    degrees, currency, \\text units, a final period, thousands separators) and spell a
+    few things one way (ellipses, the empty set, "1 or 2" as "1, 2", a matrix row break
+    with spacing "\\\\[2pt]"). Returns the text and whether it carried a percent sign."""
     s = answer.strip()
     for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         while s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left):len(s) - len(right)].strip()
     s = re.sub(r"\\left\.|\\right\.|\\left|\\right|\\displaystyle", "", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = s.replace("{,}", ",").replace("\\!", "").replace("\\,", "")
-    s = re.sub(r"\\[;:]|\\q?quad|~", " ", s)
+    # LaTeX thousands separators: "32,\! 349" and "4{,}096" are 32349 and 4096 (but "32, 349"
+    # stays a list of two numbers).
+    s = re.sub(r",\\!\s*", ",", s).replace("{,}", ",").replace("\\!", "").replace("\\,", "")
+    s = re.sub(r"(?<!\\)\\[;: ]|\\q?quad|~", " ", s)  # "\ ", but not a row break's "\\ "
+    s = re.sub(r"\\(?:[lc]?dots|ldotp)|\.\.\.", lambda _: ELLIPSIS, s)
+    s = s.replace("\\varnothing", "\\emptyset")
+    s = re.sub(r"\\\\\s*\[[^\]]*\]", r"\\\\", s)  # \\[2pt] -> \\
+    s = re.sub(r"\\text\{\s*(and|or)\s*\}", r" \1 ", s)
+    s = re.sub(r"(?<=[\d)\]}])\s*,?\s+(?:and|or)\s+(?=[-+\d(\[\\])", ", ", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)  # 30^\circ -> 30
     s = s.strip().rstrip(".").strip()
     percent = s.endswith("%")
@@ -176,8 +264,9 @@ def _normalize(answer: str) -> tuple[str, bool]:
 
 
 def _as_number(s: str) -> tuple[Fraction, bool] | None:
-    """A plain number (integer, decimal, a/b, \\frac{a}{b}, \\frac12) as an exact
-    Fraction plus whether it was written as a decimal; None for anything else."""
+    """A plain number (integer, decimal, a/b, \\frac{a}{b}, \\frac12, a mixed number
+    2\\frac{1}{2} as MATH writes them) as an exact Fraction plus whether it was written
+    as a decimal; None for anything else."""
     s = s.replace(" ", "")
     sign = -1 if s.startswith("-") else 1
     body = s.lstrip("+-") if s[:1] in "+-" and s[1:2] not in "+-" else s
@@ -185,11 +274,14 @@ def _as_number(s: str) -> tuple[Fraction, bool] | None:
         return sign * Fraction(int(body)), False
     if re.fullmatch(r"\d*\.\d+|\d+\.", body):
         return sign * Fraction(body if not body.endswith(".") else body[:-1]), True
-    frac = (re.fullmatch(r"(\d+)/(\d+)", body)
-            or re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", body)
-            or re.fullmatch(r"\\frac(\d)(\d)", body))
-    if frac and int(frac.group(2)) != 0:
-        return sign * Fraction(int(frac.group(1)), int(frac.group(2))), False
+    frac = (re.fullmatch(r"()(\d+)/(\d+)", body)
+            or re.fullmatch(r"(\d*)\\frac\{(\d+)\}\{(\d+)\}", body)
+            or re.fullmatch(r"(\d*)\\frac(\d)(\d)", body))
+    if frac and int(frac.group(3)) != 0:
+        whole, numerator, denominator = (int(x or 0) for x in frac.groups())
+        if whole and numerator >= denominator:  # "2\frac{5}{3}" is not a mixed number
+            return None
+        return sign * (whole + Fraction(numerator, denominator)), False
     return None
 
 
@@ -251,9 +343,26 @@ def _symbolic_equal(pred: str, gold: str) -> bool:
             return False
         # allow_set_relation_comp: "x <= 3" and "(-\infty, 3]" are the same answer.
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None,
-                           allow_set_relation_comp=True))
+                           allow_set_relation_comp=True)
+                    and not _exact_numbers_differ(gold_parsed[0], pred_parsed[0]))
     except Exception:  # an unparsable answer is a wrong answer
         return False
+
+
+def _exact_numbers_differ(a, b) -> bool:
+    """Do two exact numbers (sympy expressions without unknowns or decimals) differ?
+    Math-Verify compares numbers after rounding them to 6 decimal places, so every value
+    below 5e-7 equals every other: 1/2^98 "equals" 1/2^99 and 1/2006! "equals" 1/2004!.
+    Exact answers must agree to 30 significant digits instead (evaluated with 40, which
+    also settles equal radicals that sympy does not simplify into each other). Decimals
+    keep Math-Verify's rule, as plain numbers keep ours (_numbers_equal)."""
+    import sympy
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return False  # sets, intervals, matrices, equations: Math-Verify's verdict stands
+    if a.free_symbols or b.free_symbols or a.atoms(sympy.Float) or b.atoms(sympy.Float):
+        return False
+    x, y = sympy.N(a, 40), sympy.N(b, 40)
+    return bool(abs(x - y) > sympy.Float("1e-30", 40) * max(abs(x), abs(y)))
 
 
 # ----- a pool of Math-Verify worker processes with hard kills ------------------------------
@@ -384,7 +493,7 @@ def _gold_answer(ground_truth) -> str:
     text = _require_text(ground_truth, "ground_truth")
     if not text.strip():
         raise ValueError("ground_truth is missing (empty string)")
-    boxed = _last_boxed(text)
+    boxed = _final_boxed(text)
     return boxed if boxed is not None else text.strip()
 
 
@@ -393,10 +502,34 @@ def _math_correct(response, ground_truth, timeout: float) -> bool:
     pred = extract_answer(_require_text(response, "response"))
     if pred is None or not pred.strip():
         return False
+    return _answers_equal(pred, gold, timeout)
+
+
+def _answers_equal(pred: str, gold: str, timeout: float) -> bool:
+    """Our exact rules, then the pattern rule below, then Math-Verify."""
     verdict = _quick_verdict(pred, gold)
     if verdict is not None:
         return verdict
+    # A pattern such as "1, 3, 5, \ldots, 2n-1" is compared term by term, an "\ldots" only
+    # with an "\ldots" in the same place: Math-Verify reads such a list as something else
+    # entirely (it credited "1, 3, 5, \ldots, 2n-1" for "1, 2, \ldots, n").
+    p, g = (_split_top_level(_normalize(x)[0]) for x in (pred, gold))
+    if ELLIPSIS in p or ELLIPSIS in g:
+        return len(p) == len(g) and all(
+            a == b == ELLIPSIS or (ELLIPSIS not in (a, b) and _answers_equal(a, b, timeout))
+            for a, b in zip(p, g))
     return _SYMBOLIC_POOL.equal(pred, gold, timeout)
+
+
+def _split_top_level(s: str) -> list[str]:
+    """`s` split at the commas that are not inside (), [] or {}: "1, f(2, 3), \\ldots"."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(s):
+        depth += (c in "([{") - (c in ")]}")
+        if c == "," and depth == 0:
+            parts.append(s[start:i].strip())
+            start = i + 1
+    return [*parts, s[start:].strip()]
 
 
 def math_correct(response: str, ground_truth: str, timeout: float = MATH_TIMEOUT) -> bool:
@@ -411,20 +544,53 @@ def math_correct(response: str, ground_truth: str, timeout: float = MATH_TIMEOUT
 # Code, part 1: the program and its tests.
 # =========================================================================================
 
+# Three judges, named by the tests' optional "judge" field (data.load_benchmark writes it for
+# the two code benchmarks of the paper's Table 2; training data has none):
+#   "apps"           [PR]'s training judge, for Eurus-2-RL-Data / APPS / TACO tests (the default);
+#   "livecodebench"  lcb_runner's judge (lcb_runner/evaluation/testing_util.py in
+#                    github.com/LiveCodeBench/LiveCodeBench): its comparison rules and imports;
+#   "leetcode"       [PR]'s LeetCode judge (eval/Coding/leetcode/evaluate_leetcode.py and
+#                    eval/utils/execution_leetcode.py): the program followed by the problem's
+#                    own test code (asserts on a Solution()) must run without an error.
+# Each runs programs in our sandbox; the official judges exec'd them in a forked process.
+JUDGES = ("apps", "livecodebench", "leetcode")
+
+
 def extract_program(response: str) -> str:
     """The last ```python block of a response, or the whole text if there is none (the
-    [PR] rule: completion.split('```python')[-1].split('```')[0])."""
+    [PR] training rule: completion.split('```python')[-1].split('```')[0])."""
     return _require_text(response, "response").split("```python")[-1].split("```")[0]
 
 
-def _parse_tests(tests) -> list[tuple[str, str | None, bytes, object]]:
-    """APPS / Eurus / TACO / LiveCodeBench test JSON -> [(mode, fn_name, stdin, expected)].
+def _benchmark_program(response: str, judge: str) -> str:
+    """The program the official LeetCode / LiveCodeBench evaluation runs for a response:
+    the last ```python block that defines something ("def "), else the last ```python
+    block; the same over plain ``` blocks; else the text before the first ``` ([PR]
+    evaluate_leetcode.match_code, and [PR]'s copy of lcb_runner extraction_utils.extract_code).
+    LeetCode then wraps code without "class Solution:" in one, indented, as
+    evaluate_leetcode.py does (its tests call Solution().method)."""
+    response = _require_text(response, "response")
+    code = response.split("```")[0]
+    for fence in (r"```python(.*?)```", r"```(.*?)```"):
+        blocks = re.findall(fence, response, re.DOTALL)
+        if blocks:
+            code = next((block for block in reversed(blocks) if "def " in block), blocks[-1])
+            break
+    if judge == "leetcode" and "class Solution:" not in code:
+        code = "class Solution:\n" + "\n".join("    " + line for line in code.split("\n"))
+    return code
+
+
+def _parse_tests(tests) -> tuple[str, list[tuple[str, str | None, bytes, object]]]:
+    """Test JSON -> (judge, [(mode, fn_name, stdin, expected)]).
 
     stdin/stdout form: {"inputs": [str, ...], "outputs": [str, ...]} (a list of lines is
     joined with newlines, as APPS stores some). Call-based form adds "fn_name"; each input
     is then a list of arguments (TACO/APPS) or a string of newline-separated JSON arguments
     (LiveCodeBench), whose output is a JSON string too. The arguments travel to the child
-    as JSON on stdin. Raises ValueError naming what is wrong."""
+    as JSON on stdin. Optional "judge": one of JUDGES (default "apps"); "leetcode" tests are
+    {"judge": "leetcode", "test_code": str}, one case whose code travels on stdin.
+    Raises ValueError naming what is wrong."""
     if isinstance(tests, (str, bytes)):
         try:
             tests = json.loads(tests)
@@ -432,6 +598,14 @@ def _parse_tests(tests) -> list[tuple[str, str | None, bytes, object]]:
             raise ValueError(f"tests is not valid JSON: {error}") from None
     if not isinstance(tests, dict):
         raise ValueError(f"tests must be a dict or a JSON object, got {type(tests).__name__}")
+    judge = tests.get("judge", "apps")
+    if judge not in JUDGES:
+        raise ValueError(f"tests field 'judge' must be one of {JUDGES}, got {judge!r}")
+    if judge == "leetcode":
+        test_code = tests.get("test_code")
+        if not isinstance(test_code, str) or not test_code.strip():
+            raise ValueError("leetcode tests need a non-empty string field 'test_code'")
+        return judge, [("script", None, test_code.encode(), None)]
     inputs, outputs = tests.get("inputs"), tests.get("outputs")
     if not isinstance(inputs, list) or not isinstance(outputs, list):
         raise ValueError("tests needs list fields 'inputs' and 'outputs'")
@@ -464,7 +638,7 @@ def _parse_tests(tests) -> list[tuple[str, str | None, bytes, object]]:
         except json.JSONDecodeError as error:
             raise ValueError(f"test {index}: bad JSON in call-based test: {error}") from None
         cases.append(("call", fn_name, json.dumps(arguments).encode(), (expected, unwrap)))
-    return cases
+    return judge, cases
 
 
 # =========================================================================================
@@ -492,6 +666,25 @@ def _tokens_equal(got: str, want: str) -> bool:
     return True
 
 
+def _lcb_lines_equal(got: str, want: str) -> bool:
+    """LiveCodeBench's stdin/stdout rule (testing_util.grade_stdio): both outputs stripped
+    and cut into lines, each line stripped; as many lines, and each pair equal as text or,
+    token by token, as Decimals (exactly: "2.50" equals "2.5", 0.3333333 is not 0.333333)."""
+    got_lines = [line.strip() for line in got.strip().split("\n")]
+    want_lines = [line.strip() for line in want.strip().split("\n")]
+    if len(got_lines) != len(want_lines):
+        return False
+    for a, b in zip(got_lines, want_lines):
+        if a == b:
+            continue
+        try:
+            if [Decimal(x) for x in a.split()] != [Decimal(x) for x in b.split()]:
+                return False
+        except (InvalidOperation, ValueError):  # not numbers, or a signalling NaN
+            return False
+    return True
+
+
 def _values_equal(got, want) -> bool:
     """Deserialised JSON values: same structure, ints exact, floats within 1e-6, bools only
     equal bools. `got` was produced by json.loads, so no user-defined __eq__ exists here."""
@@ -515,9 +708,12 @@ def _values_equal(got, want) -> bool:
 # os functions set to None), a signal.alarm of 5 s per test and no memory limit. Here each
 # test runs in a fresh `python -I` process (isolated mode: no PYTHON* variables, no user
 # site, no script directory on sys.path) in its own temporary directory and its own
-# session, so one os.killpg reaches everything it started. The prelude below runs first in
-# that process: it sets resource limits, then installs an audit hook that kills the process
-# (exit code _REFUSED) on any refused action, then runs the program.
+# session, so one os.killpg reaches everything it started. When the machine has
+# bubblewrap, that process runs inside a bwrap jail (below: its own namespaces, nothing of
+# the file system but the Python installation, read-only, and the temporary directory).
+# The prelude below runs first in that process: it sets resource limits, then installs an
+# audit hook that kills the process (exit code _REFUSED) on any refused action, then runs
+# the program. In the jail the hook is a second line; without it, the only one.
 
 _REFUSED = 86                  # exit code of a process whose audit hook refused an action
 _MEMORY_LIMIT = 1 << 30        # RLIMIT_AS per test program: 1 GiB of address space
@@ -526,7 +722,8 @@ _OPEN_FILES_LIMIT = 64         # RLIMIT_NOFILE
 _OUTPUT_LIMIT = 16 << 20       # bytes of stdout read; past it the test fails and the program is
                                # killed at once (no test expects that much; waiting for the
                                # timeout while draining would only burn CPU)
-CODE_TIMEOUT = 5.0             # [PR] code_util: 5 s wall clock per test
+CODE_TIMEOUT = 5.0             # [PR] code_util: 5 s wall clock per test (LeetCode's and
+                               # LiveCodeBench's official judges allow 10 s per script and 6 s per test)
 MAX_SCORED_TESTS = 10          # [PR] code_util: reward = passed / min(#tests, 10)
 
 # Names pre-imported for the program, as LeetCode's judge and [PR]'s testing_util (which
@@ -541,6 +738,44 @@ from heapq import heappush, heappop, heapify
 from bisect import bisect_left, bisect_right
 from math import gcd, inf, sqrt, ceil, floor, log, log2
 """
+# The benchmark judges' own blocks: lcb_runner's `import_string` (testing_util.py), and
+# [PR]'s LeetCode IMPORT_HELPER["python"] (eval/utils/evaluation_leetcode.py; numpy only
+# where it is installed).
+_LCB_PREAMBLE = """\
+from string import *
+from re import *
+from datetime import *
+from collections import *
+from heapq import *
+from bisect import *
+from copy import *
+from math import *
+from random import *
+from statistics import *
+from itertools import *
+from functools import *
+from operator import *
+from io import *
+from sys import *
+from json import *
+from builtins import *
+from typing import *
+import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics
+import itertools, functools, operator, io, sys, json
+sys.setrecursionlimit(50000)
+"""
+_LEETCODE_PREAMBLE = """\
+import math, re, sys, copy, datetime, itertools, collections, heapq, functools, hashlib, string
+try:
+    import numpy
+    import numpy as np
+except ImportError:
+    pass
+from typing import *
+from collections import *
+from functools import *
+"""
+_PREAMBLES = {"apps": _PREAMBLE, "livecodebench": _LCB_PREAMBLE, "leetcode": _LEETCODE_PREAMBLE}
 
 _PRELUDE = r'''
 import json, os, resource, sys
@@ -552,8 +787,8 @@ for limit, value in ((resource.RLIMIT_CPU, int(cpu_seconds)), (resource.RLIMIT_A
 root = os.path.realpath(os.getcwd())
 with open("solution.py") as f:
     source = f.read()
-if mode == "call":
-    arguments = json.loads(sys.stdin.read())
+if mode != "stdio":                          # call: the arguments as JSON; script: the test code
+    given = sys.stdin.read()
     result_fd = os.dup(1)                      # the result goes here; the program's own
     devnull = os.open(os.devnull, os.O_WRONLY) # prints go to /dev/null
     os.dup2(devnull, 1)
@@ -608,6 +843,8 @@ sys.addaudithook(hook)
 del hook
 namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": __builtins__}
 exec(preamble, namespace)
+if mode == "script":                           # LeetCode: the program, then the problem's tests
+    source += "\n" + given
 exec(compile(source, "solution.py", "exec"), namespace)
 if mode == "call":
     sys.stdin = open(os.devnull)
@@ -616,8 +853,10 @@ if mode == "call":
         function = getattr(solution(), fn_name)
     else:
         function = namespace[fn_name]
-    result = json.dumps(function(*arguments))  # a non-JSON result (any object) fails here
+    result = json.dumps(function(*json.loads(given)))  # a non-JSON result (any object) fails here
     os.write(result_fd, result.encode())
+elif mode == "script":                         # reached only if every assert held; a program that
+    os.write(result_fd, b"passed")             # exits early (sys.exit(0), os._exit(0)) fails
 '''
 
 # The child's whole environment: no inherited variables, so no inherited secrets.
@@ -625,13 +864,96 @@ _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"
               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
-                    timeout: float) -> tuple[str, bytes]:
-    """Run one program on one input. Returns (status, stdout) with status one of
-    "ok" (exit code 0), "error" (non-zero exit, e.g. an exception), "refused" (the audit
-    hook stopped it), "timeout", "output_limit". The process group is killed and the
-    temporary directory removed before this returns, whatever happened."""
+# ----- the jail: bubblewrap ---------------------------------------------------------------
+# bwrap (https://github.com/containers/bubblewrap, Debian package `bubblewrap`) starts a
+# command in new namespaces without a daemon or root. Ours:
+#   --unshare-all      user, pid, network, ipc, uts and cgroup namespaces: no network at all
+#                      (only a loopback of its own), and the program sees its own processes only;
+#   a new root         an empty tmpfs holding read-only binds of /usr (+ the /bin, /lib ... links
+#                      or directories) and of the Python installation, a fresh /proc and a
+#                      minimal /dev, and the test's temporary directory, read-write; nothing
+#                      else of the host (no home directory, no training data, no other test's
+#                      directory), and after --remount-ro / nothing else writable;
+#   --cap-drop ALL     no capabilities inside, even when we run as root;
+#   --new-session      no access to a controlling terminal (TIOCSTI);
+#   --die-with-parent  the jail is killed if the thread that started it dies;
+#   --as-pid-1         the test program itself is the jail's pid 1. (bwrap's own pid-1 reaper
+#                      would outlive bwrap by a moment at every exit and be left to the host's
+#                      init as a zombie, and that init may be the trainer, in a container.)
+#   --info-fd          bwrap reports the host pid of the jail's pid 1. Killing that process
+#                      ends the whole pid namespace, including anything that left our process
+#                      group with setsid(); bwrap, its parent, then reaps it and exits.
+# It adds 4-7 ms to a test's ~50-60 ms (README, bench_verify.py). Where bwrap is missing or cannot
+# create namespaces (no unprivileged user namespaces, a restrictive container seccomp filter)
+# the probe below fails once, we log one warning per process, and tests run unjailed.
+
+_BWRAP = shutil.which("bwrap")
+_jail_lock = threading.Lock()
+_jail_state: bool | None = None  # None: not probed yet in this process
+
+
+def _jail_argv(workdir: str, info_fd: int | None = None) -> list[str]:
+    """The bwrap command line (to be followed by the command) for a test in `workdir`."""
+    argv = [_BWRAP, "--unshare-all", "--cap-drop", "ALL", "--new-session", "--die-with-parent",
+            "--as-pid-1"]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+              os.path.dirname(os.path.abspath(sys.executable)),
+              os.path.dirname(os.path.realpath(sys.executable))}
+    bound: list[str] = []
+    for path in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", *sorted(python)]:
+        if any(path == top or path.startswith(top + os.sep) for top in bound):
+            continue
+        if os.path.islink(path) and os.path.dirname(path) == "/":  # merged /usr: /bin -> usr/bin
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+            bound.append(path)
+    return argv + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",  # where shared libraries are
+                   "--proc", "/proc", "--dev", "/dev", "--bind", workdir, workdir,
+                   "--chdir", workdir, "--remount-ro", "/"]
+
+
+def _jail_works() -> bool:
+    """Can this process jail its tests? Probed once (a jailed `python -I` must start and
+    print); on failure, one warning and the unjailed sandbox for the rest of the process."""
+    global _jail_state
+    with _jail_lock:
+        if _jail_state is None:
+            reason = "bubblewrap (bwrap) is not installed" if _BWRAP is None else _jail_probe_failure()
+            _jail_state = reason is None
+            if reason:
+                logger.warning("verify: %s; code tests run without a jail, under resource limits "
+                               "and an audit hook only (see README, 'The code sandbox')", reason)
+    return _jail_state
+
+
+def _jail_probe_failure() -> str | None:
+    """None if a jailed Python runs, else why not."""
     workdir = tempfile.mkdtemp(prefix="prime_verify_")
+    try:
+        result = subprocess.run([*_jail_argv(workdir), sys.executable, "-I", "-c", "print('jailed')"],
+                                capture_output=True, env=_CHILD_ENV, timeout=_WORKER_START_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bwrap did not run ({error})"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if result.returncode != 0 or result.stdout != b"jailed\n":
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        return f"bwrap is installed but cannot jail ({message[-1] if message else result.returncode})"
+    return None
+
+
+def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
+                    timeout: float, preamble: str = _PREAMBLE) -> tuple[str, bytes]:
+    """Run one program on one input (mode "stdio", "call" or "script": see the prelude),
+    after `preamble`. Returns (status, stdout) with status one of
+    "ok" (exit code 0), "error" (non-zero exit, e.g. an exception), "refused" (the audit
+    hook stopped it), "timeout", "output_limit". The jail (if any) and the process group
+    are killed and the temporary directory removed before this returns, whatever happened."""
+    workdir = tempfile.mkdtemp(prefix="prime_verify_")
+    info_read = info_write = jail_pidfd = None
     try:
         with open(os.path.join(workdir, "solution.py"), "w") as f:
             f.write(source)
@@ -640,20 +962,50 @@ def _run_in_sandbox(source: str, mode: str, fn_name: str | None, stdin: bytes,
         env = dict(_CHILD_ENV, HOME=workdir, TMPDIR=workdir)
         limits = [str(math.ceil(timeout) + 1), str(_MEMORY_LIMIT), str(_FILE_SIZE_LIMIT),
                   str(_OPEN_FILES_LIMIT), str(_REFUSED)]
+        command = [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, preamble]
+        if _jail_works():
+            info_read, info_write = os.pipe()
+            command = _jail_argv(workdir, info_write) + command
         with open(os.path.join(workdir, "stdin"), "rb") as stdin_file:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, _PREAMBLE],
-                stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                cwd=workdir, env=env, start_new_session=True, close_fds=True)
+                command, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                cwd=workdir, env=env, start_new_session=True, close_fds=True,
+                pass_fds=() if info_write is None else (info_write,))
+        deadline = time.monotonic() + timeout
         try:
-            status, output = _collect(process, time.monotonic() + timeout)
+            if info_read is not None:
+                os.close(info_write)
+                info_write = None
+                jail_pidfd = _jail_pid1(info_read, deadline)
+            status, output = _collect(process, deadline)
         finally:
-            _kill_group(process)
+            _kill_group(process, jail_pidfd)
         if status is None:
             status = {0: "ok", _REFUSED: "refused"}.get(process.returncode, "error")
         return status, output
     finally:
+        for fd in (info_read, info_write):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _jail_pid1(info_read: int, deadline: float) -> int | None:
+    """A pidfd for the jail's pid 1, from bwrap's --info-fd report ({"child-pid": N, ...},
+    written and closed as soon as the namespaces exist); None if none came. The pidfd is
+    opened at once, while that process is certainly alive, so it cannot name a reused pid."""
+    report = b""
+    poller = select.poll()
+    poller.register(info_read, select.POLLIN)
+    while (remaining := deadline - time.monotonic()) > 0 and poller.poll(remaining * 1000):
+        chunk = os.read(info_read, 4096)
+        if not chunk:
+            break
+        report += chunk
+    try:
+        return os.pidfd_open(json.loads(report)["child-pid"])
+    except (ValueError, KeyError, TypeError, OSError):  # no report, or pid 1 already gone
+        return None
 
 
 def _collect(process: subprocess.Popen, deadline: float) -> tuple[str | None, bytes]:
@@ -684,8 +1036,20 @@ def _collect(process: subprocess.Popen, deadline: float) -> tuple[str | None, by
     return None, b"".join(chunks)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the child's whole process group, then reap the child."""
+def _kill_group(process: subprocess.Popen, jail_pidfd: int | None = None) -> None:
+    """SIGKILL the jail's pid 1 (the kernel then kills every process in the jail) and let
+    bwrap reap it and exit; SIGKILL the child's whole process group; reap the child."""
+    if jail_pidfd is not None:
+        try:
+            signal.pidfd_send_signal(jail_pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(jail_pidfd)
+        deadline = time.monotonic() + 1.0  # bwrap exits within milliseconds of its child
+        while (os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+               and time.monotonic() < deadline):
+            time.sleep(0.002)
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -694,19 +1058,23 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.stdout.close()
 
 
-def _passes(source: str, case, timeout: float) -> bool:
+def _passes(source: str, judge: str, case, timeout: float) -> bool:
     mode, fn_name, stdin, expected = case
-    status, output = _run_in_sandbox(source, mode, fn_name, stdin, timeout)
+    status, output = _run_in_sandbox(source, mode, fn_name, stdin, timeout, _PREAMBLES[judge])
     if status != "ok":
         return False
+    if mode == "script":
+        return output == b"passed"
     text = output.decode("utf-8", errors="replace")
     if mode == "stdio":
-        return _tokens_equal(text, expected)
+        return _lcb_lines_equal(text, expected) if judge == "livecodebench" else _tokens_equal(text, expected)
     try:
         got = json.loads(text)
     except json.JSONDecodeError:
         return False
     want, unwrap = expected
+    if judge == "livecodebench":  # grade_call_based: prediction == expected, Python's ==, after
+        return got == want        # a tuple becomes a list (JSON did that); JSON values only here
     # [PR]/APPS testing_util: TACO/APPS outputs wrap the return value in a list, and a
     # result equal to that list's element passes. We allow it only for one-element lists,
     # so [5, 6] is not credited by returning 5.
@@ -715,26 +1083,46 @@ def _passes(source: str, case, timeout: float) -> bool:
 
 
 def code_score(program: str, tests, timeout: float = CODE_TIMEOUT) -> float:
-    """Fraction of the first min(#tests, 10) tests that `program` passes ([PR]'s reward:
-    its first pass ran every test and gave 1.0 if all passed, else it scored the first 10
-    one by one; both cases equal this). `program` may be a whole response (the last
-    ```python block is used). Raises ValueError on malformed `tests`."""
-    cases = _parse_tests(tests)[:MAX_SCORED_TESTS]
-    source = extract_program(program)
-    return sum(_passes(source, case, timeout) for case in cases) / len(cases)
+    """Fraction of the first min(#tests, 10) tests that `program` passes. `program` may be
+    a whole response (the last ```python block is used; for the benchmark judges, the block
+    their official evaluation takes). A LeetCode problem is one test: 1.0 or 0.0, as its
+    judge says. Raises ValueError on malformed `tests`.
+
+    [PR]'s reward differs for call-based problems (fn_name). Its first pass runs every test
+    and gives 1.0 if all pass; otherwise it scores the first 10 one by one, but builds each
+    one-test dict from "inputs" and "outputs" only, dropping "fn_name", so that each test
+    then runs the program as a stdin/stdout script, which prints nothing and fails: a
+    call-based problem scores 1.0 or (almost always) 0.0 there. We give it the fraction
+    passed, as [PR] gives stdin/stdout problems (README, differences from the official code)."""
+    judge, cases = _parse_tests(tests)
+    source = _program(program, judge)
+    cases = cases[:MAX_SCORED_TESTS]
+    return sum(_passes(source, judge, case, timeout) for case in cases) / len(cases)
 
 
 def code_correct(program: str, tests, timeout: float = CODE_TIMEOUT) -> bool:
     """Does `program` pass every test (all of them, not only the first 10)? Stops at the
     first failure. Raises ValueError on malformed `tests`."""
-    cases = _parse_tests(tests)
-    source = extract_program(program)
-    return all(_passes(source, case, timeout) for case in cases)
+    judge, cases = _parse_tests(tests)
+    source = _program(program, judge)
+    return all(_passes(source, judge, case, timeout) for case in cases)
+
+
+def _program(response: str, judge: str) -> str:
+    return extract_program(response) if judge == "apps" else _benchmark_program(response, judge)
 
 
 # =========================================================================================
 # Bulk: score_batch for training and evaluation.
 # =========================================================================================
+
+def default_workers() -> int:
+    """How many samples one process scores at once: the node's CPUs shared among the
+    processes torchrun started on it (LOCAL_WORLD_SIZE), at least 1. Each sample in flight
+    keeps a CPU busy (a test program or a Math-Verify worker), and with 8 ranks each taking
+    os.cpu_count() the node would be oversubscribed eightfold while other ranks still decode."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
 
 def score_batch(samples: list[dict], workers: int | None = None,
                 math_timeout: float = MATH_TIMEOUT, code_timeout: float = CODE_TIMEOUT) -> list[float]:
@@ -749,14 +1137,14 @@ def score_batch(samples: list[dict], workers: int | None = None,
     Math scores 1.0 or 0.0 (math_correct); code scores code_score (fraction of the first
     10 tests passed).
 
-    `workers` (default: the CPU count) samples are scored at once by threads; each symbolic
+    `workers` (default: default_workers()) samples are scored at once by threads; each symbolic
     math comparison runs in a worker process killed after `math_timeout` s, and each code
     test in its own sandboxed process killed after `code_timeout` s, so no sample can hang
     the batch. A malformed row (unknown ability, missing or bad fields, bad tests) scores 0
     and logs a warning naming its id: one bad row must not crash training. Unlike [PR]
     (which set every score to 0.5 when anything failed globally) nothing else is affected.
     """
-    workers = workers or os.cpu_count() or 1
+    workers = workers or default_workers()
 
     def score(index: int, sample) -> float:
         row_id = sample.get("id", index) if isinstance(sample, dict) else index

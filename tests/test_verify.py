@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +33,15 @@ import verify
     ("Step 1: ...\nFinal answer: 42.", "42"),
     ("Work.\nTherefore the area is $12\\pi$", "12\\pi"),
     ("\\frac{3}{4}", "\\frac{3}{4}"),                                # a bare answer
+    ("so $x = \\boxed{(2, 2)} \\text{ and } \\boxed{(6, 2)}$", "(2, 2), (6, 2)"),  # one answer, two boxes
+    ("$\\boxed{k = 45} \\quad \\boxed{n = 2}$", "k = 45, n = 2"),
+    ("$\\boxed{5}$.\n\n**Final Answer**\n$\\boxed{5}$", "5"),      # not one answer split: the last
+    ("Step 4 ...\nFinal Answer: The largest $n$ is 34.", "34"),       # after the marker's "is"
+    ("Final Answer: The final answer is $28\\%$. I hope it is correct.", "28\\%"),
+    ("So the answer is\n\\[\n9\n\\]", "9"),
+    ("Step 2 ...\nAnswer\n\\[\n9\n\\]", "9"),                       # a display block ends the response
+    ("Step 2 ...\nTherefore, the error grows by 100%.", "100%"),    # a concluding sentence's number
+    ("Step 2 ...\nSo we still need 7 more", None),                  # cut off: no answer
     ("Some reasoning\nwith no answer at all", None),
     ("", None),
 ])
@@ -73,6 +84,7 @@ MATH_CASES = [
     ("\\boxed{40\\%}", "0.5", False),
     ("\\boxed{5\\text{ cm}}", "5", True),
     ("\\boxed{12 \\text{ inches}^2}", "12", True),
+    ("\\boxed{72\\text{ km/h}}", "72", True),
     ("\\boxed{6\\text{ cm}}", "5", False),
     ("\\boxed{30^\\circ}", "30", True),
     ("\\boxed{\\$5.00}", "5", True),
@@ -110,10 +122,50 @@ MATH_CASES = [
     ("Step 1 ...\nI am not sure.", "7", False),
     # a ground truth that is itself a boxed solution
     ("\\boxed{4}", "Adding, we get $\\boxed{4}$.", True),
+    # mixed numbers (MATH writes 2\\frac{1}{2})
+    ("\\boxed{3\\frac{1}{4}}", "\\frac{13}{4}", True),
+    ("\\boxed{3\\frac{1}{4}}", "\\frac{3}{4}", False),
+    ("\\boxed{33\\frac{1}{3}\\%}", "33\\frac13", True),
+]
+
+# The kinds of issue 15 (each with true and false cases): one answer split over several
+# boxes, LaTeX thousands separators, final answers without a box, very small or patterned
+# values (no credit for being "close"), matrix environments.
+ISSUE_15_CASES = [
+    ("Both work: $\\boxed{(4, 1)} \\text{ and } \\boxed{(9, 2)}$.", "(4, 1), (9, 2)", True),
+    ("Both work: $\\boxed{(4, 1)} \\text{ and } \\boxed{(9, 3)}$.", "(4, 1), (9, 2)", False),
+    ("The values are $\\boxed{7}, \\boxed{8}, \\boxed{9}$.", "\\{7, 8, 9\\}", True),
+    ("The values are $\\boxed{7}, \\boxed{8}$.", "\\{7, 8, 9\\}", False),
+    ("Hence $\\boxed{r = 6} \\quad \\boxed{s = 11}$", "r = 6, s = 11", True),
+    ("So $y = \\boxed{4}$ or $y = \\boxed{-1}$.", "-1, 4", True),
+    ("So $y = \\boxed{4}$ or $y = \\boxed{-1}$.", "4", False),      # hedging earns nothing
+    ("\\boxed{48,\\! 207}", "48207", True),
+    ("\\boxed{3,\\!048,\\!576}", "3048576", True),
+    ("\\boxed{48, 207}", "48207", False),                             # a list, not 48207
+    ("Checking each case.\n\nFinal Answer: The greatest $m$ is 58.", "58", True),
+    ("Checking each case.\n\nFinal Answer: The greatest $m$ is 58.", "85", False),
+    ("Each side doubles. Therefore, the volume increases by 700%.", "700\\%", True),
+    ("Each side doubles. Therefore, the volume increases by 700%.", "100\\%", False),
+    ("Collecting terms:\n\nAnswer\n\\[\n23\n\\]", "23", True),
+    ("Collecting terms:\n\nAnswer\n\\[\n23\n\\]", "32", False),
+    ("\\boxed{\\frac{1}{1999!}}", "\\frac{1}{1997!}", False),
+    ("\\boxed{\\frac{1}{1997!}}", "\\frac{1}{1997!}", True),
+    ("\\boxed{\\frac{1}{7^{45}}}", "\\frac{1}{7^{46}}", False),
+    ("\\boxed{7^{-46}}", "\\frac{1}{7^{46}}", True),
+    ("\\boxed{1 - \\frac{1}{2^{70}}}", "1 - \\frac{1}{2^{71}}", False),
+    ("\\boxed{3, 6, 9, \\ldots, 3n}", "1, 2, \\ldots, n", False),
+    ("\\boxed{3, 6, 9, \\dots, 3n}", "3, 6, 9, \\cdots, 3n", True),
+    ("\\boxed{1, 2, 4, \\ldots}", "1, 2, 3, \\ldots", False),
+    ("\\boxed{\\begin{bmatrix} 2 & 0 \\\\ -1 & 7 \\end{bmatrix}}",
+     "\\begin{pmatrix}2&0\\\\-1&7\\end{pmatrix}", True),
+    ("\\boxed{\\begin{bmatrix} 2 & 0 \\\\ 1 & 7 \\end{bmatrix}}",
+     "\\begin{pmatrix}2&0\\\\-1&7\\end{pmatrix}", False),
+    ("\\boxed{\\begin{bmatrix} \\dfrac{1}{3} \\\\[4pt] 2 \\end{bmatrix}}",
+     "\\begin{pmatrix}\\frac13\\\\2\\end{pmatrix}", True),
 ]
 
 
-@pytest.mark.parametrize("response, ground_truth, expected", MATH_CASES)
+@pytest.mark.parametrize("response, ground_truth, expected", MATH_CASES + ISSUE_15_CASES)
 def test_math_correct(response, ground_truth, expected):
     assert verify.math_correct(response, ground_truth) is expected
 
@@ -227,7 +279,48 @@ def test_score_counts_first_ten_tests_but_correct_needs_all():
     assert verify.code_correct("print(input())", tests) is False
 
 
+# The benchmark judges (tests with a "judge" field, as data.load_benchmark writes them for
+# LiveCodeBench and LeetCode): the official comparison rules, not the training judge's.
+
+@pytest.mark.parametrize("got, want, same", [
+    ("1 2\n3\n", "1 2\n3", True),
+    ("  6  \n\n", "6", True),          # the whole output, and each line, are stripped
+    ("1 2 3", "1\n2\n3", False),       # lines matter (the training judge compares tokens)
+    ("2.50 1e2", "2.5 100", True),     # numbers compare as decimals, exactly...
+    ("0.3333333", "0.333333", False),  # ...with no tolerance (the training judge allows 1e-6)
+    ("007", "7", True),                # Decimal("007") == 7 (the training judge: not equal)
+    ("1  2", "1 2", True),
+    ("a  b", "a b", False),            # text within a line must match exactly
+    ("YES", "Yes", False),
+])
+def test_livecodebench_output_rule(got, want, same):
+    assert verify._lcb_lines_equal(got, want) is same
+
+
+def test_livecodebench_call_rule_is_pythons_equality():
+    def lcb(output):
+        return {"judge": "livecodebench", "fn_name": "f", "inputs": ["2"], "outputs": [output]}
+    assert verify.code_score("def f(x):\n    return 1", lcb("true")) == 1.0         # 1 == True
+    assert verify.code_score("def f(x):\n    return 0.1 + 0.2", lcb("0.3")) == 0.0  # no tolerance
+    assert verify.code_score("def f(x):\n    return (x, x)", lcb("[2, 2]")) == 1.0
+    assert verify.code_score("def f(x):\n    return 5", lcb("[5]")) == 0.0
+    # the training judge on the same tests: floats within 1e-6, booleans only equal booleans
+    apps = {"fn_name": "f", "inputs": ["2"], "outputs": ["0.3"]}
+    assert verify.code_score("def f(x):\n    return 0.1 + 0.2", apps) == 1.0
+
+
+def test_benchmark_judges_take_the_official_evaluations_code_block():
+    response = ("```python\ndef helper():\n    return 1\n```\nand to run it:\n```python\nprint(helper())\n```")
+    assert verify.extract_program(response) == "\nprint(helper())\n"          # training: the last block
+    assert verify._benchmark_program(response, "livecodebench") == "\ndef helper():\n    return 1\n"
+    assert verify._benchmark_program("no fences at all", "livecodebench") == "no fences at all"
+    assert verify._benchmark_program("```\ndef f(self):\n    pass\n```", "leetcode") == (
+        "class Solution:\n    \n    def f(self):\n        pass\n    ")            # wrapped, as [PR] does
+
+
 @pytest.mark.parametrize("tests, message", [
+    ({"judge": "leetcode"}, "'test_code'"),
+    ({"judge": "codeforces", "inputs": ["1"], "outputs": ["1"]}, "'judge' must be one of"),
     ("{not json", "not valid JSON"),
     ([1, 2], "must be a dict"),
     ({"inputs": ["1"]}, "'inputs' and 'outputs'"),
@@ -246,13 +339,19 @@ def test_malformed_tests_are_clear_errors(tests, message):
 
 # ----------------------------------------------------------------------------------------
 # The sandbox under attack: each attack fails, the test process is unharmed, nothing is
-# left running, nothing is written outside the program's temporary directory.
+# left running, nothing is written outside the program's temporary directory. Every attack
+# runs twice: in the bwrap jail (skipped where bubblewrap cannot jail) and without it.
 # ----------------------------------------------------------------------------------------
 
-@pytest.fixture
-def sandbox_root(tmp_path, monkeypatch):
-    """Make the sandbox create its temporary directories under our own folder, so we can
-    find any process still running in one (by its cwd) and any directory left behind."""
+@pytest.fixture(params=["jail", "no_jail"])
+def sandbox_root(request, tmp_path, monkeypatch):
+    """Pick the jail or the unjailed fallback, and make the sandbox create its temporary
+    directories under our own folder, so we can find any process still running in one (by
+    its cwd) and any directory left behind."""
+    if request.param == "no_jail":
+        monkeypatch.setattr(verify, "_jail_state", False)
+    elif not verify._jail_works():
+        pytest.skip("bubblewrap (bwrap) cannot jail on this machine")
     root = tmp_path / "sandboxes"
     root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(root))
@@ -394,6 +493,104 @@ def test_ordinary_libraries_still_work(sandbox_root):
 
 
 # ----------------------------------------------------------------------------------------
+# What only the jail stops. Where the audit hook would stop an attack too, the hook is taken
+# out of the prelude for the test, as for code that gets past it (a C extension, a CPython
+# bug): the jail alone must hold.
+# ----------------------------------------------------------------------------------------
+
+jail_only = pytest.mark.parametrize("sandbox_root", ["jail"], indirect=True)
+
+
+def _without_audit_hook(monkeypatch):
+    assert "sys.addaudithook(hook)" in verify._PRELUDE
+    monkeypatch.setattr(verify, "_PRELUDE", verify._PRELUDE.replace("sys.addaudithook(hook)", "pass"))
+
+
+@jail_only
+def test_jail_hides_files_outside_its_directory(sandbox_root, tmp_path):
+    other = tmp_path / "other_problem_tests.json"     # readable by the trainer, not by the jail
+    other.write_text('{"inputs": ["secret input"], "outputs": ["secret output"]}')
+    status, output, _ = _attack(f"print(open({str(other)!r}).read())")
+    assert status == "error" and b"secret" not in output
+    status, output, _ = _attack(f"print(open({verify.__file__!r}).read())")
+    assert status == "error" and output == b""
+    # At the top of its file system: only what Python needs and the way to its directory.
+    status, output, _ = _attack("import os\nprint(' '.join(os.listdir('/')))")
+    needed = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev"}
+    needed |= {path.split(os.sep)[1] for path in (sys.prefix, sys.base_prefix, str(sandbox_root))}
+    assert status == "ok" and set(output.decode().split()) <= needed
+
+
+@jail_only
+def test_jail_hides_other_processes(sandbox_root):
+    status, output, _ = _attack("import os\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()), os.getppid())")
+    assert (status, output) == ("ok", b"['1'] 0\n")  # itself, as pid 1; its parent is outside
+
+
+@jail_only
+def test_jail_has_no_network(sandbox_root, monkeypatch):
+    _without_audit_hook(monkeypatch)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        source = ("import socket\ntry:\n"
+                  f"    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+                  "    print('connected')\nexcept OSError:\n    print('no network')")
+        assert _attack(source)[:2] == ("ok", b"no network\n")
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing ever reached our listener
+
+
+@jail_only
+def test_jail_allows_writes_only_in_its_directory(sandbox_root, tmp_path, monkeypatch):
+    _without_audit_hook(monkeypatch)
+    targets = [str(tmp_path / "outside.txt"), "/outside.txt", "/usr/outside.txt",
+               f"/tmp/prime_outside_{os.getpid()}.txt"]
+    source = (f"for path in {targets!r} + ['inside.txt']:\n"
+              "    try:\n        open(path, 'w').write('x')\n        print('wrote', path)\n"
+              "    except OSError:\n        print('blocked', path)")
+    status, output, _ = _attack(source)
+    assert status == "ok"
+    assert output.decode().splitlines() == [f"blocked {path}" for path in targets] + ["wrote inside.txt"]
+    assert not any(os.path.exists(path) for path in targets)
+
+
+@jail_only
+def test_jail_kills_processes_that_left_the_group(sandbox_root, monkeypatch):
+    # With the hook out of the way a program can fork, leave our process group with
+    # setsid() and outlive the call; in the jail it dies with the jail's pid 1.
+    _without_audit_hook(monkeypatch)
+    marker = b"sleep\x0031.4159\x00"
+    source = ("import os\nif os.fork() == 0:\n    os.setsid()\n"
+              "    os.execv('/usr/bin/sleep', ['sleep', '31.4159'])\n"
+              "import time\ntime.sleep(0.3)\nprint('parent done')")
+    assert _attack(source)[:2] == ("ok", b"parent done\n")
+    survivors = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == marker:
+                    survivors.append(int(pid))
+        except OSError:
+            continue
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
+def test_no_jail_warns_once_per_process(monkeypatch, caplog):
+    for bwrap in (None, "/bin/false"):  # not installed; installed but cannot create namespaces
+        monkeypatch.setattr(verify, "_BWRAP", bwrap)
+        monkeypatch.setattr(verify, "_jail_state", None)
+        with caplog.at_level(logging.WARNING, logger="verify"):
+            caplog.clear()
+            assert verify._jail_works() is False and verify._jail_works() is False
+        assert len(caplog.records) == 1 and "without a jail" in caplog.text
+    # and the fallback still judges
+    assert verify.code_score("print(2 * int(input()))", DOUBLE) == 1.0
+
+
+# ----------------------------------------------------------------------------------------
 # score_batch
 # ----------------------------------------------------------------------------------------
 
@@ -410,6 +607,34 @@ def test_score_batch_mixed_keeps_order(sandbox_root):
     ]
     scores = verify.score_batch(samples, workers=2, code_timeout=1.0)
     assert scores == [1.0, 1.0, 0.0, pytest.approx(1 / 3), 1.0, 0.0]
+
+
+@pytest.mark.parametrize("cpus, local_world_size, workers", [
+    (16, None, 16), (16, "8", 2), (2, "8", 1), (96, "8", 12), (None, "2", 1)])
+def test_default_workers_share_the_node_among_local_ranks(monkeypatch, cpus, local_world_size, workers):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)  # as torchrun sets it
+    assert verify.default_workers() == workers
+
+
+def test_score_batch_pool_is_sized_per_local_rank(monkeypatch):
+    sizes = []
+
+    class Recording(verify.ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            sizes.append(max_workers)
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(verify, "ThreadPoolExecutor", Recording)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    sample = {"ability": "math", "response": "\\boxed{1}", "ground_truth": "1"}
+    assert verify.score_batch([sample]) == [1.0]
+    assert verify.score_batch([sample], workers=3) == [1.0]
+    assert sizes == [2, 3]
 
 
 def test_score_batch_bad_rows_score_zero_with_a_warning(caplog):
