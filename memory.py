@@ -245,7 +245,7 @@ def _local_bytes(tensors):
     return total
 
 
-def _meta_model(config, mesh, dtype, trainable, mixed_precision, activation_checkpointing):
+def meta_model(config, mesh, dtype, trainable, mixed_precision, activation_checkpointing):
     """A model as train.load_for_training builds it (dtype, train mode, FSDP2 over `mesh`), on
     the meta device: shapes only. `to_empty` under fake mode then gives it fake storage."""
     with torch.device("meta"):
@@ -270,13 +270,12 @@ def _micro_batch(cfg, device):
                 targets=torch.zeros_like(scored))
 
 
-def _optimizer_step(net, optimizer, batch, clip, reference=None):
-    """An optimizer step as train.py takes it: micro-batches whose gradients accumulate (two
-    here: the second backward runs beside the first one's gradients, as every later one does),
-    then clip and AdamW. With `reference`, each micro-batch is first scored by it, as prm_step
-    scores the PRM's micro-batches. The loss is a stand-in: the losses of rewards.py add
-    [b, T] tensors, nothing next to the model's activations. Returns the gradients' bytes."""
-    for _ in range(2):
+def _optimizer_step(net, optimizer, batches, clip, reference=None):
+    """An optimizer step as train.py takes it: micro-batches whose gradients accumulate, then
+    clip and AdamW. With `reference`, each micro-batch is first scored by it, as prm_step scores
+    the PRM's micro-batches. The loss is a stand-in: the losses of rewards.py add [b, T] tensors,
+    nothing next to the model's activations. Returns the gradients' bytes."""
+    for batch in batches:
         if reference is not None:
             with torch.no_grad():
                 reference(**batch)
@@ -352,9 +351,9 @@ def plan(cfg, config, world, gpu_gib):
     responses = cfg.prompts_per_step * K // world  # this rank's rows per step (and per sampling round)
     try:
         # The models and optimizers as train.build_models makes them (default switches).
-        policy = _meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
-        prm = _meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
-        ref = _meta_model(config, mesh, compute, False, False, False)
+        policy = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
+        prm = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
+        ref = meta_model(config, mesh, compute, False, False, False)
         with FakeTensorMode(allow_non_fake_inputs=True), flash_memory_model():
             for net in (policy, prm, ref):
                 net.to_empty(device=device)
@@ -370,7 +369,7 @@ def plan(cfg, config, world, gpu_gib):
                          targets=torch.zeros(1, dtype=torch.long, device=device))
             with meter.measure({}):
                 for name, net in (("policy", policy), ("prm", prm)):
-                    _optimizer_step(net, opts[name], dummy, 1.0)
+                    _optimizer_step(net, opts[name], [dummy], 1.0)
             states = meter.now()
             params = _local_bytes(p for net in (policy, prm, ref) for p in net.parameters())
             moments = _local_bytes(t for o in opts.values() for s in o.state.values() for t in s.values())
@@ -405,12 +404,16 @@ def plan(cfg, config, world, gpu_gib):
                     net(**batch)
                 result.phases.append(Phase(name, out["peak"], base))
 
-            # Alg. 1 lines 7-8 and 10: the PRM's and the policy's optimizer steps.
+            # Alg. 1 lines 7-8 and 10: the PRM's and the policy's optimizer steps. Every micro-batch
+            # after the first runs beside the gradients accumulated so far, which exist in full
+            # (this rank's shard of every parameter) after any first one: a one-token micro-batch
+            # makes them, then the worst micro-batch runs.
             for name, net, reference, clip in (("PRM update", prm, ref, cfg.prm_grad_clip),
                                                ("policy update", policy, None, cfg.policy_grad_clip)):
                 out = {}
                 with meter.measure(out):
-                    grads = _optimizer_step(net, opts["prm" if net is prm else "policy"], batch, clip, reference)
+                    grads = _optimizer_step(net, opts["prm" if net is prm else "policy"], [dummy, batch], clip,
+                                            reference)
                 result.phases.append(Phase(name, out["peak"], {**base, "gradients": grads}))
 
             # The held-out eval (greedy) from inside the training process: the same shapes.

@@ -613,8 +613,7 @@ def save_model(model, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
     shards = _shard_names(shapes, max_shard_bytes)  # name -> file, decided before anything is gathered
     files = list(dict.fromkeys(shards.values()))
     if rank0:
-        config.torch_dtype = next(iter(shapes.values()))[1]  # older transformers read this
-        config.dtype = config.torch_dtype
+        config.dtype = next(iter(shapes.values()))[1]
         config.architectures = ["Qwen2ForCausalLM"]
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)

@@ -1,10 +1,11 @@
-"""memory.py: the memory plan against the memory the real code uses, and the recipe's plan.
+"""memory.py: the memory plan against the memory the real code uses, the recipe's plan, and the
+GPU acceptance script (gpu_check.py) run on the CPU.
 
-The plan simulates each phase of a step on fake tensors (memory.py). Here, at a small scale on
-the CPU, train.py's own functions (rollout.generate, all_logprobs, prm_step, policy_step) run the
-same phases on real tensors on two gloo ranks, with the worst-case lengths the plan assumes, and
-torch's MemTracker measures their peaks: each must be within 15% of the plan's. Then the recipe:
-the README's 8-GPU command fits 80 GiB GPUs with a margin, and 2 GPUs are refused with the reason.
+The plan simulates each phase of a step on fake tensors (memory.py). gpu_check.py's memory check
+runs train.py's own functions on real tensors at the same sizes and measures their peaks; with
+--smoke it does so on the CPU (MemTracker) at a small scale, where the two must agree within 15%.
+Then the recipe: the README's 8-GPU command fits 80 GiB GPUs with a margin, and 2 GPUs are
+refused with the reason.
 """
 
 import json
@@ -12,112 +13,48 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import gpu_check
 import memory
 import model as M
-import train
-from tiny import random_checkpoint
+from tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIB = 2 ** 30
-
-# A small bf16 recipe: 8 prompts x 4 samples on 2 ranks (16 rows each), prompts of 32 tokens,
-# responses of 96, micro-batches of 512 tokens, activation checkpointing. The GPU is sized so that
-# only 12 MiB are left beyond the 2 GiB assumed outside PyTorch: the sampler must chunk its rows.
-SMALL = dict(bf16=True, activation_checkpointing=True, max_prompt_tokens=32, max_response_tokens=96,
-             prompts_per_step=8, samples_per_prompt=4, prm_mini_batch=16, policy_mini_batch=16,
-             micro_batch_tokens=512, gpu_memory_utilization=1.0, gpu_memory_gib=2 + 12 / 1024)
-SHAPE = dict(vocab_size=1024, hidden_size=128, layers=2, heads=4, kv_heads=2)
 
 
-def run(args, timeout=600):
+def run(args, timeout=900, script="train.py"):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
-def small_plan(ckpt, out):
-    args = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SMALL.items()]
-    result = run([*args, f"--model_path={ckpt}", "--memory_plan=true", "--world_size=2", f"--out_dir={out}"])
-    assert result.returncode in (0, 1), result.stdout + result.stderr
-    with open(os.path.join(out, "memory_plan.json")) as f:
-        return json.load(f), result.stdout
+def test_gpu_check_smoke_plan_matches_the_measured_peaks_of_the_real_phases():
+    """gpu_check.py --smoke: every check of the GPU acceptance script on the CPU at tiny sizes
+    (two gloo ranks). Its memory check compares the plan (fake tensors, memory.py's simulation of
+    each phase) with MemTracker's peaks while train.py's own functions (rollout.generate,
+    all_logprobs, prm_step, policy_step) run the phases on real tensors at the worst-case lengths,
+    the sampler chunked by the plan's sizing: within 15% either way. Its prime check runs train.py
+    in bf16 with activation checkpointing on one and two ranks: exact-zero process rewards at
+    step 1, finite losses, resume, a bf16 export."""
+    smoke = run(["--smoke"], script="gpu_check.py")
+    out = smoke.stdout
+    assert smoke.returncode == 0, out + smoke.stderr
+    assert out.strip().splitlines()[-1] == "gpu_check.py: 4 passed, 0 failed, 2 skipped", out
+    ratios = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if line.startswith("[memory] |") and cells[1] not in ("phase",):
+            ratios[cells[1]] = float(cells[4])
+    assert set(ratios) == {"sampling", "old log-probs", "PRM update", "policy update"}, out
+    assert all(abs(ratio - 1) <= 0.15 for ratio in ratios.values()), out
+    chunk = next(line for line in out.splitlines() if "rows per chunk" in line)
+    planned = int(chunk.split("planned ")[1].split(",")[0])
+    assert 1 < planned < 16 and chunk.endswith(f"run [{planned}, {planned}]"), chunk
+    assert out.count("[prime] PASS") == 2, out
 
-
-def _measure(rank, init_file, ckpt, out):
-    """Rank `rank` of 2: the models as train.py builds them, one warm-up step (AdamW's moments
-    exist from step 2 on, as the plan assumes), then each phase under the plan's meter."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    from torch.distributed.device_mesh import init_device_mesh
-    torch.manual_seed(rank)
-    cfg = train.Config(**SMALL)
-    device = torch.device("cpu")
-    policy, prm, ref, models, opts = train.build_models(cfg, ckpt, device, init_device_mesh("cpu", (2,)))
-    V = policy.config.vocab_size
-    rows = cfg.prompts_per_step * cfg.samples_per_prompt // 2
-    rollouts = train.Rollouts(prompts=[[5] * cfg.max_prompt_tokens] * rows,
-                              responses=[[6] * cfg.max_response_tokens] * rows,
-                              outcome=torch.tensor([1.0, 0.0] * (rows // 2)), truncated=[True] * rows)
-    meter = memory._Meter(policy, prm, ref, *opts.values())
-    peaks = {}
-    with meter.measure({}):  # the warm-up step
-        train.prm_step(prm, ref, opts["prm"], rollouts, cfg, device)
-        old, _ = train.all_logprobs(policy, rollouts, cfg, device)
-        train.policy_step(policy, opts["policy"], rollouts, old, torch.zeros(rows, cfg.max_response_tokens),
-                          cfg, 0, device)
-    # Sampling: every prompt max_prompt_tokens long, no response ends early (the only stop id
-    # lies past vocab_size, so it is never drawn), chunked as the plan sizes it.
-    compute = torch.bfloat16
-    available = int(cfg.gpu_memory_gib * GIB * cfg.gpu_memory_utilization) - memory.NON_TORCH_BYTES \
-        - meter.now() - memory.gathered_bytes(policy.config, compute)
-    slots = memory.cache_slots(available, policy.config, compute, cfg.micro_batch_tokens, rows)
-    out_peak = {}
-    with meter.measure(out_peak):
-        responses = train.rollout.generate(policy, rollouts.prompts, cfg.max_response_tokens, [V - 1],
-                                           vocab_size=V - 1, seed=rank, max_batch_tokens=int(slots),
-                                           max_prefill_tokens=cfg.micro_batch_tokens)
-    assert all(len(r) == cfg.max_response_tokens for r in responses)
-    peaks["sampling"] = out_peak["peak"]
-    for name, phase in (
-            ("old log-probs", lambda: train.all_logprobs(policy, rollouts, cfg, device)),
-            ("PRM update", lambda: train.prm_step(prm, ref, opts["prm"], rollouts, cfg, device)),
-            ("policy update", lambda: train.policy_step(policy, opts["policy"], rollouts, old,
-                                                        torch.randn(rows, cfg.max_response_tokens), cfg, 1, device))):
-        out_peak = {}
-        with meter.measure(out_peak):
-            phase()
-        peaks[name] = out_peak["peak"]
-    peaks["chunk rows"] = int(slots) // (cfg.max_prompt_tokens + cfg.max_response_tokens)
-    torch.save(peaks, f"{out}/peaks{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_plan_matches_the_measured_peaks_of_the_real_phases(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    random_checkpoint(ckpt, max_position_embeddings=256, intermediate_size=256, **SHAPE)
-    plan, stdout = small_plan(ckpt, tmp_path / "plan")
-    mp.spawn(_measure, args=(str(tmp_path / "init"), str(ckpt), str(tmp_path)), nprocs=2, join=True)
-    measured = torch.load(tmp_path / "peaks0.pt")
-
-    by_name = {p["name"]: p["peak_bytes"] for p in plan["phases"]}
-    planned = {
-        "sampling": max(by_name[f"sampling: {n}"] for n in ("prefill", "decode", "batch shrink")),
-        "old log-probs": by_name["old log-probs"],
-        "PRM update": max(by_name["reference log-probs"], by_name["PRM update"]),  # prm_step runs both
-        "policy update": by_name["policy update"],
-    }
-    rows_key = next(k for k in plan["sizes"] if k.startswith("sampling: rows per chunk"))
-    assert 1 < plan["sizes"][rows_key] < 16, "the sampler must chunk at this size: " + stdout
-    assert measured["chunk rows"] == plan["sizes"][rows_key]
-    table = "\n".join(f"{k}: planned {planned[k] / 2**20:.2f} MiB, measured {measured[k] / 2**20:.2f} MiB "
-                      f"({measured[k] / planned[k]:.3f})" for k in planned)
-    print(table)
-    for key in planned:
-        assert abs(measured[key] / planned[key] - 1) <= 0.15, table + "\n" + stdout
+    nothing = run([], script="gpu_check.py")
+    assert nothing.returncode == 0 and "no CUDA device here: nothing to check" in nothing.stdout
 
 
 def test_recipe_fits_eight_80_gib_gpus_and_two_are_refused(tmp_path):
@@ -125,7 +62,8 @@ def test_recipe_fits_eight_80_gib_gpus_and_two_are_refused(tmp_path):
     phase, held-out eval included, at or under 72 GiB. On 2 GPUs the model states alone overflow."""
     ckpt = tmp_path / "qwen7b"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps(QWEN25_MATH_7B))
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2", "rms_norm_eps": 1e-6,
+                                                   "use_sliding_window": False, **gpu_check.QWEN25_MATH_7B}))
     base = ["--preset=eurus2-7b-prime", f"--model_path={ckpt}", "--memory_plan=true", "--gpu_memory_gib=80"]
     fits = run([*base, "--world_size=8", f"--out_dir={tmp_path / 'w8'}"])
     assert fits.returncode == 0, fits.stdout + fits.stderr
@@ -148,7 +86,6 @@ def test_recipe_fits_eight_80_gib_gpus_and_two_are_refused(tmp_path):
 
 def test_sizes_from_shapes():
     """The arithmetic memory.py sizes sampling with, against the network it describes."""
-    from tiny import tiny_config
     for tie in (False, True):
         config = tiny_config(tie=tie)
         net = M.Qwen2ForCausalLM(config)
@@ -167,12 +104,3 @@ def test_sizes_from_shapes():
     assert memory.cache_slots(10 ** 9, config, torch.float32, 16, 4) == \
         (10 ** 9 - memory.sampling_reserve(config, torch.float32, 16, 4)) // memory.kv_bytes_per_slot(
             config, torch.float32)
-
-
-QWEN25_MATH_7B = {  # Qwen/Qwen2.5-Math-7B's config.json (Eurus-2-7B-SFT's base), the fields that matter
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 3584,
-    "intermediate_size": 18944, "max_position_embeddings": 4096, "num_attention_heads": 28,
-    "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
-    "sliding_window": 4096, "use_sliding_window": False, "tie_word_embeddings": False, "vocab_size": 152064,
-    "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16",
-}
