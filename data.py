@@ -57,13 +57,12 @@ logger = logging.getLogger(__name__)
 # only ever saw prompts that start with it; eval therefore uses it too.
 #
 # The text is data, copied verbatim from the official code: `short_system_prompt` in [PR]
-# `training/scripts/data_prepare.py` (read from the stored copy in the fork sijial430/PRIME, the
-# stored PRIME-RL/PRIME snapshot lacks that file). It starts with one newline and ends with two;
+# `training/scripts/data_prepare.py`. It starts with one newline and ends with two;
 # a decoded Eurus-2-RL-Data prompt quoted in public PRIME-derived code shows the same text between
 # "<|im_start|>system\n" and "<|im_end|>", so this is the string the RL policy was trained with.
 #
-# Quirk of the official *evaluation* (not reproduced here): `eval/system_prompt.md` (read from the
-# fork zkcpku/PRIME, the same eval tree) holds this text with every newline written as the two
+# Quirk of the official *evaluation* (not reproduced here): [PR] `eval/system_prompt.md` holds
+# this text with every newline written as the two
 # characters backslash + "n", ends with one "\n" instead of two, and is read with `open().read()`,
 # so the benchmark prompts of Table 2 contained literal "\n" sequences. We use the training text
 # everywhere; a user who wants the eval prompt byte for byte can apply that substitution.
@@ -120,8 +119,19 @@ def benchmark_messages(question, ability):
 
 
 # ==============================================================================================
-# 2. The chat template: messages -> prompt text -> token ids.
+# 2. The chat template: messages -> prompt text -> token ids, and the ids that end a response.
 # ==============================================================================================
+
+def stop_token_ids(tokenizer):
+    """The ids that end a response: the tokenizer's EOS, plus Qwen's end-of-turn <|im_end|> and
+    end-of-text <|endoftext|> where the vocabulary has them. A chat model such as
+    Eurus-2-7B-SFT ends its turn with <|im_end|>, while Qwen2.5-Math-7B's config names
+    <|endoftext|> as EOS; either one means the response is over."""
+    vocab = tokenizer.get_vocab()
+    ids = [tokenizer.eos_token_id] + [vocab.get(token) for token in ("<|im_end|>", "<|endoftext|>")]
+    return list(dict.fromkeys(i for i in ids if i is not None))  # dedupe, keep the order
+
+
 # The policy continues the prompt after the template's generation prompt (for Qwen's ChatML:
 # "<|im_start|>assistant\n"), so a prompt must end with it. Like the official data loader we
 # render the template to text and then tokenize that text without adding special tokens (the
@@ -275,7 +285,7 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 #
 # Each line of the worked solution performs exactly one operation and rewrites what is left of
 # the expression, and the last operation's result is written as \boxed{answer}, which
-# verify.math_correct extracts and compares with the ground truth "22". Difficulty knobs:
+# verify.math_correct extracts and compares with the ground truth "26". Difficulty knobs:
 # `steps` (length), `max_operand` (operand size), `ops` (without "*" the numbers stay small).
 #
 # The rows use the Eurus schema with data_source "toy_arithmetic" and a bare user turn: the

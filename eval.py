@@ -29,6 +29,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -38,8 +39,8 @@ from transformers import AutoTokenizer
 
 import data
 import memory
-from model import load_model
-from rollout import generate
+from model import init_distributed, load_model
+from rollout import generate, truncated
 from verify import code_correct, default_workers, extract_answer, extract_program, score_batch
 
 
@@ -81,8 +82,8 @@ PAPER_BENCHMARKS = [
 ]
 OTHER_MAX_NEW_TOKENS = 4096  # a benchmark the paper did not report: the math scripts' budget
 
-# The toy task's longest worked solution (3 operations on numbers up to 9, data.py's default
-# difficulty) is 25 characters, e.g. "1-12*9\n1-108\n\boxed{-107}", plus the EOS token: 26 tokens
+# The toy task's longest worked solution (3 operations on operands up to 9, the largest
+# data.toy_rows draws; its default is 6) is 25 characters, e.g. "1-12*9\n1-108\n\boxed{-107}", plus the EOS token: 26 tokens
 # of the character tokenizer. 64 never cuts a correct solution short, and a response that hits
 # it has wandered off, which the truncation rate then shows.
 TOY_MAX_NEW_TOKENS = 64
@@ -109,14 +110,14 @@ def paper_settings(name):
 # 2. evaluate(): sample, score, aggregate. Shared with train.py.
 # ==============================================================================================
 
-def stop_token_ids(tokenizer):
-    """The ids that end a response: the tokenizer's EOS, plus Qwen's end-of-turn <|im_end|> and
-    end-of-text <|endoftext|> where the vocabulary has them. A chat model such as
-    Eurus-2-7B-SFT ends its turn with <|im_end|>, while Qwen2.5-Math-7B's config names
-    <|endoftext|> as EOS; either one means the response is over."""
-    vocab = tokenizer.get_vocab()
-    ids = [tokenizer.eos_token_id] + [vocab.get(token) for token in ("<|im_end|>", "<|endoftext|>")]
-    return list(dict.fromkeys(i for i in ids if i is not None))  # dedupe, keep the order
+def score_responses(tokenizer, problems, responses):
+    """The outcome reward r_o of each response (token ids) to its problem: the decoded text
+    without special tokens, as the official reward code scored it (docs/notes.md §7: the
+    verifiers see what a reader sees), scored by verify.score_batch. Returns (texts, scores)."""
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    scores = score_batch([{"ability": p.ability, "response": text, "ground_truth": p.ground_truth, "id": p.id}
+                          for p, text in zip(problems, texts)])
+    return texts, scores
 
 
 def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samples=1, top_p=1.0,
@@ -150,7 +151,7 @@ def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samp
     # each row its own draws. A rank whose share is empty still calls generate: under FSDP the
     # weights are gathered there collectively, by every rank.
     rows = [problem for problem in share for _ in range(n_samples)]
-    eos = stop_token_ids(tokenizer)
+    eos = data.stop_token_ids(tokenizer)
     bar = tqdm(total=len(rows), unit="response", disable=rank != 0) if progress else None
     responses = generate(model, [p.prompt_ids for p in rows], max_new_tokens, eos,
                          temperature=temperature, top_p=top_p, seed=seed + rank,
@@ -161,11 +162,7 @@ def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samp
     if bar is not None:
         bar.close()
 
-    # Score the decoded text without special tokens, as the official reward code did
-    # (docs/notes.md §7): the verifiers see what a reader sees.
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    scores = score_batch([{"ability": p.ability, "response": text, "ground_truth": p.ground_truth,
-                           "id": p.id} for p, text in zip(rows, texts)])
+    texts, scores = score_responses(tokenizer, rows, responses)
     # Code: score_batch gives the training reward, the fraction of the first 10 tests passed
     # (docs/notes.md §7), but a benchmark's pass@1 counts a program as solved only when it
     # passes every test (the LeetCode and LiveCodeBench judges of the official eval). So partial
@@ -190,7 +187,7 @@ def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samp
             "ground_truth": problem.ground_truth if math else None,
             "score": score,
             "response_tokens": len(ids),
-            "truncated": len(ids) == max_new_tokens and ids[-1] not in eos,
+            "truncated": truncated(ids, max_new_tokens, eos),
         })
     if world > 1:
         gathered = [None] * world
@@ -298,19 +295,6 @@ def load_tokenizer(path):
     return tokenizer
 
 
-def setup_device():
-    """(rank, world, device). Under torchrun (WORLD_SIZE set) join the process group: NCCL with
-    one GPU per rank, or gloo on the CPU. Each rank holds the whole model (data parallel)."""
-    cuda = torch.cuda.is_available()
-    if "WORLD_SIZE" not in os.environ:
-        return 0, 1, torch.device("cuda" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 EVAL_PREFILL_TOKENS = 16384  # prompts prefilled per forward on a GPU (bounds the prefill's activations)
 
 
@@ -365,7 +349,14 @@ def markdown_table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device = setup_device()
+    rank, world, device, _ = init_distributed(timedelta(minutes=30))  # each rank holds the whole model
+    try:
+        run(args, rank, world, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def run(args, rank, world, device):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     # Everything that reads the user's input runs before the first response is sampled, so a
     # typo in the last --data file costs seconds, not hours; errors are one line, no traceback.
@@ -437,8 +428,6 @@ def main(argv=None):
         with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         print(f"eval.py: wrote {os.path.join(out_dir, 'results.json')} and the samples_*.jsonl beside it")
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ Attention has two backends behind one function, `attention()`:
 
 Also here: `KVCache` (the preallocated cache the sampler in rollout.py fills), memory-frugal
 token log-probs (`chunked_logprobs`), checkpoint I/O (`load_model`, `save_model`) and FSDP2
-(`fsdp_wrap`, `full_tensors`, `gathered_params`).
+(`init_distributed`, `fsdp_wrap`, `full_tensors`, `gathered_params`).
 
 Shapes: N packed tokens, S sequences, H query heads, Hkv key/value heads, D head dim,
 C hidden size, V vocabulary.
@@ -33,6 +33,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from contextlib import contextmanager
@@ -170,8 +171,8 @@ def fuse_qkv(attn):
     Built once per sampling call, at prefill, from the weights the layer computes with (under
     FSDP: the gathered, possibly bf16 ones), and kept in the KVCache only: parameters, state dict
     and checkpoints stay Hugging Face's separate projections. The copy is small (Qwen2.5-7B:
-    0.9 GB in bf16). gate/up are not fused: on the CPU bench it gained nothing measurable, and
-    at 7B that copy would be 7.6 GB of GPU memory during sampling."""
+    0.9 GB in bf16). gate and up stay separate: joining them buys nothing measurable on the CPU
+    bench and would copy 7.6 GB of GPU memory at 7B during sampling."""
     return (torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
             torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
 
@@ -234,8 +235,8 @@ def _decode_attention(q, k, v, cache, layer_idx, backend):
     L = cache.max_length + 1  # no row holds more than this after the append
     # The H/Hkv query heads that share a KV head are laid out as that head's query *rows*
     # ([B, Hkv, H/Hkv, D]): one attention per KV head, and K/V are never repeated per query head.
-    # (On the CPU, SDPA beat a plain matmul-softmax-matmul here: 2-4x, as K in this layout is
-    # copied to [B, Hkv, D, L] in every layer; with a [B, Hkv, T, D] cache the two were even.)
+    # SDPA rather than matmul-softmax-matmul: on the CPU it is 2-4x faster here, since the
+    # matmul would copy K to [B, Hkv, D, L] in every layer.
     out = F.scaled_dot_product_attention(
         q.view(B, Hkv, H // Hkv, D), k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2),
         attn_mask=cache.mask)  # [B, Hkv, H/Hkv, D]
@@ -662,7 +663,39 @@ def _shard_names(shapes, max_shard_bytes):
 
 
 # ----------------------------------------------------------------------------------------------
-# FSDP2: each decoder layer is one sharding unit, the root (embedding, norm, head) another.
+# Processes and FSDP2: each decoder layer is one sharding unit, the root (embedding, norm, head)
+# another.
+
+def init_distributed(timeout):
+    """Join (or, for a plain `python script.py`, create) the process group: NCCL on GPUs, gloo on
+    CPUs. One process is a group of one, so the same code runs everywhere. Returns (rank, world,
+    device, mesh): `mesh` is the 1-D device mesh FSDP2 shards every model over.
+
+    `timeout` (a timedelta) bounds how long a rank waits at a collective while another works
+    alone (rank 0 writing a Hugging Face export, a slow verifier): NCCL's default of 10 minutes
+    is short for a 7B export."""
+    from torch.distributed.device_mesh import init_device_mesh
+    if "RANK" in os.environ:  # torchrun: rank, world size and rendezvous come from the environment
+        where, local_rank = {}, int(os.environ["LOCAL_RANK"])
+    else:
+        with socket.socket() as s:  # a free local port for a group of one
+            s.bind(("127.0.0.1", 0))
+            where, local_rank = dict(init_method=f"tcp://127.0.0.1:{s.getsockname()[1]}", rank=0, world_size=1), 0
+    # The sampler's KV cache and the training activations take turns with very different block
+    # sizes; expandable segments let the CUDA allocator reuse freed memory across them instead of
+    # fragmenting it (the memory plan counts allocated bytes, not fragments). Set before any
+    # CUDA allocation.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout, **where)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo", timeout=timeout, **where)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    return dist.get_rank(), dist.get_world_size(), device, mesh
+
 
 def fsdp_wrap(model, mesh, mixed_precision, activation_checkpointing=False):
     """Shard `model` over the ranks of `mesh` (a 1-D DeviceMesh) with FSDP2's `fully_shard`.

@@ -41,53 +41,57 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
-# Input checks. Bad input raises ValueError here instead of turning into a NaN downstream
-# (the official code guards none of these: K = 1 divides by zero, an empty response gives a
-# NaN mean).
+# Input checks. The official code guards none of these (K = 1 divides by zero, an empty response
+# gives a NaN mean). A batch's *values* (the mask holds 0/1 and is right-padded, every response
+# has a token, outcomes lie in [0, 1]) are checked once per step by check_batch, where the batch
+# is built: each such check waits for the device. Every function below checks only what the
+# host knows (shapes, group size, settings), so an equation reads first and costs no sync.
 # ---------------------------------------------------------------------------------------------
 
 
-def _mask(response_mask: torch.Tensor, require_tokens: bool = False) -> torch.Tensor:
-    """Check a [B, T] 0/1 response mask and return it as bool [B, T]."""
-    if response_mask.dim() != 2:
-        raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
+def check_batch(response_mask, outcome, group_size):
+    """Raise ValueError unless this is a batch the functions below accept: response_mask [B, T]
+    of 0/1, right-padded (ones, then zeros: "the last valid token", where the outcome reward
+    sits, is then position length - 1, as in [PR]) with at least one valid token per row (EOS
+    counts); outcome [B], finite, in [0, 1]; B a whole number of groups of group_size >= 2."""
+    _check(response_mask, outcome=outcome, group_size=group_size)
     if not ((response_mask == 0) | (response_mask == 1)).all():
         raise ValueError("response_mask must hold only 0 and 1")
     mask = response_mask.bool()
-    # Right-padded: once a row has a 0, it has no later 1. "The last valid token" (where the
-    # outcome reward sits) is then position length - 1, as in [PR].
     if (mask[:, 1:] & ~mask[:, :-1]).any():
         raise ValueError("response_mask rows must be right-padded (ones, then zeros)")
-    if require_tokens and (mask.sum(-1) == 0).any():
+    if (mask.sum(-1) == 0).any():
         raise ValueError("every response needs at least one valid token (EOS counts)")
-    return mask
-
-
-def _float(name: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Check that a per-token tensor matches the mask's [B, T]; compute in >= float32."""
-    if x.shape != mask.shape:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, response_mask {tuple(mask.shape)}")
-    # A sum over thousands of bf16 log-probs loses most of its digits: upcast.
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _outcome(outcome: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Check outcome rewards: [B], finite, in [0, 1]."""
-    if outcome.shape != (batch_size,):
-        raise ValueError(f"outcome must have shape ({batch_size},), got {tuple(outcome.shape)}")
-    outcome = outcome.to(torch.promote_types(outcome.dtype, torch.float32))
     if not ((outcome >= 0) & (outcome <= 1)).all():  # also rejects NaN
         raise ValueError("outcome rewards must lie in [0, 1]")
-    return outcome
 
 
-def _groups(batch_size: int, group_size: int) -> int:
-    """Check the grouping and return the number of groups B // K."""
-    if group_size < 2:
-        raise ValueError(f"group_size must be >= 2 (leave-one-out needs others), got {group_size}")
-    if batch_size % group_size != 0:
-        raise ValueError(f"batch of {batch_size} rows is not a whole number of groups of {group_size}")
-    return batch_size // group_size
+def _check(response_mask, outcome=None, group_size=None, beta=None, gamma=None, clip_eps=None, **per_token):
+    """Shapes and settings, on the host: the mask is [B, T], each per-token tensor matches it,
+    outcome is [B], B is a whole number of groups of group_size >= 2; beta > 0, gamma in
+    [0, 1], clip_eps in (0, 1)."""
+    for name, value, ok in (("beta", beta, lambda v: v > 0), ("gamma", gamma, lambda v: 0 <= v <= 1),
+                            ("clip_eps", clip_eps, lambda v: 0 < v < 1)):
+        if value is not None and not ok(value):
+            raise ValueError(f"{name}={value} is out of range (beta > 0, 0 <= gamma <= 1, 0 < clip_eps < 1)")
+    if response_mask.dim() != 2:
+        raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
+    for name, x in per_token.items():
+        if x.shape != response_mask.shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, response_mask {tuple(response_mask.shape)}")
+    B = response_mask.shape[0]
+    if outcome is not None and outcome.shape != (B,):
+        raise ValueError(f"outcome must have shape ({B},), got {tuple(outcome.shape)}")
+    if group_size is not None:
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (leave-one-out needs others), got {group_size}")
+        if B % group_size != 0:
+            raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
+
+
+def _f32(x):
+    """Compute in at least float32: a sum over thousands of bf16 log-probs loses most of its digits."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,15 +111,14 @@ def implicit_process_rewards(prm_logprobs, ref_logprobs, response_mask, beta):
     its prefix sums are the PRM's Q-values. At step 0 pi_phi == pi_ref, so every reward is 0.
 
     [PR] hands the raw q = logp_prm - logp_ref (no beta) to the advantage; beta enters only the
-    loss. The next step, normalize_process_rewards (divide by the largest |return|), cancels any
-    positive scale, so beta here changes nothing downstream and keeps Eq. 3 as written.
+    loss. The next step, normalize_process_rewards, divides by (largest |return| + 1e-6), which
+    cancels a positive scale only while the largest |return| is well above 1e-6: with beta = 0.05
+    the guard weighs 20x more against these rewards than against [PR]'s raw q, which matters only
+    when the PRM barely differs from the reference (at step 1 every reward is 0 either way).
     """
-    mask = _mask(response_mask)
-    prm = _float("prm_logprobs", prm_logprobs, mask)
-    ref = _float("ref_logprobs", ref_logprobs, mask)
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}")
-    return torch.where(mask, beta * (prm - ref), 0.0).detach()  # [B, T]
+    _check(response_mask, beta=beta, prm_logprobs=prm_logprobs, ref_logprobs=ref_logprobs)
+    mask = response_mask.bool()
+    return torch.where(mask, beta * (_f32(prm_logprobs) - _f32(ref_logprobs)), 0.0).detach()  # [B, T]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,13 +148,9 @@ def prm_ce_loss(prm_logprobs, ref_logprobs, response_mask, outcome, beta):
     (|r| below about 16 in float32); beyond that [PR]'s loss saturates at 100 and its gradient
     vanishes, while this one stays exact, with gradient sigmoid(r) - r_o.
     """
-    mask = _mask(response_mask)
-    prm = _float("prm_logprobs", prm_logprobs, mask)
-    ref = _float("ref_logprobs", ref_logprobs, mask).detach()
-    outcome = _outcome(outcome, mask.shape[0])
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}")
-    logit = beta * torch.where(mask, prm - ref, 0.0).sum(-1)  # [B]  r_phi(y)
+    _check(response_mask, outcome=outcome, beta=beta, prm_logprobs=prm_logprobs, ref_logprobs=ref_logprobs)
+    mask = response_mask.bool()
+    logit = beta * torch.where(mask, _f32(prm_logprobs) - _f32(ref_logprobs).detach(), 0.0).sum(-1)  # [B]  r_phi(y)
     return F.binary_cross_entropy_with_logits(logit, outcome.to(logit.dtype))  # mean over B
 
 
@@ -181,11 +180,9 @@ def prm_pairwise_accuracy(process_rewards, outcome, response_mask, group_size):
     depends on the order of rows inside a group. Any positive rescaling of the rewards (beta,
     normalize_process_rewards) leaves the metric unchanged.
     """
-    mask = _mask(response_mask)
-    rewards = _float("process_rewards", process_rewards, mask)
-    outcome = _outcome(outcome, mask.shape[0])
-    n_groups = _groups(mask.shape[0], group_size)
-    score = torch.where(mask, rewards, 0.0).sum(-1).view(n_groups, group_size)  # [G, K]  R_i
+    _check(response_mask, outcome=outcome, group_size=group_size, process_rewards=process_rewards)
+    mask, n_groups = response_mask.bool(), response_mask.shape[0] // group_size
+    score = torch.where(mask, _f32(process_rewards), 0.0).sum(-1).view(n_groups, group_size)  # [G, K]  R_i
     o = outcome.view(n_groups, group_size)                                       # [G, K]
     i, j = torch.triu_indices(group_size, group_size, offset=1)                  # pairs i < j
     score_diff = score[:, i] - score[:, j]                                       # [G, P]
@@ -219,8 +216,8 @@ def normalize_process_rewards(rewards, response_mask):
     If they were tiny non-zero noise instead, this would blow the noise up to unit size; the
     trainer must make the step-0 PRM and reference log-probs identical.
     """
-    mask = _mask(response_mask)
-    r = torch.where(mask, _float("rewards", rewards, mask), 0.0)  # [B, T]
+    _check(response_mask, rewards=rewards)
+    r = torch.where(response_mask.bool(), _f32(rewards), 0.0)    # [B, T]
     reverse_cumsum = r.flip(-1).cumsum(-1).flip(-1)               # [B, T]  sum_{s>=t} r[i,s]
     return r / (reverse_cumsum.abs().max() + 1e-6)
 
@@ -280,12 +277,8 @@ def rloo_returns(process_rewards, outcome, response_mask, group_size, gamma=1.0)
       return at t = 0 equals Eq. 5's, and at t > 0 it differs from Eq. 5 by
       sum_{s>=t} (r[i,s] - m_i) / (K-1).
     """
-    mask = _mask(response_mask, require_tokens=True)  # an empty row would give m_i = 0/0
-    rewards = _float("process_rewards", process_rewards, mask)
-    outcome = _outcome(outcome, mask.shape[0])
-    _groups(mask.shape[0], group_size)
-    if not 0 <= gamma <= 1:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    _check(response_mask, outcome=outcome, group_size=group_size, gamma=gamma, process_rewards=process_rewards)
+    mask, rewards = response_mask.bool(), _f32(process_rewards)  # (check_batch: no empty row, m_i != 0/0)
 
     # Process rewards: every valid token.
     process = _discounted_returns(_leave_one_out(rewards, mask, group_size), gamma)  # [B, T]
@@ -312,17 +305,17 @@ def whiten(values, response_mask):
     two-pass (all-reduce count and sum -> mean; then the sum of squared deviations) so a large
     mean cannot cancel the variance. Returns [B, T], 0 on padding.
     """
-    mask = _mask(response_mask)
-    x = torch.where(mask, _float("values", values, mask), 0.0)  # [B, T]
+    _check(response_mask, values=values)
+    mask = response_mask.bool()
+    x = torch.where(mask, _f32(values), 0.0)  # [B, T]
     distributed = dist.is_available() and dist.is_initialized()
 
-    # The statistics in float64: exact token counts, and sums over millions of tokens.
+    # The statistics in float64: exact token counts, and sums over millions of tokens. (The batch
+    # holds at least one group of K >= 2 responses with a token each: count >= 2.)
     stats = torch.stack([mask.sum().double(), x.double().sum()])  # [2]  count, sum
     if distributed:
         dist.all_reduce(stats)
     count, total = stats
-    if count < 2:
-        raise ValueError("whiten needs at least 2 valid tokens for an unbiased variance")
     mean = total / count
 
     squares = torch.where(mask, (x.double() - mean) ** 2, 0.0).sum()  # 0-dim
@@ -368,12 +361,9 @@ def ppo_clip_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.
     number); then the accumulated gradient is that of the mean over the mini-batch's responses.
     The diagnostics use the same weighting ([PR] took them per micro-batch and averaged).
     """
-    mask = _mask(response_mask, require_tokens=True)  # an empty row has no token mean
-    logp = _float("logprobs", logprobs, mask)
-    old = _float("old_logprobs", old_logprobs, mask).detach()
-    adv = _float("advantages", advantages, mask).detach()
-    if not 0 < clip_eps < 1:
-        raise ValueError(f"clip_eps must lie in (0, 1), got {clip_eps}")
+    _check(response_mask, clip_eps=clip_eps, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
+    mask = response_mask.bool()  # (check_batch: no empty row, every response has a token mean)
+    logp, old, adv = _f32(logprobs), _f32(old_logprobs).detach(), _f32(advantages).detach()
 
     # Zero the padding first: garbage log-probs there must not reach exp() (an inf would
     # turn the masked-out gradient into NaN).
@@ -413,9 +403,10 @@ def accuracy_filter(outcome, group_size, low=0.2, high=0.8):
     """
     if outcome.dim() != 1:
         raise ValueError(f"outcome must be [B], got shape {tuple(outcome.shape)}")
-    outcome = _outcome(outcome, outcome.shape[0])
-    n_groups = _groups(outcome.shape[0], group_size)
+    _check(outcome[:, None], outcome=outcome, group_size=group_size)
+    if not ((outcome >= 0) & (outcome <= 1)).all():  # the outcomes enter the step here
+        raise ValueError("outcome rewards must lie in [0, 1]")
     if not 0 <= low <= high <= 1:
         raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
-    mean = outcome.double().view(n_groups, group_size).mean(-1)  # [G]
+    mean = outcome.double().view(-1, group_size).mean(-1)  # [G]
     return (mean >= low) & (mean <= high)

@@ -69,8 +69,8 @@ def generate(model, prompts, max_new_tokens, eos_token_id, temperature=1.0, top_
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     responses = [None] * len(prompts)
     # inference_mode rather than no_grad: no autograd bookkeeping (version counters, view
-    # tracking) on any op; a decode step is hundreds of small ops, and this alone made the
-    # bench's sampler 5% (64 rows) to 10% (8 rows) faster. Nothing sampled here needs a gradient.
+    # tracking) on any op. A decode step is hundreds of small ops, and this bookkeeping is 5%
+    # (64 rows) to 10% (8 rows) of the CPU bench's sampling time. Nothing here needs a gradient.
     with gathered_params(model), torch.inference_mode():
         start = 0
         while start < len(order):
@@ -81,6 +81,11 @@ def generate(model, prompts, max_new_tokens, eos_token_id, temperature=1.0, top_
                 responses[i] = response
             start += len(rows)
     return responses
+
+
+def truncated(response, max_new_tokens, eos):
+    """Did sampling cut `response` off at max_new_tokens, before any stop id (in `eos`)?"""
+    return len(response) == max_new_tokens and response[-1] not in eos
 
 
 def _chunk_rows(prompts, order, start, max_new_tokens, max_batch_tokens):

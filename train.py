@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=8 train.py --preset=eurus2-7b-prime \\
         --model_path=/ckpt/Eurus-2-7B-SFT --train_files=/data/train.parquet --out_dir=runs/prime
     python train.py --print_config [--preset=...]     # the resolved config as JSON
+    python train.py --help                            # every field, its meaning, each preset's value
 
 One PRIME iteration (Alg. 1; the official code's "single-forward" order, docs/notes.md §2, §10):
 
@@ -39,7 +40,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,7 +49,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 from transformers import AutoTokenizer
@@ -60,7 +59,6 @@ import memory
 import model as M
 import rewards
 import rollout
-import verify
 
 
 # ==============================================================================================
@@ -73,9 +71,10 @@ def knob(default, help):
 
 @dataclass
 class Config:
-    """Defaults are the toy preset's; PRESETS below lists what the other presets change.
-    The paper's recipe also sets the KL coefficient and the entropy bonus to 0 (docs/notes.md §4),
-    so the policy loss here has neither term."""
+    """Defaults are the toy preset's; PRESETS below lists what the other presets change, and
+    `python train.py --help` prints every field with its value in each. The paper's recipe also
+    sets the KL coefficient and the entropy bonus to 0 (docs/notes.md §4), so the policy loss
+    here has neither term."""
     preset: str = knob("toy", "toy (CPU, minutes) or eurus2-7b-prime (the paper's recipe)")
     stage: str = knob("prime", "prime: the RL loop (after SFT if the toy has no SFT model yet); sft: SFT only")
     out_dir: str = knob("runs/toy", "checkpoints, metrics.jsonl, summary.json, the exported policy")
@@ -84,7 +83,7 @@ class Config:
     # models
     model_path: str = knob("", "SFT checkpoint (Hugging Face folder): policy, PRM and reference start here. "
                                "Toy: empty = <out_dir>/sft, trained first if missing")
-    prm_path: str = knob("", "PRM initialisation if not model_path (the paper: the SFT model)")
+    prm_path: str = knob("", "PRM initialisation if not model_path (the paper starts it from the SFT model)")
     bf16: bool = knob(False, "bf16 compute with fp32 master weights (CUDA); reference kept in bf16")
     activation_checkpointing: bool = knob(False, "recompute each layer in backward to save memory")
 
@@ -109,27 +108,27 @@ class Config:
     toy_careless_share: float = knob(0.6, "toy: share of SFT solutions worked left to right, ignoring that * "
                                            "comes first (wrong on ~37% of problems; data.py section 5)")
     toy_train_problems: int = knob(20000, "toy: size of the RL training pool")
-    max_prompt_tokens: int = knob(64, "drop longer prompts (paper: 1024)")
-    max_response_tokens: int = knob(48, "sampling stops here (paper: 3072)")
+    max_prompt_tokens: int = knob(64, "drop longer prompts")
+    max_response_tokens: int = knob(48, "sampling stops here")
 
     # rollout and filter (Alg. 1 lines 4-6)
-    prompts_per_step: int = knob(64, "kept prompts per step, all ranks together (paper: 256)")
-    samples_per_prompt: int = knob(4, "K responses per prompt (paper: 4)")
-    temperature: float = knob(1.0, "sampling temperature (paper: 1.0)")
-    top_p: float = knob(1.0, "nucleus sampling mass (paper: 1.0)")
-    filter_low: float = knob(0.2, "keep a prompt when its mean outcome is >= this (paper: 0.2)")
-    filter_high: float = knob(0.8, "... and <= this (paper: 0.8)")
+    prompts_per_step: int = knob(64, "kept prompts per step, all ranks together")
+    samples_per_prompt: int = knob(4, "K responses per prompt")
+    temperature: float = knob(1.0, "sampling temperature")
+    top_p: float = knob(1.0, "nucleus sampling mass")
+    filter_low: float = knob(0.2, "keep a prompt when its mean outcome is >= this")
+    filter_high: float = knob(0.8, "... and <= this")
     max_collect_rounds: int = knob(20, "stop with an error when this many sampling rounds cannot fill a step")
 
     # implicit PRM (Alg. 1 lines 7-8)
-    beta: float = knob(0.05, "implicit reward scale beta in beta*log(pi_phi/pi_ref) (paper: 0.05)")
-    prm_lr: float = knob(1e-4, "PRM AdamW learning rate, constant (paper: 1e-6)")
-    prm_weight_decay: float = knob(0.0, "PRM AdamW weight decay (paper: 0)")
-    prm_grad_clip: float = knob(10.0, "PRM gradient-norm clip (paper: 10)")
-    prm_mini_batch: int = knob(128, "responses per PRM optimizer step, in order, all ranks (paper: 256)")
+    beta: float = knob(0.05, "implicit reward scale beta in beta*log(pi_phi/pi_ref)")
+    prm_lr: float = knob(1e-4, "PRM AdamW learning rate, constant")
+    prm_weight_decay: float = knob(0.0, "PRM AdamW weight decay")
+    prm_grad_clip: float = knob(10.0, "PRM gradient-norm clip")
+    prm_mini_batch: int = knob(128, "responses per PRM optimizer step, in order, all ranks")
 
     # advantage (Alg. 1 line 9)
-    gamma: float = knob(1.0, "discount of both returns (paper: 1.0)")
+    gamma: float = knob(1.0, "discount of both returns")
 
     # ablation switches (the paper's Fig. 4, §5 / App. B); the defaults are the recipe
     process_rewards: bool = knob(True, "false: outcome-only RLOO, the paper's baseline (no PRM, no reference)")
@@ -141,15 +140,18 @@ class Config:
     accuracy_filter: bool = knob(True, "false: keep every prompt's group (filter_low/high ignored)")
 
     # policy (Alg. 1 line 10)
-    policy_lr: float = knob(2e-5, "policy AdamW learning rate, constant (paper: 5e-7)")
-    policy_weight_decay: float = knob(0.01, "policy AdamW weight decay (paper: 0.01)")
-    policy_grad_clip: float = knob(1.0, "policy gradient-norm clip (paper: 1.0)")
-    policy_mini_batch: int = knob(128, "responses per policy optimizer step, shuffled, all ranks (paper: 256)")
-    ppo_epochs: int = knob(1, "passes over each step's responses (paper: 1)")
-    clip_eps: float = knob(0.2, "PPO ratio clip (paper: 0.2)")
+    policy_lr: float = knob(2e-5, "policy AdamW learning rate, constant")
+    policy_weight_decay: float = knob(0.01, "policy AdamW weight decay")
+    policy_grad_clip: float = knob(1.0, "policy gradient-norm clip")
+    policy_mini_batch: int = knob(128, "responses per policy optimizer step, shuffled, all ranks")
+    ppo_epochs: int = knob(1, "passes over each step's responses")
+    clip_eps: float = knob(0.2, "PPO ratio clip")
 
     # schedule and bookkeeping
-    steps: int = knob(100, "PRIME iterations (paper: 592)")
+    steps: int = knob(100, "PRIME iterations")
+    official_first_iteration: bool = knob(False, "true: the first iteration's updates run at learning rate 0, as "
+                                                 "in the official code (its schedule starts at 0; AdamW's moments "
+                                                 "still advance), so N steps are N-1 updates (docs/notes.md §2)")
     micro_batch_tokens: int = knob(4096, "packed tokens per forward/backward on one rank")
     save_every: int = knob(25, "checkpoint every this many steps (and at the end)")
     keep_checkpoints: int = knob(2, "complete checkpoints kept on disk")
@@ -157,10 +159,10 @@ class Config:
 
     # SFT warm start (toy only: Eurus-2-7B-SFT is a released checkpoint)
     sft_problems: int = knob(20000, "toy: SFT examples (worked solutions)")
-    sft_epochs: int = knob(2, "SFT epochs (Eurus-2-7B-SFT: 3)")
-    sft_batch: int = knob(32, "SFT sequences per optimizer step (Eurus-2-7B-SFT: 96)")
-    sft_lr: float = knob(1e-3, "SFT peak learning rate, cosine decay (Eurus-2-7B-SFT: 1e-5)")
-    sft_warmup: float = knob(0.1, "SFT warmup share of the steps (Eurus-2-7B-SFT: 0.1)")
+    sft_epochs: int = knob(2, "SFT epochs")
+    sft_batch: int = knob(32, "SFT sequences per optimizer step")
+    sft_lr: float = knob(1e-3, "SFT peak learning rate, cosine decay")
+    sft_warmup: float = knob(0.1, "SFT warmup share of the steps")
     toy_hidden: int = knob(128, "toy model: hidden size")
     toy_layers: int = knob(4, "toy model: decoder layers")
 
@@ -185,18 +187,21 @@ PRM_METRICS = ("prm_loss", "prm_accuracy", "process_reward_mean", "process_rewar
 
 
 def parse_config(argv):
-    """--key=value for any field (type-checked), --preset=NAME, --print_config."""
+    """--key=value for any field (type-checked), --preset=NAME, --print_config, --help."""
     types = {f.name: f.type for f in dataclasses.fields(Config)}
     values, print_config = {}, False
     for arg in argv:
+        if arg in ("--help", "-h"):
+            print_help()
+            raise SystemExit(0)
         if arg == "--print_config":
             print_config = True
             continue
         if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"train.py: expected --key=value, got {arg!r}")
+            raise SystemExit(f"train.py: expected --key=value, got {arg!r} (--help lists the fields)")
         key, value = arg[2:].split("=", 1)
         if key not in types:
-            raise SystemExit(f"train.py: unknown option --{key} (see --print_config for the fields)")
+            raise SystemExit(f"train.py: unknown option --{key} (--help lists the fields)")
         kind = types[key]  # bool, int, float or str
         try:
             if kind is bool:
@@ -214,49 +219,37 @@ def parse_config(argv):
     if print_config:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
         raise SystemExit(0)
-    if cfg.stage not in ("prime", "sft"):
-        raise SystemExit(f"train.py: --stage must be prime or sft, got {cfg.stage!r}")
-    if cfg.prm_update not in PRM_UPDATES:
-        raise SystemExit(f"train.py: --prm_update must be one of {', '.join(PRM_UPDATES)}, "
-                         f"got {cfg.prm_update!r}")
-    if cfg.reference not in REFERENCES:
-        raise SystemExit(f"train.py: --reference must be one of {', '.join(REFERENCES)}, got {cfg.reference!r}")
+    problems = [f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}"
+                for name, choices in (("stage", ("prime", "sft")), ("prm_update", PRM_UPDATES),
+                                      ("reference", REFERENCES)) if getattr(cfg, name) not in choices]
+    problems += [f"--{name}={getattr(cfg, name)}: {why}" for name, ok, why in (
+        ("beta", cfg.beta > 0, "must be positive"),
+        ("gamma", 0 <= cfg.gamma <= 1, "must lie in [0, 1]"),
+        ("clip_eps", 0 < cfg.clip_eps < 1, "must lie in (0, 1)"),
+        ("temperature", cfg.temperature > 0, "must be positive: K greedy samples would all be the same"),
+        ("top_p", 0 < cfg.top_p <= 1, "must lie in (0, 1]"),
+        ("filter_low", 0 <= cfg.filter_low <= cfg.filter_high <= 1, "need 0 <= filter_low <= filter_high <= 1"),
+        ("gpu_memory_utilization", 0 < cfg.gpu_memory_utilization <= 1, "must lie in (0, 1]")) if not ok]
+    if preset != "toy" and cfg.stage == "prime" and not cfg.train_files and not cfg.memory_plan:
+        problems.append(f"--preset={preset} trains on Eurus-2-RL-Data: pass --train_files (and --model_path); "
+                        f"the built-in toy task is --preset=toy")
+    if problems:
+        raise SystemExit("train.py: " + "; ".join(problems))
     return cfg
 
 
+def print_help():
+    """Every Config field with its meaning and its value in each preset."""
+    print(__doc__.split("\n\n")[1].rstrip("\n") + "\n\nfields (--key=value), with the value in each preset:")
+    for f in dataclasses.fields(Config):
+        values = ", ".join(f"{name} {PRESETS[name].get(f.name, f.default)!r}" for name in PRESETS) \
+            if f.name != "preset" else "one of: " + ", ".join(PRESETS)
+        print(f"  --{f.name}=<{f.type.__name__}>  [{values}]\n      {f.metadata['help']}")
+
+
 # ==============================================================================================
-# 2. Processes: torchrun ranks, or one process on its own.
+# 2. Processes: torchrun ranks, or one process on its own (model.init_distributed).
 # ==============================================================================================
-
-def setup_distributed(cfg):
-    """Join (or, for a plain `python train.py`, create) the process group: NCCL on GPUs, gloo on
-    CPUs. One process is a group of one, so the same code runs everywhere. Returns (rank, world,
-    device, mesh): `mesh` is the 1-D device mesh FSDP2 shards every model over.
-
-    The group's timeout bounds how long a rank waits at a collective while another works alone
-    (rank 0 writing a Hugging Face export, a slow verifier): NCCL's default of 10 minutes is short
-    for a 7B export, hence cfg.dist_timeout_minutes."""
-    if "RANK" not in os.environ:
-        with socket.socket() as s:  # a free local port for a group of one
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    timeout = timedelta(minutes=cfg.dist_timeout_minutes)
-    # The sampler's KV cache and the training activations take turns with very different block
-    # sizes; expandable segments let the CUDA allocator reuse freed memory across them instead of
-    # fragmenting it (the memory plan counts allocated bytes, not fragments).
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device, timeout=timeout)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo", timeout=timeout)
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    return dist.get_rank(), dist.get_world_size(), device, mesh
-
 
 def seed_for(*parts):
     """A seed derived from any values (Python's hash() of strings changes between processes)."""
@@ -414,32 +407,36 @@ class Rollouts:
 
 def micro_batches(rows, rollouts, budget, device):
     """Split `rows` (in order) into micro-batches of at most `budget` packed tokens (a longer
-    sequence goes alone). Every rank gets the same number of micro-batches, padded with empty
-    ones: under FSDP each forward and backward is a collective, so all ranks must run as many."""
-    batches, current, tokens = [], [], 0
+    sequence goes alone), as many on every rank: under FSDP each forward and backward is a
+    collective, so all ranks must run as many. A rank that needs fewer splits its largest
+    micro-batches further. Every rank holds as many rows (a step's quota, a mini-batch), and
+    no rank needs more micro-batches than it has rows, so none is ever empty."""
+    batches, tokens = [], []  # row lists and their packed token counts
     for i in rows:
         n = len(rollouts.prompts[i]) + len(rollouts.responses[i])
-        if current and tokens + n > budget:
-            batches.append(current)
-            current, tokens = [], 0
-        current.append(i)
-        tokens += n
-    if current:
-        batches.append(current)
-    return batches + [[] for _ in range(all_max(len(batches), device) - len(batches))]
+        if not batches or tokens[-1] + n > budget:
+            batches.append([])
+            tokens.append(0)
+        batches[-1].append(i)
+        tokens[-1] += n
+    for _ in range(all_max(len(batches), device) - len(batches)):
+        splittable = [k for k in range(len(batches)) if len(batches[k]) > 1]
+        if not splittable:
+            raise RuntimeError(f"micro_batches: this rank has {len(rows)} rows, fewer than another rank's "
+                               f"micro-batches: every rank must hold as many rows")
+        k = max(splittable, key=lambda k: tokens[k])
+        half = len(batches[k]) // 2
+        batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
+        tokens[k:k + 1] = [sum(len(rollouts.prompts[i]) + len(rollouts.responses[i]) for i in b)
+                           for b in batches[k:k + 2]]
+    return batches
 
 
 def response_logprobs(net, rollouts, rows, device, temperature=1.0):
     """log pi(y_t | x, y_<t) of each response token of `rows` under `net`, as ([b, T] logp,
     [b, T] entropy), zero on padding. The rows go through the model as one packed sequence
     prompt+response each; only response positions are scored (model.chunked_logprobs).
-    Every index is built here on the host, so the forward waits for nothing on the device.
-    An empty `rows` runs a one-token dummy forward (see micro_batches) and returns None."""
-    if not rows:
-        dummy = torch.zeros(1, dtype=torch.long, device=device)
-        logp, _ = net(dummy, torch.tensor([0, 1], dtype=torch.int32, device=device), max_seqlen=1,
-                      scored=dummy, targets=dummy, temperature=temperature)
-        return logp.sum() * 0.0, None  # a zero that is still part of the graph: backward runs too
+    Every index is built here on the host, so the forward waits for nothing on the device."""
     T = rollouts.width
     ids, cu, scored, targets, cells = [], [0], [], [], []
     for j, i in enumerate(rows):
@@ -466,9 +463,7 @@ def all_logprobs(net, rollouts, cfg, device, temperature=1.0):
     B, T = len(rollouts.responses), rollouts.width
     logp, entropy = torch.zeros(B, T, device=device), torch.zeros(B, T, device=device)
     for rows in micro_batches(range(B), rollouts, cfg.micro_batch_tokens, device):
-        lp, ent = response_logprobs(net, rollouts, rows, device, temperature)
-        if rows:
-            logp[rows], entropy[rows] = lp, ent
+        logp[rows], entropy[rows] = response_logprobs(net, rollouts, rows, device, temperature)
     return logp, entropy
 
 
@@ -514,50 +509,55 @@ def kept_groups(scores, cfg):
     return rewards.accuracy_filter(scores, cfg.samples_per_prompt, cfg.filter_low, cfg.filter_high)
 
 
-def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
+def collect(policy, problems, stream, tokenizer, cfg, step, device):
     """Sample until this rank holds cfg.prompts_per_step / world prompts whose K responses have
     a mean outcome in [filter_low, filter_high] (kept_groups). Every rank runs the same number of
     rounds (sampling under FSDP is collective); a rank with a full quota samples nothing in a round.
     Kept prompts beyond the quota go back to the stream's buffer as prompts (their responses are
-    dropped), as in the official code. Returns Rollouts with rows in groups of K."""
+    dropped), as in the official code.
+
+    Each rank fills its own quota from its own prompts here; the official code samples the whole
+    batch, filters it, and buffers or draws more prompts for the batch as a whole (docs/notes.md
+    §5). The kept prompts are drawn by the same rule either way; only which rank holds a prompt,
+    and so the batch's mix within a step, differs.
+
+    Returns (Rollouts with rows in groups of K, counts): counts holds the step's totals before
+    filtering, "sampled" responses, "correct" (the sum of their outcomes), "groups" and "kept"."""
     world, rank, K = dist.get_world_size(), dist.get_rank(), cfg.samples_per_prompt
     quota = cfg.prompts_per_step // world
     kept = []  # (problem index, [K responses], [K scores], [K truncated])
-    eos = evaluation.stop_token_ids(tokenizer)  # EOS and the chat end-of-turn token
+    counts = {"sampled": 0, "correct": 0.0, "groups": 0, "kept": 0}
+    eos = data.stop_token_ids(tokenizer)  # EOS and the chat end-of-turn token
     bar = tqdm(total=0, desc=f"step {step} sample", unit="response", leave=False, disable=rank != 0)
     for round_ in range(cfg.max_collect_rounds):
         need = quota - len(kept)
         if all_max(need, device) <= 0:
             break
         batch = stream.take(quota) if need > 0 else []  # a full round, as the official code samples
-        prompts = [problems[i].prompt_ids for i in batch for _ in range(K)]  # K contiguous copies
-        bar.total += len(prompts)  # one bar for the step's rounds
+        rows = [problems[i] for i in batch for _ in range(K)]  # K contiguous copies of each prompt
+        bar.total += len(rows)  # one bar for the step's rounds
         bar.refresh()
-        max_batch_tokens, max_prefill_tokens = sampling_memory(policy, cfg, device, len(prompts))
-        responses = rollout.generate(policy, prompts, cfg.max_response_tokens, eos, cfg.temperature,
-                                     cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
+        max_batch_tokens, max_prefill_tokens = sampling_memory(policy, cfg, device, len(rows))
+        responses = rollout.generate(policy, [p.prompt_ids for p in rows], cfg.max_response_tokens, eos,
+                                     cfg.temperature, cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
                                      vocab_size=len(tokenizer), max_batch_tokens=max_batch_tokens,
                                      max_prefill_tokens=max_prefill_tokens, progress=bar)
-        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        samples = [{"ability": problems[i].ability, "response": text, "ground_truth": problems[i].ground_truth,
-                    "id": problems[i].id} for i, text in zip([i for i in batch for _ in range(K)], texts)]
-        scores = torch.tensor(verify.score_batch(samples), dtype=torch.float32)
-        stats["sampled"] += len(scores)
-        stats["correct"] += float(scores.sum())
-        stats["groups"] += len(batch)
+        scores = torch.tensor(evaluation.score_responses(tokenizer, rows, responses)[1], dtype=torch.float32)
+        counts["sampled"] += len(scores)
+        counts["correct"] += float(scores.sum())
+        counts["groups"] += len(batch)
         if batch:
             keep = kept_groups(scores, cfg).tolist()
             for g, i in enumerate(batch):
                 if not keep[g]:
                     continue
                 if len(kept) < quota:
-                    rows = range(g * K, (g + 1) * K)
-                    kept.append((i, [responses[r] for r in rows], scores[g * K:(g + 1) * K],
-                                 [len(responses[r]) == cfg.max_response_tokens and responses[r][-1] not in eos
-                                  for r in rows]))
+                    group = responses[g * K:(g + 1) * K]
+                    kept.append((i, group, scores[g * K:(g + 1) * K],
+                                 [rollout.truncated(r, cfg.max_response_tokens, eos) for r in group]))
                 else:
                     stream.buffer.append(i)
-            stats["kept"] += sum(keep)
+            counts["kept"] += sum(keep)
     else:
         bar.close()
         raise SystemExit(f"train.py: {cfg.max_collect_rounds} sampling rounds could not fill step {step}: "
@@ -567,7 +567,7 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device, stats):
     return Rollouts(prompts=[problems[i].prompt_ids for i, *_ in kept for _ in range(K)],
                     responses=[r for _, rs, _, _ in kept for r in rs],
                     outcome=torch.cat([s for _, _, s, _ in kept]).to(device),
-                    truncated=[t for *_, ts in kept for t in ts])
+                    truncated=[t for *_, ts in kept for t in ts]), counts
 
 
 # ==============================================================================================
@@ -610,14 +610,10 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
                 ref_lp, _ = response_logprobs(ref, rollouts, rows, device)
             with torch.set_grad_enabled(update):
                 prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
-            if not rows:  # dummy micro-batch: keeps the ranks' collectives in step
-                if update:
-                    prm_logp.backward()
-                continue
             loss = rewards.prm_ce_loss(prm_logp, ref_lp, mask[rows], rollouts.outcome[rows], cfg.beta)
             if update:
                 (loss * len(rows) / mini).backward()  # the mean over the mini-batch's responses
-            losses.append(loss.item() * len(rows) / mini)
+            losses.append(loss.detach() * len(rows) / mini)
             ref_logp[rows] = ref_lp
             process[rows] = rewards.implicit_process_rewards(prm_logp, ref_lp, mask[rows], cfg.beta)
         if update:
@@ -627,10 +623,8 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
             for rows_mini in mini_batches:
                 for rows in micro_batches(rows_mini, rollouts, cfg.micro_batch_tokens, device):
                     prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
-                    if rows:
-                        process[rows] = rewards.implicit_process_rewards(prm_logp, ref_logp[rows], mask[rows],
-                                                                         cfg.beta)
-    return process, sum(losses) / len(mini_batches)
+                    process[rows] = rewards.implicit_process_rewards(prm_logp, ref_logp[rows], mask[rows], cfg.beta)
+    return process, float(torch.stack(losses).sum()) / len(mini_batches)  # one read, at the end
 
 
 def compute_advantages(process, outcome, mask, cfg):
@@ -654,26 +648,21 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
     mask = rollouts.mask(device)
     mini = cfg.policy_mini_batch // dist.get_world_size()
     g = torch.Generator().manual_seed(seed_for(cfg.seed, step, dist.get_rank(), "shuffle"))
-    totals = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
-    n_updates = 0
+    totals = torch.zeros(4, device=device)  # loss, clip_frac, approx_kl, entropy: read once, at the end
+    grad_norms = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=g).tolist()
         for start in range(0, B, mini):
             for rows in micro_batches(order[start:start + mini], rollouts, cfg.micro_batch_tokens, device):
                 logp, entropy = response_logprobs(policy, rollouts, rows, device, cfg.temperature)
-                if not rows:
-                    logp.backward()
-                    continue
                 loss, ppo = rewards.ppo_clip_loss(logp, old_logp[rows], advantages[rows], mask[rows], cfg.clip_eps)
-                (loss * len(rows) / mini).backward()
-                w = len(rows) / mini
-                totals["loss"] += loss.item() * w
-                totals["clip_frac"] += float(ppo.clip_frac) * w
-                totals["approx_kl"] += float(ppo.approx_kl) * w
-                totals["entropy"] += float((entropy * mask[rows]).sum() / mask[rows].sum()) * w
-            totals["grad_norm"] += clip_and_step(policy, optimizer, cfg.policy_grad_clip)
-            n_updates += 1
-    return {k: v / n_updates for k, v in totals.items()}
+                weight = len(rows) / mini  # the micro-batch's share of the mini-batch's mean
+                (loss * weight).backward()
+                token_entropy = (entropy * mask[rows]).sum() / mask[rows].sum()
+                totals += weight * torch.stack([loss.detach(), ppo.clip_frac, ppo.approx_kl, token_entropy.detach()])
+            grad_norms.append(clip_and_step(policy, optimizer, cfg.policy_grad_clip))
+    means = (totals / len(grad_norms)).tolist()
+    return dict(zip(("loss", "clip_frac", "approx_kl", "entropy"), means), grad_norm=sum(grad_norms) / len(grad_norms))
 
 
 # ==============================================================================================
@@ -790,16 +779,19 @@ def sft(cfg, tokenizer, out_path, device, mesh):
 
 
 # ==============================================================================================
-# 9. Evaluation problems and the main loop.
+# 9. Problems, the held-out accuracy, the memory plan.
 # ==============================================================================================
 
 def load_problems(cfg, tokenizer):
     """(training problems, held-out problems): Eurus-style parquet files, or the toy task.
     A missing file or a malformed row stops the run with data.py's message (file, row, field)."""
     try:
-        return _load_problems(cfg, tokenizer)
+        train, held_out = _load_problems(cfg, tokenizer)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"train.py: {error}") from None
+    if not train:
+        raise SystemExit("train.py: no training prompts left after the length filter")
+    return train, held_out
 
 
 def _load_problems(cfg, tokenizer):
@@ -851,151 +843,206 @@ def memory_plan(cfg):
     return 0 if result.fits() else 1
 
 
-def main(argv):
-    cfg = parse_config(argv)
-    if cfg.memory_plan:
-        raise SystemExit(memory_plan(cfg))
-    rank, world, device, mesh = setup_distributed(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    check_batch_arithmetic(cfg, world)
-    if rank == 0:
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
+# ==============================================================================================
+# 10. The run: the SFT model, resume, each step's metrics, the end; then the loop itself.
+# ==============================================================================================
 
-    # The SFT checkpoint: given, or (toy) made here.
-    model_path = cfg.model_path
-    if not model_path:
-        if cfg.train_files:
-            raise SystemExit("train.py: --model_path (the SFT checkpoint) is required with --train_files")
-        model_path = os.path.join(cfg.out_dir, "sft")
-        if cfg.stage == "sft" or not os.path.exists(os.path.join(model_path, "config.json")):
-            tokenizer = data.build_toy_tokenizer(os.path.join(cfg.out_dir, "tokenizer")) if rank == 0 else None
-            dist.barrier()
-            tokenizer = AutoTokenizer.from_pretrained(os.path.join(cfg.out_dir, "tokenizer"))
-            sft(cfg, tokenizer, model_path, device, mesh)
-    elif cfg.stage == "sft":
-        raise SystemExit("train.py: stage=sft trains the toy model only; Eurus-2-7B-SFT is a released "
-                         "checkpoint: pass it as --model_path")
-    if cfg.stage == "sft":
-        dist.destroy_process_group()
-        return
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_problems, held_out = load_problems(cfg, tokenizer)
-    if not train_problems:
-        raise SystemExit("train.py: no training prompts left after the length filter")
+def sft_model_path(cfg, device, mesh):
+    """The SFT checkpoint PRIME starts from: --model_path, or for the toy <out_dir>/sft, trained
+    here first when it is missing (or when --stage=sft asks for it)."""
+    if cfg.model_path:
+        if cfg.stage == "sft":
+            raise SystemExit("train.py: stage=sft trains the toy model only; Eurus-2-7B-SFT is a released "
+                             "checkpoint: pass it as --model_path")
+        return cfg.model_path
+    if cfg.train_files:
+        raise SystemExit("train.py: --model_path (the SFT checkpoint) is required with --train_files")
+    path = os.path.join(cfg.out_dir, "sft")
+    if cfg.stage == "sft" or not os.path.exists(os.path.join(path, "config.json")):
+        if dist.get_rank() == 0:
+            data.build_toy_tokenizer(os.path.join(cfg.out_dir, "tokenizer"))
+        dist.barrier()
+        sft(cfg, AutoTokenizer.from_pretrained(os.path.join(cfg.out_dir, "tokenizer")), path, device, mesh)
+    return path
 
-    policy, prm, ref, models, optimizers = build_models(cfg, model_path, device, mesh)
-    stream = PromptStream(len(train_problems), cfg.seed, rank, world)
 
-    trainer = {"step": 0, "eval_accuracy_start": None, "seconds": 0.0}
+def resume(cfg, models, optimizers, stream):
+    """The trainer's counters {"step", "eval_accuracy_start", "seconds"}: from the newest
+    complete checkpoint (models, optimizers and every rank's data stream restored, metrics.jsonl
+    cut back to its step), or fresh (an old metrics.jsonl removed)."""
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     complete = checkpoint_dirs(cfg.out_dir)
-    if complete:
-        trainer = load_checkpoint(complete[-1], models, optimizers, stream)
-        log(f"resuming from {complete[-1]} (step {trainer['step']} done)")
-        if rank == 0 and os.path.exists(metrics_path):  # drop lines of steps after the checkpoint
-            with open(metrics_path) as f:  # (a line cut short by a kill has no newline: dropped too)
-                lines = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= trainer["step"]]
-            with open(metrics_path, "w") as f:
-                f.writelines(lines)
-    elif rank == 0 and os.path.exists(metrics_path):
-        os.remove(metrics_path)
-    if trainer["eval_accuracy_start"] is None:
-        trainer["eval_accuracy_start"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
-        log(f"held-out greedy accuracy before PRIME: {trainer['eval_accuracy_start']}")
+    if not complete:
+        if dist.get_rank() == 0 and os.path.exists(metrics_path):
+            os.remove(metrics_path)
+        return {"step": 0, "eval_accuracy_start": None, "seconds": 0.0}
+    trainer = load_checkpoint(complete[-1], models, optimizers, stream)
+    log(f"resuming from {complete[-1]} (step {trainer['step']} done)")
+    if dist.get_rank() == 0 and os.path.exists(metrics_path):  # drop lines of later steps, and a
+        with open(metrics_path) as f:  # line cut short by a kill (it has no newline)
+            lines = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= trainer["step"]]
+        with open(metrics_path, "w") as f:
+            f.writelines(lines)
+    return trainer
 
-    start_time = time.time() - trainer["seconds"]
-    for step in range(trainer["step"] + 1, cfg.steps + 1):
-        t0 = time.time()
-        stats = {"sampled": 0, "correct": 0.0, "groups": 0, "kept": 0}
-        rollouts = collect(policy, train_problems, stream, tokenizer, cfg, step, device, stats)
-        t_collect = time.time()
 
-        old_logp, _ = all_logprobs(policy, rollouts, cfg, device, cfg.temperature)  # pi_theta_old
-        mask = rollouts.mask(device)
-        if cfg.process_rewards:
-            process, prm_loss = prm_step(prm, ref, optimizers.get("prm"), rollouts, cfg, device, cfg.prm_update)
-            prm_acc = float(rewards.prm_pairwise_accuracy(process, rollouts.outcome, mask, cfg.samples_per_prompt))
-        else:  # outcome-only RLOO: no process rewards (their metrics are logged as null below)
-            process, prm_loss, prm_acc = None, 0.0, 0.0
-        t_prm = time.time()
+def set_learning_rates(optimizers, cfg, step):
+    """The constant learning rates, or 0 in the first iteration with --official_first_iteration."""
+    scale = 0.0 if cfg.official_first_iteration and step == 1 else 1.0
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = scale * (cfg.policy_lr if name == "policy" else cfg.prm_lr)
 
-        advantages = compute_advantages(process, rollouts.outcome, mask, cfg)
-        ppo = policy_step(policy, optimizers["policy"], rollouts, old_logp, advantages, cfg, step, device)
-        t_policy = time.time()
 
-        # ---- metrics: one all-reduce of sums; per-rank means are averaged over the ranks ----
-        lengths = mask.sum(-1)
-        valid = mask.bool()
-        scored = process if process is not None else torch.zeros_like(mask)  # [B, T]
-        (sampled, correct, groups, kept, n_tokens, n_trunc, n_rows, p_sum, p_sq, p_n, prm_acc_sum, prm_loss_sum,
-         adv_sum, loss_sum, clip_sum, kl_sum, entropy_sum) = all_sum(
-            [stats["sampled"], stats["correct"], stats["groups"], stats["kept"], float(lengths.sum()),
-             sum(rollouts.truncated), len(rollouts.truncated), float(scored[valid].sum()),
-             float((scored[valid] ** 2).sum()), float(valid.sum()), prm_acc, prm_loss,
-             float(advantages.abs()[valid].mean()), ppo["loss"], ppo["clip_frac"], ppo["approx_kl"],
-             ppo["entropy"]], device)
-        p_mean = p_sum / p_n
-        row = {
-            "step": step,
-            "outcome_accuracy": correct / sampled,  # before filtering: the training reward
-            "kept_share": kept / groups,
-            "prm_loss": prm_loss_sum / world,
-            "prm_accuracy": prm_acc_sum / world,
-            "process_reward_mean": p_mean,
-            "process_reward_std": math.sqrt(max(p_sq / p_n - p_mean ** 2, 0.0)),
-            "advantage_abs_mean": adv_sum / world,
-            "policy_loss": loss_sum / world,
-            "clip_frac": clip_sum / world,
-            "approx_kl": kl_sum / world,
-            "entropy": entropy_sum / world,
-            "policy_grad_norm": ppo["grad_norm"],
-            "response_length_mean": n_tokens / n_rows,
-            "response_length_max": all_max(int(lengths.max()), device),
-            "truncation_rate": n_trunc / n_rows,
-            "seconds_collect": t_collect - t0,
-            "seconds_prm": t_prm - t_collect,
-            "seconds_policy": t_policy - t_prm,
-            "tokens_per_second": n_tokens / (t_policy - t0),
-        }
-        if not cfg.process_rewards:
-            row.update(dict.fromkeys(PRM_METRICS, None))
-        for key in ("prm_loss", "policy_loss"):
-            if row[key] is not None and not math.isfinite(row[key]):
-                raise SystemExit(f"train.py: {key} is {row[key]} at step {step}; stopping. The last good "
-                                 f"checkpoint is in {os.path.join(cfg.out_dir, 'checkpoints')}")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            row["eval_accuracy"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
-        trainer["seconds"] = time.time() - start_time
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            prm_part = (f"prm loss {row['prm_loss']:.4f} acc {row['prm_accuracy']:.3f} | "
-                        if cfg.process_rewards else "")
-            print(f"step {step}/{cfg.steps} | acc {row['outcome_accuracy']:.3f} kept {row['kept_share']:.2f} | "
-                  f"{prm_part}pg loss {row['policy_loss']:+.4f} "
-                  f"clip {row['clip_frac']:.3f} kl {row['approx_kl']:+.4f} | len {row['response_length_mean']:.1f} | "
-                  f"{t_policy - t0:.1f}s" + (f" | eval {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else ""),
-                  flush=True)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(cfg.out_dir, step, models, optimizers, stream, {**trainer, "step": step},
-                            cfg.keep_checkpoints)
+def step_metrics(step, rollouts, counts, process, prm_loss, advantages, ppo, seconds, cfg, device):
+    """One metrics.jsonl row. Sums over the ranks travel in one all-reduce, keyed by name;
+    per-rank means (losses, PRM accuracy, the PPO diagnostics) are averaged over the ranks. The
+    PRM's metrics are null for outcome-only RLOO. A non-finite loss stops the run."""
+    mask = rollouts.mask(device)  # [B, T]
+    valid, lengths = mask.bool(), mask.sum(-1)
+    scored = process if process is not None else torch.zeros_like(mask)  # [B, T] process rewards
+    prm_accuracy = 0.0 if process is None else float(
+        rewards.prm_pairwise_accuracy(process, rollouts.outcome, mask, cfg.samples_per_prompt))
+    names = dict(counts, tokens=float(lengths.sum()), truncated=sum(rollouts.truncated), rows=len(rollouts.truncated),
+                 reward_sum=float(scored[valid].sum()), reward_sq=float((scored[valid] ** 2).sum()),
+                 reward_n=float(valid.sum()), prm_loss=prm_loss or 0.0, prm_accuracy=prm_accuracy,
+                 advantage_abs_mean=float(advantages.abs()[valid].mean()),
+                 **{key: ppo[key] for key in ("loss", "clip_frac", "approx_kl", "entropy")})
+    total = dict(zip(names, all_sum(list(names.values()), device)))
+    world, mean = dist.get_world_size(), total["reward_sum"] / total["reward_n"]
+    elapsed = seconds["policy"] - seconds["start"]
+    row = {
+        "step": step,
+        "outcome_accuracy": total["correct"] / total["sampled"],  # before filtering: the training reward
+        "kept_share": total["kept"] / total["groups"],
+        "prm_loss": total["prm_loss"] / world,
+        "prm_accuracy": total["prm_accuracy"] / world,
+        "process_reward_mean": mean,
+        "process_reward_std": math.sqrt(max(total["reward_sq"] / total["reward_n"] - mean ** 2, 0.0)),
+        "advantage_abs_mean": total["advantage_abs_mean"] / world,
+        "policy_loss": total["loss"] / world,
+        "clip_frac": total["clip_frac"] / world,
+        "approx_kl": total["approx_kl"] / world,
+        "entropy": total["entropy"] / world,
+        "policy_grad_norm": ppo["grad_norm"],
+        "response_length_mean": total["tokens"] / total["rows"],
+        "response_length_max": all_max(int(lengths.max()), device),
+        "truncation_rate": total["truncated"] / total["rows"],
+        "seconds_collect": seconds["collect"] - seconds["start"],
+        "seconds_prm": seconds["prm"] - seconds["collect"],
+        "seconds_policy": seconds["policy"] - seconds["prm"],
+        "tokens_per_second": total["tokens"] / elapsed,
+    }
+    if process is None:
+        row.update(dict.fromkeys(PRM_METRICS, None))
+    for key in ("prm_loss", "policy_loss"):
+        if row[key] is not None and not math.isfinite(row[key]):
+            raise SystemExit(f"train.py: {key} is {row[key]} at step {step}; stopping. The last good "
+                             f"checkpoint is in {os.path.join(cfg.out_dir, 'checkpoints')}")
+    return row
 
-    final_step = max(trainer["step"], cfg.steps)
+
+def log_step(row, cfg):
+    """Append the row to metrics.jsonl and print one line (rank 0)."""
+    if dist.get_rank() != 0:
+        return
+    with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    prm = f"prm loss {row['prm_loss']:.4f} acc {row['prm_accuracy']:.3f} | " if cfg.process_rewards else ""
+    seconds = row["seconds_collect"] + row["seconds_prm"] + row["seconds_policy"]
+    print(f"step {row['step']}/{cfg.steps} | acc {row['outcome_accuracy']:.3f} kept {row['kept_share']:.2f} | "
+          f"{prm}pg loss {row['policy_loss']:+.4f} clip {row['clip_frac']:.3f} kl {row['approx_kl']:+.4f} | "
+          f"len {row['response_length_mean']:.1f} | {seconds:.1f}s"
+          + (f" | eval {row['eval_accuracy']:.3f}" if "eval_accuracy" in row else ""), flush=True)
+
+
+def finish(cfg, policy, prm, tokenizer, held_out, trainer, model_path, start_time, device):
+    """After the last step: the held-out accuracy, the policy (and PRM) as Hugging Face folders,
+    summary.json."""
     eval_end = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
     export(policy, tokenizer, os.path.join(cfg.out_dir, "policy"), cfg)
     prm_out = os.path.join(cfg.out_dir, "prm") if cfg.process_rewards else None
     if prm_out:  # the PRM as trained here: --prm_path of a later offline-PRM (prm_update=frozen) run
         export(prm, tokenizer, prm_out, cfg)
-    if rank == 0:
+    if dist.get_rank() == 0:
         summary = {"eval_accuracy_start": trainer["eval_accuracy_start"], "eval_accuracy_end": eval_end,
-                   "steps": final_step, "eval_problems": len(held_out), "model_path": model_path,
-                   "policy_path": os.path.join(cfg.out_dir, "policy"), "prm_path": prm_out, "world_size": world,
+                   "steps": max(trainer["step"], cfg.steps), "eval_problems": len(held_out),
+                   "model_path": model_path, "policy_path": os.path.join(cfg.out_dir, "policy"),
+                   "prm_path": prm_out, "world_size": dist.get_world_size(),
                    "train_seconds": time.time() - start_time}
         with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print(f"held-out greedy accuracy: {summary['eval_accuracy_start']} -> {eval_end} after {final_step} steps",
-              flush=True)
+        print(f"held-out greedy accuracy: {summary['eval_accuracy_start']} -> {eval_end} after "
+              f"{summary['steps']} steps", flush=True)
+
+
+def main(argv):
+    cfg = parse_config(argv)
+    if cfg.memory_plan:
+        raise SystemExit(memory_plan(cfg))
+    rank, world, device, mesh = M.init_distributed(timedelta(minutes=cfg.dist_timeout_minutes))
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    check_batch_arithmetic(cfg, world)
+    if rank == 0:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+    model_path = sft_model_path(cfg, device, mesh)  # given, or the toy's, trained here first
+    if cfg.stage == "sft":
+        dist.destroy_process_group()
+        return
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train_problems, held_out = load_problems(cfg, tokenizer)
+
+    # Alg. 1 line 1: the policy pi_theta, the implicit PRM pi_phi and the reference pi_ref, all
+    # from the SFT model (the reference frozen); AdamW for the two that learn.
+    policy, prm, ref, models, optimizers = build_models(cfg, model_path, device, mesh)
+    stream = PromptStream(len(train_problems), cfg.seed, rank, world)  # this rank's prompts
+    trainer = resume(cfg, models, optimizers, stream)
+    if trainer["eval_accuracy_start"] is None:
+        trainer["eval_accuracy_start"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
+        log(f"held-out greedy accuracy before PRIME: {trainer['eval_accuracy_start']}")
+
+    start_time = time.time() - trainer["seconds"]
+    for step in range(trainer["step"] + 1, cfg.steps + 1):  # Alg. 1 line 2: for each iteration
+        seconds = {"start": time.time()}
+        set_learning_rates(optimizers, cfg, step)
+
+        # Alg. 1 lines 3-6: draw prompts, sample K responses to each (rollout.py), score every
+        # response with the outcome verifier r_o (verify.py), keep the prompts whose mean score
+        # lies in [0.2, 0.8]; repeat until this rank holds its share of the step's prompts.
+        rollouts, counts = collect(policy, train_problems, stream, tokenizer, cfg, step, device)
+        mask = rollouts.mask(device)  # [B, T]: 1 on each response's tokens
+        rewards.check_batch(mask, rollouts.outcome, cfg.samples_per_prompt)
+        seconds["collect"] = time.time()
+
+        # log pi_theta_old(y_t): the policy that sampled; the PPO ratio's denominator (Eq. 6)
+        old_logp, _ = all_logprobs(policy, rollouts, cfg, device, cfg.temperature)  # [B, T]
+
+        # Alg. 1 lines 7-8: implicit process rewards r_t = beta log pi_phi(y_t)/pi_ref(y_t), and the
+        # PRM's cross-entropy update on the outcomes (each PRM mini-batch is scored by the very
+        # forward that then trains it: the official "single-forward" order).
+        process, prm_loss = (prm_step(prm, ref, optimizers.get("prm"), rollouts, cfg, device, cfg.prm_update)
+                             if cfg.process_rewards else (None, None))  # [B, T], float
+        seconds["prm"] = time.time()
+
+        # Alg. 1 line 9: leave-one-out (RLOO) returns of process and outcome rewards, summed
+        # and whitened into advantages (Eq. 5, as the official code computes it).
+        advantages = compute_advantages(process, rollouts.outcome, mask, cfg)  # [B, T]
+
+        # Alg. 1 line 10: PPO clip updates of the policy over shuffled mini-batches (Eq. 6).
+        ppo = policy_step(policy, optimizers["policy"], rollouts, old_logp, advantages, cfg, step, device)
+        seconds["policy"] = time.time()
+
+        row = step_metrics(step, rollouts, counts, process, prm_loss, advantages, ppo, seconds, cfg, device)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            row["eval_accuracy"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
+        log_step(row, cfg)
+        trainer["seconds"] = time.time() - start_time
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(cfg.out_dir, step, models, optimizers, stream, {**trainer, "step": step},
+                            cfg.keep_checkpoints)
+
+    finish(cfg, policy, prm, tokenizer, held_out, trainer, model_path, start_time, device)
     dist.destroy_process_group()
 
 

@@ -883,7 +883,7 @@ _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"
 #   --info-fd          bwrap reports the host pid of the jail's pid 1. Killing that process
 #                      ends the whole pid namespace, including anything that left our process
 #                      group with setsid(); bwrap, its parent, then reaps it and exits.
-# It adds 4-7 ms to a test's ~50-60 ms (README, bench_verify.py). Where bwrap is missing or cannot
+# It adds 4-7 ms to a test's ~50-60 ms (README, benchmarks/bench_verify.py). Where bwrap is missing or cannot
 # create namespaces (no unprivileged user namespaces, a restrictive container seccomp filter)
 # the probe below fails once, we log one warning per process, and tests run unjailed.
 

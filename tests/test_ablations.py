@@ -248,7 +248,7 @@ def test_accuracy_filter_off_keeps_every_group():
 
 def test_switch_defaults_are_the_recipe_in_every_preset():
     for preset in train.PRESETS:
-        cfg = train.parse_config([f"--preset={preset}"])
+        cfg = train.parse_config([f"--preset={preset}", "--train_files=train.parquet"])
         assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter) == \
             (True, "single", "sft", True), preset
 

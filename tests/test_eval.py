@@ -98,7 +98,7 @@ def test_benchmark_name_is_the_stem_or_the_folder_of_a_split_file(tmp_path):
 def test_stop_token_ids_are_eos_im_end_and_endoftext_once(tok):
     vocab = tok.get_vocab()
     assert tok.eos_token_id == vocab["<|im_end|>"]  # so the list must not hold it twice
-    assert ev.stop_token_ids(tok) == [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
+    assert data.stop_token_ids(tok) == [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
 
 
 def test_evaluate_scores_and_averages_known_responses(tok, monkeypatch):

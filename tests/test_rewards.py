@@ -307,6 +307,8 @@ def test_prm_pairwise_accuracy_ties_follow_the_official_code():
 
 
 def test_bad_input_raises_value_error():
+    """Shapes and settings are checked by every function (on the host); a batch's values once,
+    by check_batch."""
     mask = torch.ones(4, 3)
     x, o = torch.zeros(4, 3), t([1, 0, 1, 0])
     with pytest.raises(ValueError, match="group_size"):
@@ -317,26 +319,31 @@ def test_bad_input_raises_value_error():
         R.accuracy_filter(o, 1)
     with pytest.raises(ValueError, match="groups"):
         R.prm_pairwise_accuracy(x, o, mask, 3)
-    empty = mask.clone()
-    empty[2] = 0
-    with pytest.raises(ValueError, match="valid token"):
-        R.rloo_returns(x, o, empty, group_size=2)
-    with pytest.raises(ValueError, match="valid token"):
-        R.ppo_clip_loss(x, x, x, empty)
     with pytest.raises(ValueError, match="shape"):
         R.implicit_process_rewards(torch.zeros(4, 2), x, mask, beta=0.05)
     with pytest.raises(ValueError, match="shape"):
         R.prm_ce_loss(x, x, mask, t([1, 0, 1]), beta=0.05)
     with pytest.raises(ValueError, match="shape"):
         R.ppo_clip_loss(x, x, torch.zeros(3, 3), mask)
+    with pytest.raises(ValueError, match="beta"):
+        R.implicit_process_rewards(x, x, mask, beta=0.0)
+    with pytest.raises(ValueError, match="gamma"):
+        R.rloo_returns(x, o, mask, group_size=2, gamma=1.5)
+    with pytest.raises(ValueError, match="clip_eps"):
+        R.ppo_clip_loss(x, x, x, mask, clip_eps=1.0)
     for bad in (1.5, -0.1, float("nan")):
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
-            R.rloo_returns(x, t([1, 0, bad, 0]), mask, group_size=2)
+            R.check_batch(mask, t([1, 0, bad, 0]), 2)
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
-            R.prm_ce_loss(x, x, mask, t([1, 0, bad, 0]), beta=0.05)
+            R.accuracy_filter(t([1, 0, bad, 0]), 2)
+    empty = mask.clone()
+    empty[2] = 0
+    with pytest.raises(ValueError, match="valid token"):
+        R.check_batch(empty, o, 2)
     with pytest.raises(ValueError, match="right-padded"):
-        R.whiten(x, torch.tensor([[0, 1, 1]] * 4))
+        R.check_batch(torch.tensor([[0, 1, 1]] * 4), o, 2)
     with pytest.raises(ValueError, match="0 and 1"):
-        R.whiten(x, mask * 2)
-    with pytest.raises(ValueError, match="2 valid tokens"):
-        R.whiten(torch.zeros(1, 2), torch.tensor([[1, 0]]))
+        R.check_batch(mask * 2, o, 2)
+    with pytest.raises(ValueError, match="groups"):
+        R.check_batch(mask, o, 3)
+    R.check_batch(torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]]), o, 2)  # a good batch passes

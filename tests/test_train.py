@@ -378,27 +378,61 @@ def test_prompt_that_is_not_a_chat_names_file_row_and_field(sft_model, tmp_path)
 # 5. the configuration: the eurus preset's recipe, overrides, errors
 # ----------------------------------------------------------------------------------------------
 
-EURUS_RECIPE = dict(
-    preset="eurus2-7b-prime", beta=0.05, samples_per_prompt=4, prompts_per_step=256, max_prompt_tokens=1024,
-    max_response_tokens=3072, temperature=1.0, top_p=1.0, policy_lr=5e-7, policy_weight_decay=0.01,
-    policy_grad_clip=1.0, prm_lr=1e-6, prm_weight_decay=0.0, prm_grad_clip=10.0, prm_mini_batch=256,
-    policy_mini_batch=256, clip_eps=0.2, ppo_epochs=1, gamma=1.0, filter_low=0.2, filter_high=0.8, steps=592,
-    bf16=True, sft_lr=1e-5, sft_epochs=3, sft_batch=96, sft_warmup=0.1)
+# The recipe's numbers live in train.PRESETS; docs/notes.md §6 states them with their sources.
+# Each row of that table must hold (among its numbers) the values of these fields.
+NOTES_RECIPE_ROWS = {
+    "beta": ["beta"], "prompt / response length": ["max_prompt_tokens", "max_response_tokens"],
+    "sampling": ["temperature", "top_p", "samples_per_prompt"],
+    "batch": ["prompts_per_step", "samples_per_prompt", "policy_mini_batch", "prm_mini_batch"],
+    "policy optimiser": ["policy_lr", "policy_weight_decay", "policy_grad_clip"],
+    "PRM optimiser": ["prm_lr", "prm_weight_decay", "prm_grad_clip"], "gamma (process / outcome)": ["gamma"],
+    "PPO clip eps / epochs": ["clip_eps", "ppo_epochs"], "length of the run": ["steps"], "validation": ["eval_every"],
+    "SFT model": ["sft_lr", "sft_warmup", "sft_batch", "sft_epochs"],
+}
 
 
-def test_print_config_of_the_eurus_preset_shows_the_recipe(tmp_path):
+def test_the_eurus_preset_is_the_recipe_of_the_notes(tmp_path):
+    """--print_config of the preset against docs/notes.md §6 (and §5's filter): one source of the
+    numbers (PRESETS), the notes citing the paper and the official code for each."""
+    import re
     run = run_train(["--print_config", "--preset=eurus2-7b-prime"], tmp_path, timeout=120)
     assert run.returncode == 0, run.describe()
     try:
         config = json.loads(run.stdout)
     except json.JSONDecodeError:
         pytest.fail("--print_config did not print (only) JSON on stdout\n" + run.describe())
-    wrong = {k: (config.get(k), v) for k, v in EURUS_RECIPE.items() if config.get(k) != v}
-    assert not wrong, f"(printed, paper) for the fields that differ: {wrong}"
     assert set(config) == {f.name for f in train.dataclasses.fields(train.Config)}
+    with open(os.path.join(ROOT, "docs", "notes.md")) as f:
+        notes = f.read()
+    recipe = notes.split("## §6.")[1].split("## §7.")[0]
+    table = {cells[1].strip(): cells[2] for cells in (line.split("|") for line in recipe.splitlines())
+             if len(cells) > 3}
+    for row, fields in NOTES_RECIPE_ROWS.items():
+        numbers = {float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", table[row])}
+        missing = [f"{field}={config[field]}" for field in fields if float(config[field]) not in numbers]
+        assert not missing, f"docs/notes.md §6 row {row!r} lacks {missing}: {table[row]}"
+    assert f"[{config['filter_low']}, {config['filter_high']}]" in notes.split("## §5.")[1].split("## §6.")[0]
+    assert config["bf16"] and config["activation_checkpointing"]
     # 4 optimizer steps each for the PRM and the policy per iteration (1024 responses / 256)
     responses = config["prompts_per_step"] * config["samples_per_prompt"]
     assert responses // config["prm_mini_batch"] == responses // config["policy_mini_batch"] == 4
+
+
+def test_help_lists_every_field_with_each_presets_value(capsys):
+    with pytest.raises(SystemExit) as done:
+        train.parse_config(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for f in train.dataclasses.fields(train.Config):
+        assert f"--{f.name}=" in out and f.metadata["help"] in out, f.name
+    assert "--max_response_tokens=<int>  [toy 48, eurus2-7b-prime 3072]" in out
+
+
+def test_the_eurus_preset_needs_its_data_and_settings_are_checked():
+    with pytest.raises(SystemExit, match="pass --train_files"):
+        train.parse_config(["--preset=eurus2-7b-prime"])
+    with pytest.raises(SystemExit, match="beta=0.0: must be positive.*top_p=2.0"):
+        train.parse_config(["--beta=0", "--top_p=2"])
 
 
 def test_overrides_apply_on_top_of_a_preset(capsys):
@@ -430,7 +464,7 @@ def test_badly_typed_value_exits_non_zero_with_a_message(tmp_path):
     (["--prompts_per_step=2.5"], "--prompts_per_step expects a int"),
     (["--preset=gpt5"], "unknown preset 'gpt5'"),
     (["steps=3"], "expected --key=value, got 'steps=3'"),
-    (["--stage=rlhf"], "--stage must be prime or sft"),
+    (["--stage=rlhf"], "--stage must be one of prime, sft"),
     (["--prm_update=triple"], "--prm_update must be one of single, double, frozen, got 'triple'"),
     (["--prm_update=Single"], "--prm_update must be one of"),
     (["--reference=ref"], "--reference must be one of sft, policy, got 'ref'"),
@@ -488,17 +522,20 @@ def test_prompt_stream_crosses_epochs_serves_the_buffer_first_and_resumes():
     assert restored.state() == s.state()
 
 
-def test_micro_batches_respect_the_token_budget_and_pad_to_the_max(monkeypatch):
+def test_micro_batches_respect_the_token_budget_and_split_to_the_ranks_count(monkeypatch):
     rollouts = train.Rollouts(prompts=[[1] * 3] * 5, responses=[[2] * 2, [2] * 5, [2] * 1, [2] * 20, [2] * 2],
                               outcome=torch.zeros(5), truncated=[False] * 5)
     # lengths (prompt + response): 5, 8, 4, 23, 5
     monkeypatch.setattr(train, "all_max", lambda value, device: value)  # one rank
     assert train.micro_batches(range(5), rollouts, 13, "cpu") == [[0, 1], [2], [3], [4]]
     assert train.micro_batches([4, 2, 0], rollouts, 100, "cpu") == [[4, 2, 0]]
-    assert train.micro_batches([], rollouts, 100, "cpu") == []
-    # another rank needs 3 micro-batches: this one pads with empty ones so the collectives match
-    monkeypatch.setattr(train, "all_max", lambda value, device: 3)
-    assert train.micro_batches([0, 2], rollouts, 100, "cpu") == [[0, 2], [], []]
+    # another rank needs 4 micro-batches: this one splits its largest until it runs as many
+    # forwards (the collectives match), every one non-empty, in order
+    monkeypatch.setattr(train, "all_max", lambda value, device: 4)
+    assert train.micro_batches([0, 1, 2, 3], rollouts, 100, "cpu") == [[0], [1], [2], [3]]
+    assert train.micro_batches([3, 0, 1, 2, 4], rollouts, 100, "cpu") == [[3], [0], [1], [2, 4]]
+    with pytest.raises(RuntimeError, match="as many rows"):
+        train.micro_batches([0, 2], rollouts, 100, "cpu")
 
 
 # ----------------------------------------------------------------------------------------------

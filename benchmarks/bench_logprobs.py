@@ -5,16 +5,20 @@ Each measurement runs in a fresh subprocess. It allocates the inputs, resets the
 peak-RSS counter (/proc/self/clear_refs), runs the computation, and reports VmHWM minus the RSS
 before: the extra memory the computation needed at its peak. Linux only.
 
-    python bench_logprobs.py [--tokens 4096] [--dtype bfloat16]
+    python benchmarks/bench_logprobs.py [--tokens 4096] [--dtype bfloat16]
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's files
+
 
 VOCAB, HIDDEN = 152064, 3584
 

@@ -12,16 +12,20 @@ tokens/s counts the response tokens each sampler actually returned. The two samp
 turns, run by run, and each reports its median run: on a shared machine a busy spell then
 slows both alike, or is one run that the median ignores.
 
-    python bench_rollout.py [--prompts 64] [--new_tokens 96] [--repeats 5]
+    python benchmarks/bench_rollout.py [--prompts 64] [--new_tokens 96] [--repeats 5]
 """
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's files
 
 import model as M
 import rollout

@@ -1,6 +1,6 @@
 """Throughput of verify.score_batch: responses per second for 256 math and 64 code samples.
 
-    python bench_verify.py [--workers N]
+    python benchmarks/bench_verify.py [--workers N]
 
 Math responses are short model-style solutions ending in a boxed answer; half have plain
 number answers (decided without sympy), half need Math-Verify (radicals, pi, fractions,
@@ -14,9 +14,13 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's files
+
 import verify
+
 
 SYMBOLIC = [  # (response answer, ground truth, correct?)
     ("2\\sqrt{2}", "\\sqrt{8}", True), ("\\frac{\\pi}{3}", "\\frac{2\\pi}{6}", True),
