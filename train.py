@@ -601,22 +601,26 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
     mask = rollouts.mask(device)
     process = torch.zeros(B, T, device=device)
     ref_logp = torch.zeros(B, T, device=device)  # kept for double's second forward
+    # The step's rows in order (no shuffle, as [PR]): this rank's share of each PRM mini-batch.
     mini = cfg.prm_mini_batch // dist.get_world_size()
     mini_batches = [list(range(start, start + mini)) for start in range(0, B, mini)]
     losses = []
     for rows_mini in mini_batches:
         for rows in micro_batches(rows_mini, rollouts, cfg.micro_batch_tokens, device):
+            # log pi_ref and log pi_phi of the same response tokens, [b, T] each
             with torch.no_grad():
                 ref_lp, _ = response_logprobs(ref, rollouts, rows, device)
             with torch.set_grad_enabled(update):
                 prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
+            # Alg. 1 line 8: CE between sigmoid(beta * sum_t log pi_phi/pi_ref) and the outcome
             loss = rewards.prm_ce_loss(prm_logp, ref_lp, mask[rows], rollouts.outcome[rows], cfg.beta)
-            if update:
-                (loss * len(rows) / mini).backward()  # the mean over the mini-batch's responses
+            if update:  # gradients accumulate over micro-batches to the mini-batch's mean
+                (loss * len(rows) / mini).backward()
             losses.append(loss.detach() * len(rows) / mini)
             ref_logp[rows] = ref_lp
+            # Alg. 1 line 7 from the same forward: r_t = beta (log pi_phi - log pi_ref), detached
             process[rows] = rewards.implicit_process_rewards(prm_logp, ref_lp, mask[rows], cfg.beta)
-        if update:
+        if update:  # one PRM optimizer step per mini-batch (4 per iteration in the recipe)
             clip_and_step(prm, optimizer, cfg.prm_grad_clip)
     if mode == "double":  # the second forward, on the same micro-batches, with the updated PRM
         with torch.no_grad():
@@ -646,7 +650,8 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
     ppo_epochs passes. Returns averaged diagnostics."""
     B = len(rollouts.responses)
     mask = rollouts.mask(device)
-    mini = cfg.policy_mini_batch // dist.get_world_size()
+    mini = cfg.policy_mini_batch // dist.get_world_size()  # this rank's share of a mini-batch
+    # Mini-batches are shuffled (as [PR]), with a seed per step and rank: a resumed run repeats them.
     g = torch.Generator().manual_seed(seed_for(cfg.seed, step, dist.get_rank(), "shuffle"))
     totals = torch.zeros(4, device=device)  # loss, clip_frac, approx_kl, entropy: read once, at the end
     grad_norms = []
@@ -654,6 +659,7 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
         order = torch.randperm(B, generator=g).tolist()
         for start in range(0, B, mini):
             for rows in micro_batches(order[start:start + mini], rollouts, cfg.micro_batch_tokens, device):
+                # log pi_theta at the sampling temperature, as pi_theta_old was scored: rho = 1 at first
                 logp, entropy = response_logprobs(policy, rollouts, rows, device, cfg.temperature)
                 loss, ppo = rewards.ppo_clip_loss(logp, old_logp[rows], advantages[rows], mask[rows], cfg.clip_eps)
                 weight = len(rows) / mini  # the micro-batch's share of the mini-batch's mean
@@ -682,6 +688,8 @@ def save_checkpoint(out_dir, step, models, optimizers, stream, trainer_state, ke
     and the trainer's counters. COMPLETE is written last, after every rank finished: a kill
     mid-save leaves a folder without it, which resume ignores."""
     path = os.path.join(out_dir, "checkpoints", f"step_{step:06d}")
+    # get_state_dict views each rank's shards (DTensors) with FSDP-independent names; DCP writes
+    # every rank's part in parallel and can load them back onto another number of ranks.
     state = {}
     for name in models:
         state[name], state[name + "_optim"] = get_state_dict(models[name], optimizers[name])

@@ -265,3 +265,20 @@ def test_every_switch_has_a_help_line():
     fields = {f.name: f for f in train.dataclasses.fields(train.Config)}
     for name in ("process_rewards", "prm_update", "reference", "accuracy_filter"):
         assert fields[name].metadata.get("help"), name
+
+
+def test_official_first_iteration_updates_at_learning_rate_zero():
+    """--official_first_iteration: iteration 1 runs at lr 0 (the official schedule's first factor),
+    so the weights stay put while AdamW's moments advance; from iteration 2 the configured rates."""
+    net = tiny_net(0)
+    opt = train.adamw(net, 1e-2, 0.01)
+    cfg = config(official_first_iteration=True, policy_lr=1e-2)
+    before = state(net)
+    train.set_learning_rates({"policy": opt}, cfg, step=1)
+    net(torch.tensor([[1, 2, 3]])).sum().backward()
+    opt.step()
+    assert same_weights(before, state(net)) and opt.state[next(net.parameters())]["exp_avg"].abs().sum() > 0
+    train.set_learning_rates({"policy": opt}, cfg, step=2)
+    assert opt.param_groups[0]["lr"] == 1e-2
+    train.set_learning_rates({"policy": opt}, config(policy_lr=1e-2), step=1)  # the default: no zero
+    assert opt.param_groups[0]["lr"] == 1e-2
