@@ -10,7 +10,9 @@ code). This file produces exactly that, from three sources:
   2. the built-in toy task, multi-step integer arithmetic, for CPU runs (`toy_rows`), with
      its character-level tokenizer (`build_toy_tokenizer`) and tiny Qwen2 config
      (`toy_model_config`);
-  3. benchmark files for eval.py (`load_benchmark`, `benchmark_messages`).
+  3. benchmark files for eval.py (`load_benchmark`, `benchmark_messages`);
+and, for the SFT stage, chats (`load_sft_data`: `messages` or `conversations` rows, each
+tokenized with an assistant-only loss mask by `tokenize_chat`).
 
 Sources 1 and 2 share one row schema (the verl / Eurus-2-RL-Data schema, docs/notes.md §6):
 
@@ -24,7 +26,7 @@ and one code path from rows to `Problem`s (`rows_to_problems`), so every CPU run
 exercises the same templating, validation and length filter the 7B run uses.
 
 Read top to bottom: the paper's prompts, the chat template, rows -> Problems, the parquet
-loader, the toy task, its tokenizer and model config, benchmark files.
+loader, the toy task, its tokenizer and model config, SFT chats, benchmark files.
 """
 
 import base64
@@ -418,23 +420,16 @@ def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share
     return rows
 
 
-def sft_pairs(rows, tokenizer):
-    """The SFT warm-start data: for each row with extra_info["solution"], a pair
-    (prompt_ids, response_ids), where response = the solution followed by the end-of-turn token
-    (the tokenizer's EOS, <|im_end|> for the toy tokenizer), so the model learns to stop there,
-    as the sampler stops on it."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos_token: SFT responses need an end-of-turn token")
-    pairs = []
+def toy_chats(rows):
+    """The toy's SFT data: each row's question and its worked solution (extra_info["solution"])
+    as a chat, [user, assistant], for tokenize_chat."""
+    chats = []
     for i, row in enumerate(rows):
         solution = (row.get("extra_info") or {}).get("solution")
         if not isinstance(solution, str) or not solution:
             raise ValueError(f"SFT row {i}, field 'extra_info.solution': expected a non-empty string")
-        prompt_ids = tokenize_prompt(tokenizer, row["prompt"])
-        response_ids = tokenizer(solution, add_special_tokens=False)["input_ids"] + [eos]
-        pairs.append((prompt_ids, response_ids))
-    return pairs
+        chats.append(row["prompt"] + [{"role": "assistant", "content": solution}])
+    return chats
 
 
 # ==============================================================================================
@@ -504,7 +499,112 @@ def toy_model_config(tokenizer, hidden_size=128, num_layers=4, num_heads=4, num_
 
 
 # ==============================================================================================
-# 7. Benchmark files for eval.py (docs/notes.md §8).
+# 7. SFT chats: conversations -> token ids with an assistant-only loss mask.
+# ==============================================================================================
+# Eurus-2-7B-SFT was fine-tuned from Qwen2.5-Math-7B-Base on ~230K chats (docs/notes.md §6).
+# `train.py --stage=sft --sft_files=...` reads chat files in the ecosystem's two conventions:
+# `messages`, a list of {role, content} (TRL's SFT trainer reads this), or ShareGPT's
+# `conversations`, a list of {from, value} (from: system / human / gpt, or user / assistant);
+# either may come with a `system` column. Each chat goes through the model's own chat template,
+# and only the assistant's tokens carry loss: its content and the end-of-turn token that closes
+# it, so that the model learns to stop where the sampler stops.
+
+CHAT_COLUMNS = ("messages", "conversations")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant"}
+
+
+def chat_messages(row, where):
+    """The row's chat as [{role, content}], checked: a known role, a non-empty string content,
+    the first turn system or user, at least one assistant turn. `where` names file and row."""
+    def bad(field, why):
+        return ValueError(f"{where}, field {field!r}: {why}")
+
+    column = next((c for c in CHAT_COLUMNS if row.get(c) is not None), None)
+    if column is None:
+        raise ValueError(f"{where}: no chat column (expected one of {CHAT_COLUMNS})")
+    turns = row[column]
+    if not isinstance(turns, list) or not turns:
+        raise bad(column, f"expected a non-empty list of turns, got {type(turns).__name__}")
+    role_key, text_key = ("role", "content") if column == "messages" else ("from", "value")
+    messages = []
+    for k, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise bad(column, f"turn {k} must be a dict with {role_key!r} and {text_key!r}, got {turn!r:.100}")
+        role = turn.get(role_key) if column == "messages" else SHAREGPT_ROLES.get(turn.get(role_key))
+        if role not in ROLES:
+            raise bad(column, f"turn {k} has an unknown role {turn.get(role_key)!r}")
+        content = turn.get(text_key)
+        if not isinstance(content, str) or not content.strip():
+            raise bad(column, f"turn {k} ({role}) has empty content")
+        messages.append({"role": role, "content": content})
+    system = row.get("system")
+    if system is not None and messages[0]["role"] != "system":
+        if not isinstance(system, str) or not system.strip():
+            raise bad("system", f"expected a non-empty string, got {system!r:.100}")
+        messages.insert(0, {"role": "system", "content": system})
+    if messages[0]["role"] not in ("system", "user"):
+        raise bad(column, "the chat must open with a system or user turn")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise bad(column, "no assistant turn: nothing to train on")
+    return messages
+
+
+def tokenize_chat(tokenizer, messages, stop_ids):
+    """(ids, loss): the chat's token ids through the tokenizer's chat template and, per token,
+    1 where it is trained (an assistant's content and the end-of-turn that closes it), else 0.
+
+    The template renders the chat turn by turn: before assistant turn i, the chat up to it with
+    the generation prompt (what the sampler is given), then with turn i (what it should write).
+    The two texts' difference is the assistant's part; each piece is tokenized on its own, as at
+    inference, where the prompt is tokenized alone and the model writes the rest. Tokens after
+    the last trained one (the template's trailing newline) are dropped: they train nothing.
+    Raises ValueError if the template does not render the chat as a growing prefix."""
+    ids, loss, done = [], [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if not (head.startswith(done) and full.startswith(head)):
+            raise ValueError("the chat template does not render this chat turn by turn (each rendering a "
+                             "prefix of the next), so the assistant's tokens cannot be found")
+        context = tokenizer(head[len(done):], add_special_tokens=False)["input_ids"]
+        reply = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+        end = next((k + 1 for k, t in enumerate(reply) if t in stop_ids), len(reply))  # through the stop id
+        ids += context + reply
+        loss += [0] * len(context) + [1] * end + [0] * (len(reply) - end)
+        done = full
+    last = max(k for k, trained in enumerate(loss) if trained)
+    return ids[:last + 1], loss[:last + 1]
+
+
+def load_sft_data(paths, tokenizer, max_tokens):
+    """Chats from local parquet / JSON / JSON Lines files as (ids, loss) pairs (tokenize_chat).
+    A chat longer than max_tokens is dropped and counted; nothing else is skipped: a malformed
+    row raises ValueError naming its file, row and field. Returns (chats, n_dropped)."""
+    stop_ids = set(stop_token_ids(tokenizer))
+    chats, dropped = [], 0
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"SFT file {path!r} does not exist")
+        for i, row in enumerate(_read_records(path)):
+            where = f"{path}: row {i}"
+            try:
+                ids, loss = tokenize_chat(tokenizer, chat_messages(row, where), stop_ids)
+            except ValueError as error:
+                raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
+            if len(ids) > max_tokens:
+                dropped += 1
+                continue
+            chats.append((ids, loss))
+    if not chats:
+        raise ValueError(f"no SFT chats in {paths} within {max_tokens} tokens ({dropped} longer dropped)")
+    return chats, dropped
+
+
+# ==============================================================================================
+# 8. Benchmark files for eval.py (docs/notes.md §8).
 # ==============================================================================================
 # Benchmarks come as local JSON Lines (or JSON array) or parquet files with various column names.
 # `load_benchmark` maps them to one form, {"id", "question", "ability", "ground_truth"}; eval.py

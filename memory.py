@@ -350,6 +350,8 @@ def plan(cfg, config, world, gpu_gib):
     K = cfg.samples_per_prompt
     responses = cfg.prompts_per_step * K // world  # this rank's rows per step (and per sampling round)
     try:
+        if cfg.stage == "sft":
+            return _plan_sft(result, cfg, config, mesh, device)
         # The models and optimizers as train.build_models makes them (default switches).
         policy = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
         prm = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
@@ -363,10 +365,7 @@ def plan(cfg, config, world, gpu_gib):
             # Steady state (from step 2 on): AdamW's moments exist. One tiny step per model creates
             # them; it also runs FSDP2's DTensor ops (clip, AdamW) once, whose first call builds
             # sharding metadata that fake tensors would count as memory.
-            dummy = dict(input_ids=torch.zeros(1, dtype=torch.long, device=device),
-                         cu_seqlens=torch.tensor([0, 1], dtype=torch.int32, device=device), max_seqlen=1,
-                         scored=torch.zeros(1, dtype=torch.long, device=device),
-                         targets=torch.zeros(1, dtype=torch.long, device=device))
+            dummy = _score_batch(1, 1, device)
             with meter.measure({}):
                 for name, net in (("policy", policy), ("prm", prm)):
                     _optimizer_step(net, opts[name], [dummy], 1.0)
@@ -421,23 +420,7 @@ def plan(cfg, config, world, gpu_gib):
                                     cfg.max_response_tokens, "held-out eval"):
                 return result
 
-            # Checkpoint: DCP saves each rank's shards as they are, copying one to the host at a
-            # time; get_state_dict only views them.
-            out = {}
-            from torch.distributed.checkpoint.state_dict import get_state_dict
-            with meter.measure(out):
-                views = [get_state_dict(net, opts[name]) for name, net in (("policy", policy), ("prm", prm))]
-            result.phases.append(Phase("checkpoint save", out["peak"], base))
-            del views
-
-            # Export: one parameter at a time, gathered and cast to the compute dtype. (Twice: the
-            # first pass builds DTensor's sharding metadata for these ops, see the warm-up above.)
-            out = {}
-            for measured in ({}, out):
-                with meter.measure(measured):
-                    for _name, tensor in M.full_tensors(policy, compute):
-                        del tensor
-            result.phases.append(Phase("export", out["peak"], base))
+            _save_and_export_phases(result, meter, policy, opts["policy"], base, compute)
     finally:
         dist.destroy_process_group()
     return result
@@ -449,6 +432,68 @@ def to_json(result):
             "non_torch_bytes": NON_TORCH_BYTES, "fits": result.fits(), "problem": result.problem,
             "sizes": result.sizes,
             "phases": [{"name": p.name, "peak_bytes": p.peak, "parts": p.parts} for p in result.phases]}
+
+
+def _plan_sft(result, cfg, config, mesh, device):
+    """The SFT stage (train.sft): one trainable model and its AdamW; each optimizer step runs
+    micro-batches of chats of sft_max_tokens (or the model's context) packed up to
+    micro_batch_tokens, every token trained (the worst case); then checkpoints and the export."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    net = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
+    seq = min(cfg.sft_max_tokens or config.max_position_embeddings, cfg.micro_batch_tokens)
+    n_seqs = max(1, cfg.micro_batch_tokens // seq)
+    with FakeTensorMode(allow_non_fake_inputs=True), flash_memory_model():
+        net.to_empty(device=device)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=True)
+        meter = _Meter(net, optimizer)
+        dummy = _score_batch(1, 1, device)
+        with meter.measure({}):  # AdamW's moments, and DTensor's first-call metadata (see plan)
+            _optimizer_step(net, optimizer, [dummy], 1.0)
+        states = meter.now()
+        base = {"states": states}
+        result.sizes["model states per GPU, GiB"] = f"{states / GIB:.1f}"
+        result.sizes["micro-batch (micro_batch_tokens)"] = f"{cfg.micro_batch_tokens} tokens; planned at " \
+            f"{n_seqs} x {seq}, every token trained"
+        if states + NON_TORCH_BYTES > result.limit:
+            result.phases.append(Phase("model states", states, base))
+            result.problem = (f"the model's shards and AdamW state alone need {(states + NON_TORCH_BYTES) / GIB:.1f} "
+                              f"GiB per GPU on {result.world} GPUs (limit {result.limit / GIB:.1f}); use more GPUs")
+            return result
+        out = {}
+        with meter.measure(out):
+            grads = _optimizer_step(net, optimizer, [dummy, _score_batch(n_seqs, seq, device)], 1.0)
+        result.phases.append(Phase("SFT update", out["peak"], {**base, "gradients": grads}))
+        _save_and_export_phases(result, meter, net, optimizer, base, compute)
+    return result
+
+
+def _score_batch(n_seqs, seq, device):
+    """The model's score-mode arguments for n_seqs packed sequences of seq tokens, every token
+    but each sequence's first scored (how many matters, not which)."""
+    return dict(input_ids=torch.zeros(n_seqs * seq, dtype=torch.long, device=device),
+                cu_seqlens=torch.arange(0, n_seqs * seq + 1, seq, dtype=torch.int32, device=device), max_seqlen=seq,
+                scored=torch.arange(n_seqs * (seq - 1), device=device),
+                targets=torch.zeros(n_seqs * (seq - 1), dtype=torch.long, device=device))
+
+
+def _save_and_export_phases(result, meter, net, optimizer, base, compute):
+    """Checkpoint: DCP saves each rank's shards as they are, copying one to the host at a time;
+    get_state_dict only views them. Export: one parameter at a time, gathered and cast to the
+    compute dtype (twice: the first pass builds DTensor's sharding metadata for these ops, see
+    the warm-up in plan)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    out = {}
+    with meter.measure(out):
+        views = get_state_dict(net, optimizer)
+    result.phases.append(Phase("checkpoint save", out["peak"], base))
+    del views
+    out = {}
+    for measured in ({}, out):
+        with meter.measure(measured):
+            for _name, tensor in M.full_tensors(net, compute):
+                del tensor
+    result.phases.append(Phase("export", out["peak"], base))
 
 
 # ==============================================================================================
@@ -475,8 +520,9 @@ def report(result, cfg, config):
                 gib(parts[key]) if key in parts else "-"
                 for key in ("states", "gradients", "gathered weights", "KV cache")] + [gib(rest)]
             lines.append(f"| {phase.name} | " + " | ".join(cells) + " |")
-        lines.append(f"(peak = tensors + {NON_TORCH_BYTES / GIB:.1f} GiB outside PyTorch; states = the three models' "
-                     f"shards and the two AdamW states)")
+        states = "the model's shards and its AdamW state" if cfg.stage == "sft" else \
+            "the three models' shards and the two AdamW states"
+        lines.append(f"(peak = tensors + {NON_TORCH_BYTES / GIB:.1f} GiB outside PyTorch; states = {states})")
     worst = result.worst
     peak = f"peak {gib(worst.peak + NON_TORCH_BYTES) if worst else '-'} GiB of {result.gpu_bytes / GIB:.0f} GiB " \
            f"per GPU (phase {worst.name if worst else '-'})"

@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 from transformers import AutoTokenizer
@@ -157,12 +158,16 @@ class Config:
     keep_checkpoints: int = knob(2, "complete checkpoints kept on disk")
     eval_every: int = knob(0, "greedy eval every this many steps (0: only before and after)")
 
-    # SFT warm start (toy only: Eurus-2-7B-SFT is a released checkpoint)
+    # SFT (--stage=sft; the toy's warm start): Eurus-2-7B-SFT's recipe is the eurus2-7b-sft preset
+    sft_files: str = knob("", "comma-separated chat files (parquet / JSON / JSONL; `messages` role/content or "
+                              "`conversations` from/value) to fine-tune --model_path on; empty: the toy's solutions")
+    sft_max_tokens: int = knob(0, "drop (and count) longer chats; 0: the model's context length")
     sft_problems: int = knob(20000, "toy: SFT examples (worked solutions)")
     sft_epochs: int = knob(2, "SFT epochs")
-    sft_batch: int = knob(32, "SFT sequences per optimizer step")
+    sft_batch: int = knob(32, "SFT chats per optimizer step, all ranks")
     sft_lr: float = knob(1e-3, "SFT peak learning rate, cosine decay")
     sft_warmup: float = knob(0.1, "SFT warmup share of the steps")
+    sft_save_every: int = knob(250, "SFT: checkpoint every this many steps (and at the end)")
     toy_hidden: int = knob(128, "toy model: hidden size")
     toy_layers: int = knob(4, "toy model: decoder layers")
 
@@ -176,7 +181,10 @@ PRESETS = {
         prm_lr=1e-6, prm_weight_decay=0.0, prm_grad_clip=10.0, prm_mini_batch=256,
         gamma=1.0, policy_lr=5e-7, policy_weight_decay=0.01, policy_grad_clip=1.0,
         policy_mini_batch=256, ppo_epochs=1, clip_eps=0.2, steps=592, micro_batch_tokens=16384,
-        save_every=16, eval_every=16, sft_epochs=3, sft_batch=96, sft_lr=1e-5, sft_warmup=0.1),
+        save_every=16, eval_every=16),
+    "eurus2-7b-sft": dict(  # docs/notes.md §6: Eurus-2-7B-SFT from Qwen2.5-Math-7B-Base
+        stage="sft", out_dir="runs/eurus2-7b-sft", bf16=True, activation_checkpointing=True, seed=42,
+        sft_epochs=3, sft_batch=96, sft_lr=1e-5, sft_warmup=0.1, micro_batch_tokens=16384),
 }
 
 
@@ -230,9 +238,13 @@ def parse_config(argv):
         ("top_p", 0 < cfg.top_p <= 1, "must lie in (0, 1]"),
         ("filter_low", 0 <= cfg.filter_low <= cfg.filter_high <= 1, "need 0 <= filter_low <= filter_high <= 1"),
         ("gpu_memory_utilization", 0 < cfg.gpu_memory_utilization <= 1, "must lie in (0, 1]")) if not ok]
-    if preset != "toy" and cfg.stage == "prime" and not cfg.train_files and not cfg.memory_plan:
-        problems.append(f"--preset={preset} trains on Eurus-2-RL-Data: pass --train_files (and --model_path); "
-                        f"the built-in toy task is --preset=toy")
+    if not cfg.memory_plan:
+        if preset != "toy" and cfg.stage == "prime" and not cfg.train_files:
+            problems.append(f"--preset={preset} trains on Eurus-2-RL-Data: pass --train_files (and "
+                            f"--model_path); the built-in toy task is --preset=toy")
+        if cfg.stage == "sft" and bool(cfg.sft_files) != bool(cfg.model_path):
+            problems.append("--stage=sft fine-tunes --model_path (the base model) on --sft_files (chat files): "
+                            "give both, or neither for the toy")
     if problems:
         raise SystemExit("train.py: " + "; ".join(problems))
     return cfg
@@ -276,6 +288,10 @@ def all_max(value, device):
 
 def check_batch_arithmetic(cfg, world):
     """The numbers every rank must agree on, printed once; a config that does not divide stops."""
+    if cfg.stage == "sft":
+        if cfg.sft_batch % world:
+            raise SystemExit(f"train.py: sft_batch={cfg.sft_batch} is not divisible by {world} ranks")
+        return
     K = cfg.samples_per_prompt
     responses = cfg.prompts_per_step * K
     problems = []
@@ -400,25 +416,28 @@ class Rollouts:
     def width(self):  # T: the longest response, the width of every [B, T] matrix
         return max(len(r) for r in self.responses)
 
+    @property
+    def lengths(self):  # [B] packed tokens of each row: prompt + response
+        return [len(p) + len(r) for p, r in zip(self.prompts, self.responses)]
+
     def mask(self, device):  # [B, T] 1 on response tokens (EOS included), 0 on padding
         lengths = torch.tensor([len(r) for r in self.responses], device=device)
         return (torch.arange(self.width, device=device)[None, :] < lengths[:, None]).float()
 
 
-def micro_batches(rows, rollouts, budget, device):
-    """Split `rows` (in order) into micro-batches of at most `budget` packed tokens (a longer
-    sequence goes alone), as many on every rank: under FSDP each forward and backward is a
+def micro_batches(rows, lengths, budget, device):
+    """Split `rows` (in order; lengths[i]: row i's packed tokens) into micro-batches of at most
+    `budget` tokens (a longer sequence goes alone), as many on every rank: under FSDP each forward and backward is a
     collective, so all ranks must run as many. A rank that needs fewer splits its largest
     micro-batches further. Every rank holds as many rows (a step's quota, a mini-batch), and
     no rank needs more micro-batches than it has rows, so none is ever empty."""
     batches, tokens = [], []  # row lists and their packed token counts
     for i in rows:
-        n = len(rollouts.prompts[i]) + len(rollouts.responses[i])
-        if not batches or tokens[-1] + n > budget:
+        if not batches or tokens[-1] + lengths[i] > budget:
             batches.append([])
             tokens.append(0)
         batches[-1].append(i)
-        tokens[-1] += n
+        tokens[-1] += lengths[i]
     for _ in range(all_max(len(batches), device) - len(batches)):
         splittable = [k for k in range(len(batches)) if len(batches[k]) > 1]
         if not splittable:
@@ -427,8 +446,7 @@ def micro_batches(rows, rollouts, budget, device):
         k = max(splittable, key=lambda k: tokens[k])
         half = len(batches[k]) // 2
         batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
-        tokens[k:k + 1] = [sum(len(rollouts.prompts[i]) + len(rollouts.responses[i]) for i in b)
-                           for b in batches[k:k + 2]]
+        tokens[k:k + 1] = [sum(lengths[i] for i in b) for b in batches[k:k + 2]]
     return batches
 
 
@@ -452,6 +470,10 @@ def response_logprobs(net, rollouts, rows, device, temperature=1.0):
                         max_seqlen=max(b - a for a, b in zip(cu, cu[1:])),
                         scored=torch.tensor(scored, device=device), targets=torch.tensor(targets, device=device),
                         temperature=temperature)  # [M] each
+    if not torch.is_grad_enabled() and isinstance(net, FSDPModule):
+        # No backward follows: free the root unit's gathered embedding and head now. (fsdp_wrap
+        # asks FSDP2 to do so after every forward; versions before 2.7 keep the root gathered.)
+        net.reshard()
     cells = torch.tensor(cells, device=device)
     grid = torch.zeros(len(rows) * T, device=device)  # [b * T], then scattered into
     return grid.index_put((cells,), logp).view(len(rows), T), grid.index_put((cells,), entropy).view(len(rows), T)
@@ -462,7 +484,7 @@ def all_logprobs(net, rollouts, cfg, device, temperature=1.0):
     """[B, T] log-probs (and entropies) of every response, micro-batch by micro-batch."""
     B, T = len(rollouts.responses), rollouts.width
     logp, entropy = torch.zeros(B, T, device=device), torch.zeros(B, T, device=device)
-    for rows in micro_batches(range(B), rollouts, cfg.micro_batch_tokens, device):
+    for rows in micro_batches(range(B), rollouts.lengths, cfg.micro_batch_tokens, device):
         logp[rows], entropy[rows] = response_logprobs(net, rollouts, rows, device, temperature)
     return logp, entropy
 
@@ -606,7 +628,7 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
     mini_batches = [list(range(start, start + mini)) for start in range(0, B, mini)]
     losses = []
     for rows_mini in mini_batches:
-        for rows in micro_batches(rows_mini, rollouts, cfg.micro_batch_tokens, device):
+        for rows in micro_batches(rows_mini, rollouts.lengths, cfg.micro_batch_tokens, device):
             # log pi_ref and log pi_phi of the same response tokens, [b, T] each
             with torch.no_grad():
                 ref_lp, _ = response_logprobs(ref, rollouts, rows, device)
@@ -625,7 +647,7 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
     if mode == "double":  # the second forward, on the same micro-batches, with the updated PRM
         with torch.no_grad():
             for rows_mini in mini_batches:
-                for rows in micro_batches(rows_mini, rollouts, cfg.micro_batch_tokens, device):
+                for rows in micro_batches(rows_mini, rollouts.lengths, cfg.micro_batch_tokens, device):
                     prm_logp, _ = response_logprobs(prm, rollouts, rows, device)
                     process[rows] = rewards.implicit_process_rewards(prm_logp, ref_logp[rows], mask[rows], cfg.beta)
     return process, float(torch.stack(losses).sum()) / len(mini_batches)  # one read, at the end
@@ -658,7 +680,8 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=g).tolist()
         for start in range(0, B, mini):
-            for rows in micro_batches(order[start:start + mini], rollouts, cfg.micro_batch_tokens, device):
+            for rows in micro_batches(order[start:start + mini], rollouts.lengths, cfg.micro_batch_tokens,
+                                      device):
                 # log pi_theta at the sampling temperature, as pi_theta_old was scored: rho = 1 at first
                 logp, entropy = response_logprobs(policy, rollouts, rows, device, cfg.temperature)
                 loss, ppo = rewards.ppo_clip_loss(logp, old_logp[rows], advantages[rows], mask[rows], cfg.clip_eps)
@@ -675,38 +698,40 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
 # 7. Checkpoints: torch.distributed.checkpoint, complete-marker last, resume from the newest.
 # ==============================================================================================
 
-def checkpoint_dirs(out_dir):
-    root = os.path.join(out_dir, "checkpoints")
+def checkpoint_dirs(root):
+    """The complete checkpoints under `root`, oldest first."""
     if not os.path.isdir(root):
         return []
     names = sorted(n for n in os.listdir(root) if n.startswith("step_"))
     return [os.path.join(root, n) for n in names if os.path.exists(os.path.join(root, n, "COMPLETE"))]
 
 
-def save_checkpoint(out_dir, step, models, optimizers, stream, trainer_state, keep):
-    """Policy, PRM, both optimizers (sharded, each rank its part), the data stream of every rank
-    and the trainer's counters. COMPLETE is written last, after every rank finished: a kill
-    mid-save leaves a folder without it, which resume ignores."""
-    path = os.path.join(out_dir, "checkpoints", f"step_{step:06d}")
+def save_checkpoint(root, step, models, optimizers, trainer_state, keep, stream=None):
+    """The models and optimizers (sharded, each rank its part), every rank's data stream (if
+    given) and the trainer's counters, in root/step_NNNNNN; the oldest beyond `keep` go.
+    COMPLETE is written last, after every rank finished: a kill mid-save leaves a folder
+    without it, which resume ignores."""
+    path = os.path.join(root, f"step_{step:06d}")
     # get_state_dict views each rank's shards (DTensors) with FSDP-independent names; DCP writes
     # every rank's part in parallel and can load them back onto another number of ranks.
     state = {}
     for name in models:
         state[name], state[name + "_optim"] = get_state_dict(models[name], optimizers[name])
     dcp.save(state, checkpoint_id=path)
-    with open(os.path.join(path, f"stream_rank{dist.get_rank()}.json"), "w") as f:
-        json.dump(stream.state(), f)
+    if stream is not None:
+        with open(os.path.join(path, f"stream_rank{dist.get_rank()}.json"), "w") as f:
+            json.dump(stream.state(), f)
     dist.barrier()
     if dist.get_rank() == 0:
         with open(os.path.join(path, "trainer.json"), "w") as f:
             json.dump({**trainer_state, "step": step}, f)
         open(os.path.join(path, "COMPLETE"), "w").close()
-        for old in checkpoint_dirs(out_dir)[:-keep]:
+        for old in checkpoint_dirs(root)[:-keep]:
             shutil.rmtree(old)
     dist.barrier()
 
 
-def load_checkpoint(path, models, optimizers, stream):
+def load_checkpoint(path, models, optimizers, stream=None):
     state = {}
     for name in models:
         state[name], state[name + "_optim"] = get_state_dict(models[name], optimizers[name])
@@ -714,10 +739,30 @@ def load_checkpoint(path, models, optimizers, stream):
     for name in models:
         set_state_dict(models[name], optimizers[name], model_state_dict=state[name],
                        optim_state_dict=state[name + "_optim"])
-    with open(os.path.join(path, f"stream_rank{dist.get_rank()}.json")) as f:
-        stream.load(json.load(f))
+    if stream is not None:
+        with open(os.path.join(path, f"stream_rank{dist.get_rank()}.json")) as f:
+            stream.load(json.load(f))
     with open(os.path.join(path, "trainer.json")) as f:
         return json.load(f)
+
+
+def resume_from(root, metrics_path, models, optimizers, stream=None):
+    """The trainer's counters from the newest complete checkpoint under `root` (models,
+    optimizers and, if given, every rank's data stream restored; the metrics file cut back to
+    its step), or {"step": 0} for a fresh run (an old metrics file removed)."""
+    complete = checkpoint_dirs(root)
+    if not complete:
+        if dist.get_rank() == 0 and os.path.exists(metrics_path):
+            os.remove(metrics_path)
+        return {"step": 0}
+    trainer = load_checkpoint(complete[-1], models, optimizers, stream)
+    log(f"resuming from {complete[-1]} (step {trainer['step']} done)")
+    if dist.get_rank() == 0 and os.path.exists(metrics_path):  # drop lines of later steps, and a
+        with open(metrics_path) as f:  # line cut short by a kill (it has no newline)
+            lines = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= trainer["step"]]
+        with open(metrics_path, "w") as f:
+            f.writelines(lines)
+    return trainer
 
 
 def export(net, tokenizer, path, cfg):
@@ -730,57 +775,109 @@ def export(net, tokenizer, path, cfg):
 
 
 # ==============================================================================================
-# 8. SFT warm start (the toy's Eurus-2-7B-SFT): packed cross-entropy on the responses.
+# 8. SFT: next-token cross-entropy on the assistant's tokens, with PRIME's machinery (FSDP2,
+#    bf16, checkpoints and exact resume): Eurus-2-7B-SFT's recipe, or the toy's warm start.
 # ==============================================================================================
 
+def sft_chats(cfg, tokenizer):
+    """The SFT data as (ids, loss) pairs (data.tokenize_chat): chats from --sft_files, longer
+    ones than sft_max_tokens dropped and counted; or the toy's worked solutions."""
+    stop_ids = set(data.stop_token_ids(tokenizer))
+    if not cfg.sft_files:
+        rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, steps=cfg.toy_steps,
+                             max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share)
+        return [data.tokenize_chat(tokenizer, chat, stop_ids) for chat in data.toy_chats(rows)]
+    max_tokens = cfg.sft_max_tokens or M.load_config(cfg.model_path).max_position_embeddings
+    try:
+        chats, dropped = data.load_sft_data(cfg.sft_files.split(","), tokenizer, max_tokens)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"train.py: {error}") from None
+    log(f"SFT data: {len(chats)} chats ({dropped} longer than {max_tokens} tokens dropped)")
+    return chats
+
+
+def chat_nll(net, chats, rows, device):
+    """-sum log p of the trained tokens of chats `rows`, packed into one forward (position k-1
+    predicts token k), and how many there are."""
+    ids, cu, scored, targets = [], [0], [], []
+    for i in rows:
+        seq, loss = chats[i]
+        trained = [k for k in range(1, len(seq)) if loss[k]]
+        scored += [cu[-1] + k - 1 for k in trained]
+        targets += [seq[k] for k in trained]
+        ids += seq
+        cu.append(cu[-1] + len(seq))
+    logp, _ = net(torch.tensor(ids, device=device), torch.tensor(cu, dtype=torch.int32, device=device),
+                  max_seqlen=max(b - a for a, b in zip(cu, cu[1:])), scored=torch.tensor(scored, device=device),
+                  targets=torch.tensor(targets, device=device))  # [M]
+    return -logp.sum(), len(targets)
+
+
 def sft(cfg, tokenizer, out_path, device, mesh):
-    """Train a fresh toy model on worked solutions: next-token cross-entropy on response tokens
-    only (the prompt is context), AdamW with linear warmup then cosine decay."""
-    rank = dist.get_rank()
+    """Fine-tune --model_path (or, for the toy, a fresh tiny model) on chats: next-token
+    cross-entropy on the assistant's tokens only (the rest is context), the token mean over each
+    rank's share of a batch of sft_batch chats, AdamW with linear warmup then cosine decay.
+    Chats are packed into micro-batches of micro_batch_tokens. A checkpoint every
+    sft_save_every steps (<out_dir>/sft_checkpoints) makes a re-run resume exactly; each step
+    appends a line to <out_dir>/sft_metrics.jsonl. The model is exported to `out_path`."""
+    rank, world = dist.get_rank(), mesh.size()
     torch.manual_seed(cfg.seed)
-    config = data.toy_model_config(tokenizer, hidden_size=cfg.toy_hidden, num_layers=cfg.toy_layers,
-                                   intermediate_size=3 * cfg.toy_hidden,
-                                   max_position_embeddings=cfg.max_prompt_tokens + cfg.max_response_tokens)
-    net = M.Qwen2ForCausalLM(config)
-    M.init_weights(net)
-    net.to(device)
-    M.fsdp_wrap(net, mesh, mixed_precision=cfg.bf16)
-    world = mesh.size()
-    rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, steps=cfg.toy_steps,
-                         max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share)
-    pairs = data.sft_pairs(rows, tokenizer)
-    sft_set = Rollouts(prompts=[p for p, _ in pairs], responses=[r for _, r in pairs],
-                       outcome=torch.ones(len(pairs)), truncated=[False] * len(pairs))
+    if cfg.model_path:  # the base model: Qwen2.5-Math-7B-Base for Eurus-2-7B-SFT
+        net = load_for_training(cfg.model_path, cfg, device, mesh, trainable=True)
+    else:  # the toy: a fresh model of the toy tokenizer's vocabulary
+        config = data.toy_model_config(tokenizer, hidden_size=cfg.toy_hidden, num_layers=cfg.toy_layers,
+                                       intermediate_size=3 * cfg.toy_hidden,
+                                       max_position_embeddings=cfg.max_prompt_tokens + cfg.max_response_tokens)
+        net = M.Qwen2ForCausalLM(config)
+        M.init_weights(net)
+        net.to(device)
+        M.fsdp_wrap(net, mesh, mixed_precision=cfg.bf16, activation_checkpointing=cfg.activation_checkpointing)
+    chats = sft_chats(cfg, tokenizer)
+    lengths = [len(ids) for ids, _ in chats]
     optimizer = adamw(net, cfg.sft_lr, 0.0)
     per_rank = cfg.sft_batch // world
-    steps_per_epoch = len(pairs) // cfg.sft_batch
+    steps_per_epoch = len(chats) // cfg.sft_batch  # a last partial batch is left out, every epoch
+    if steps_per_epoch == 0:
+        raise SystemExit(f"train.py: {len(chats)} SFT chats do not fill one batch of sft_batch={cfg.sft_batch}")
     total = steps_per_epoch * cfg.sft_epochs
     warmup = max(1, int(cfg.sft_warmup * total))
 
-    def lr_factor(s):  # linear warmup, then cosine decay to 0
+    def lr_factor(s):  # linear warmup, then cosine decay to 0; s counts optimizer steps from 0
         if s < warmup:
             return (s + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    log(f"SFT: {len(pairs)} toy solutions, {cfg.sft_epochs} epochs of {steps_per_epoch} steps, "
-        f"batch {cfg.sft_batch}, lr {cfg.sft_lr}")
-    bar = tqdm(total=total, desc="SFT", disable=rank != 0)
-    for epoch in range(cfg.sft_epochs):
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-        for s in range(steps_per_epoch):
-            mine = order[s * cfg.sft_batch:(s + 1) * cfg.sft_batch][rank * per_rank:(rank + 1) * per_rank]
-            n_tokens = sum(len(sft_set.responses[i]) for i in mine)
-            total_loss = 0.0
-            for rows in micro_batches(mine, sft_set, cfg.micro_batch_tokens, device):
-                logp, _ = response_logprobs(net, sft_set, rows, device)
-                loss = -logp.sum() / n_tokens  # token mean over this rank's share of the batch
-                loss.backward()
-                total_loss += loss.item()
-            clip_and_step(net, optimizer, 1.0)
-            schedule.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss:.3f}")
+    root = os.path.join(cfg.out_dir, "sft_checkpoints")
+    metrics_path = os.path.join(cfg.out_dir, "sft_metrics.jsonl")
+    done = resume_from(root, metrics_path, {"model": net}, {"model": optimizer})["step"]
+    log(f"SFT: {len(chats)} chats, {cfg.sft_epochs} epochs of {steps_per_epoch} steps, batch {cfg.sft_batch}, "
+        f"lr {cfg.sft_lr}" + (f"; resuming after step {done}" if done else ""))
+    bar = tqdm(total=total, initial=done, desc="SFT", disable=rank != 0)
+    for step in range(done + 1, total + 1):
+        start = time.time()
+        epoch, s = divmod(step - 1, steps_per_epoch)
+        # The same shuffle on every rank, seeded by the epoch: a resumed run sees the same batches.
+        order = torch.randperm(len(chats), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        mine = order[s * cfg.sft_batch:(s + 1) * cfg.sft_batch][rank * per_rank:(rank + 1) * per_rank]
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.sft_lr * lr_factor(step - 1)
+        n_tokens = sum(sum(chats[i][1]) for i in mine)  # this rank's trained tokens in the batch
+        loss_sum = torch.zeros((), device=device)
+        for rows in micro_batches(mine, lengths, cfg.micro_batch_tokens, device):
+            nll, _ = chat_nll(net, chats, rows, device)
+            (nll / n_tokens).backward()  # gradients accumulate to the token mean of the share
+            loss_sum += nll.detach()
+        grad_norm = clip_and_step(net, optimizer, 1.0)
+        loss, tokens = all_sum([float(loss_sum) / n_tokens, n_tokens], device)
+        row = {"step": step, "epoch": epoch + 1, "loss": loss / world, "lr": optimizer.param_groups[0]["lr"],
+               "grad_norm": grad_norm, "tokens": int(tokens), "tokens_per_second": tokens / (time.time() - start)}
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if step % cfg.sft_save_every == 0 or step == total:
+            save_checkpoint(root, step, {"model": net}, {"model": optimizer}, {"step": step}, cfg.keep_checkpoints)
     bar.close()
     export(net, tokenizer, out_path, cfg)
     log(f"SFT model saved to {out_path}")
@@ -856,42 +953,29 @@ def memory_plan(cfg):
 # ==============================================================================================
 
 def sft_model_path(cfg, device, mesh):
-    """The SFT checkpoint PRIME starts from: --model_path, or for the toy <out_dir>/sft, trained
-    here first when it is missing (or when --stage=sft asks for it)."""
-    if cfg.model_path:
-        if cfg.stage == "sft":
-            raise SystemExit("train.py: stage=sft trains the toy model only; Eurus-2-7B-SFT is a released "
-                             "checkpoint: pass it as --model_path")
-        return cfg.model_path
-    if cfg.train_files:
-        raise SystemExit("train.py: --model_path (the SFT checkpoint) is required with --train_files")
+    """The SFT checkpoint PRIME starts from: --model_path, or <out_dir>/sft. The SFT stage makes
+    the latter first when --stage=sft asks for it (fine-tuning --model_path on --sft_files, or
+    the toy), and for the toy when it has none yet."""
     path = os.path.join(cfg.out_dir, "sft")
-    if cfg.stage == "sft" or not os.path.exists(os.path.join(path, "config.json")):
+    if cfg.stage != "sft":
+        if cfg.model_path:
+            return cfg.model_path
+        if cfg.train_files:
+            raise SystemExit("train.py: --model_path (the SFT checkpoint) is required with --train_files")
+        if os.path.exists(os.path.join(path, "config.json")):
+            return path
+    if cfg.model_path:  # the base model's own tokenizer and chat template
+        try:
+            tokenizer = evaluation.load_tokenizer(cfg.model_path)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"train.py: {error}") from None
+    else:  # the toy's character tokenizer
         if dist.get_rank() == 0:
             data.build_toy_tokenizer(os.path.join(cfg.out_dir, "tokenizer"))
         dist.barrier()
-        sft(cfg, AutoTokenizer.from_pretrained(os.path.join(cfg.out_dir, "tokenizer")), path, device, mesh)
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(cfg.out_dir, "tokenizer"))
+    sft(cfg, tokenizer, path, device, mesh)
     return path
-
-
-def resume(cfg, models, optimizers, stream):
-    """The trainer's counters {"step", "eval_accuracy_start", "seconds"}: from the newest
-    complete checkpoint (models, optimizers and every rank's data stream restored, metrics.jsonl
-    cut back to its step), or fresh (an old metrics.jsonl removed)."""
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    complete = checkpoint_dirs(cfg.out_dir)
-    if not complete:
-        if dist.get_rank() == 0 and os.path.exists(metrics_path):
-            os.remove(metrics_path)
-        return {"step": 0, "eval_accuracy_start": None, "seconds": 0.0}
-    trainer = load_checkpoint(complete[-1], models, optimizers, stream)
-    log(f"resuming from {complete[-1]} (step {trainer['step']} done)")
-    if dist.get_rank() == 0 and os.path.exists(metrics_path):  # drop lines of later steps, and a
-        with open(metrics_path) as f:  # line cut short by a kill (it has no newline)
-            lines = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= trainer["step"]]
-        with open(metrics_path, "w") as f:
-            f.writelines(lines)
-    return trainer
 
 
 def set_learning_rates(optimizers, cfg, step):
@@ -1005,7 +1089,9 @@ def main(argv):
     # from the SFT model (the reference frozen); AdamW for the two that learn.
     policy, prm, ref, models, optimizers = build_models(cfg, model_path, device, mesh)
     stream = PromptStream(len(train_problems), cfg.seed, rank, world)  # this rank's prompts
-    trainer = resume(cfg, models, optimizers, stream)
+    trainer = {"eval_accuracy_start": None, "seconds": 0.0,
+               **resume_from(os.path.join(cfg.out_dir, "checkpoints"), os.path.join(cfg.out_dir, "metrics.jsonl"),
+                             models, optimizers, stream)}
     if trainer["eval_accuracy_start"] is None:
         trainer["eval_accuracy_start"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
         log(f"held-out greedy accuracy before PRIME: {trainer['eval_accuracy_start']}")
@@ -1047,8 +1133,8 @@ def main(argv):
         log_step(row, cfg)
         trainer["seconds"] = time.time() - start_time
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(cfg.out_dir, step, models, optimizers, stream, {**trainer, "step": step},
-                            cfg.keep_checkpoints)
+            save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), step, models, optimizers,
+                            {**trainer, "step": step}, cfg.keep_checkpoints, stream)
 
     finish(cfg, policy, prm, tokenizer, held_out, trainer, model_path, start_time, device)
     dist.destroy_process_group()

@@ -207,7 +207,7 @@ def test_toy_rows_errors():
         data.toy_rows("train", 10, ops="/")
 
 
-def test_toy_rows_to_problems_and_sft_pairs(tok):
+def test_toy_rows_to_problems_and_sft_chats(tok):
     rows = data.toy_rows("test", 50, seed=3)
     problems, dropped = data.rows_to_problems(rows, tok, source="toy-test")
     assert dropped == 0 and len(problems) == 50
@@ -219,13 +219,15 @@ def test_toy_rows_to_problems_and_sft_pairs(tok):
         assert p.ground_truth == row["reward_model"]["ground_truth"]
     assert problems[7].id == "toy-test:7"
 
-    pairs = data.sft_pairs(rows, tok)
-    for row, p, (prompt_ids, response_ids) in zip(rows, problems, pairs):
-        assert prompt_ids == p.prompt_ids
-        assert response_ids[-1] == tok.eos_token_id and tok.eos_token_id not in response_ids[:-1]
-        assert tok.decode(response_ids[:-1]) == row["extra_info"]["solution"]
+    # SFT: the same prompt, then the solution and the end-of-turn token are the trained tokens
+    stop_ids = set(data.stop_token_ids(tok))
+    for row, p, chat in zip(rows, problems, data.toy_chats(rows)):
+        ids, loss = data.tokenize_chat(tok, chat, stop_ids)
+        n = len(p.prompt_ids)
+        assert ids[:n] == p.prompt_ids and loss == [0] * n + [1] * (len(ids) - n)
+        assert ids[-1] == tok.eos_token_id and tok.decode(ids[n:-1]) == row["extra_info"]["solution"]
     with pytest.raises(ValueError, match="row 0.*solution"):
-        data.sft_pairs([{"prompt": rows[0]["prompt"], "extra_info": {}}], tok)
+        data.toy_chats([{"prompt": rows[0]["prompt"], "extra_info": {}}])
 
 
 def test_toy_answers_pass_the_verifier():

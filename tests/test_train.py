@@ -387,30 +387,36 @@ NOTES_RECIPE_ROWS = {
     "policy optimiser": ["policy_lr", "policy_weight_decay", "policy_grad_clip"],
     "PRM optimiser": ["prm_lr", "prm_weight_decay", "prm_grad_clip"], "gamma (process / outcome)": ["gamma"],
     "PPO clip eps / epochs": ["clip_eps", "ppo_epochs"], "length of the run": ["steps"], "validation": ["eval_every"],
-    "SFT model": ["sft_lr", "sft_warmup", "sft_batch", "sft_epochs"],
 }
+NOTES_SFT_ROWS = {"SFT model": ["sft_lr", "sft_warmup", "sft_batch", "sft_epochs", "seed"]}  # preset eurus2-7b-sft
 
 
-def test_the_eurus_preset_is_the_recipe_of_the_notes(tmp_path):
-    """--print_config of the preset against docs/notes.md §6 (and §5's filter): one source of the
-    numbers (PRESETS), the notes citing the paper and the official code for each."""
+def test_the_eurus_presets_are_the_recipes_of_the_notes(tmp_path):
+    """--print_config of the two presets against docs/notes.md §6 (and §5's filter): one source of
+    the numbers (PRESETS), the notes citing the paper and the official code for each."""
     import re
-    run = run_train(["--print_config", "--preset=eurus2-7b-prime"], tmp_path, timeout=120)
-    assert run.returncode == 0, run.describe()
-    try:
-        config = json.loads(run.stdout)
-    except json.JSONDecodeError:
-        pytest.fail("--print_config did not print (only) JSON on stdout\n" + run.describe())
+    configs = {}
+    for preset in ("eurus2-7b-prime", "eurus2-7b-sft"):
+        run = run_train(["--print_config", f"--preset={preset}"], tmp_path, timeout=120)
+        assert run.returncode == 0, run.describe()
+        try:
+            configs[preset] = json.loads(run.stdout)
+        except json.JSONDecodeError:
+            pytest.fail("--print_config did not print (only) JSON on stdout\n" + run.describe())
+    config = configs["eurus2-7b-prime"]
     assert set(config) == {f.name for f in train.dataclasses.fields(train.Config)}
-    with open(os.path.join(ROOT, "docs", "notes.md")) as f:
+    with open(os.path.join(ROOT, "docs/notes.md")) as f:
         notes = f.read()
     recipe = notes.split("## §6.")[1].split("## §7.")[0]
     table = {cells[1].strip(): cells[2] for cells in (line.split("|") for line in recipe.splitlines())
              if len(cells) > 3}
-    for row, fields in NOTES_RECIPE_ROWS.items():
-        numbers = {float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", table[row])}
-        missing = [f"{field}={config[field]}" for field in fields if float(config[field]) not in numbers]
-        assert not missing, f"docs/notes.md §6 row {row!r} lacks {missing}: {table[row]}"
+    for preset, rows in (("eurus2-7b-prime", NOTES_RECIPE_ROWS), ("eurus2-7b-sft", NOTES_SFT_ROWS)):
+        for row, fields in rows.items():
+            numbers = {float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", table[row])}
+            missing = [f"{field}={configs[preset][field]}" for field in fields
+                       if float(configs[preset][field]) not in numbers]
+            assert not missing, f"docs/notes.md §6 row {row!r} lacks {preset}'s {missing}: {table[row]}"
+    assert configs["eurus2-7b-sft"]["stage"] == "sft" and configs["eurus2-7b-sft"]["bf16"]
     assert f"[{config['filter_low']}, {config['filter_high']}]" in notes.split("## §5.")[1].split("## §6.")[0]
     assert config["bf16"] and config["activation_checkpointing"]
     # 4 optimizer steps each for the PRM and the policy per iteration (1024 responses / 256)
@@ -425,7 +431,7 @@ def test_help_lists_every_field_with_each_presets_value(capsys):
     out = capsys.readouterr().out
     for f in train.dataclasses.fields(train.Config):
         assert f"--{f.name}=" in out and f.metadata["help"] in out, f.name
-    assert "--max_response_tokens=<int>  [toy 48, eurus2-7b-prime 3072]" in out
+    assert "--max_response_tokens=<int>  [toy 48, eurus2-7b-prime 3072, eurus2-7b-sft 48]" in out
 
 
 def test_the_eurus_preset_needs_its_data_and_settings_are_checked():
@@ -527,15 +533,15 @@ def test_micro_batches_respect_the_token_budget_and_split_to_the_ranks_count(mon
                               outcome=torch.zeros(5), truncated=[False] * 5)
     # lengths (prompt + response): 5, 8, 4, 23, 5
     monkeypatch.setattr(train, "all_max", lambda value, device: value)  # one rank
-    assert train.micro_batches(range(5), rollouts, 13, "cpu") == [[0, 1], [2], [3], [4]]
-    assert train.micro_batches([4, 2, 0], rollouts, 100, "cpu") == [[4, 2, 0]]
+    assert train.micro_batches(range(5), rollouts.lengths, 13, "cpu") == [[0, 1], [2], [3], [4]]
+    assert train.micro_batches([4, 2, 0], rollouts.lengths, 100, "cpu") == [[4, 2, 0]]
     # another rank needs 4 micro-batches: this one splits its largest until it runs as many
     # forwards (the collectives match), every one non-empty, in order
     monkeypatch.setattr(train, "all_max", lambda value, device: 4)
-    assert train.micro_batches([0, 1, 2, 3], rollouts, 100, "cpu") == [[0], [1], [2], [3]]
-    assert train.micro_batches([3, 0, 1, 2, 4], rollouts, 100, "cpu") == [[3], [0], [1], [2, 4]]
+    assert train.micro_batches([0, 1, 2, 3], rollouts.lengths, 100, "cpu") == [[0], [1], [2], [3]]
+    assert train.micro_batches([3, 0, 1, 2, 4], rollouts.lengths, 100, "cpu") == [[3], [0], [1], [2, 4]]
     with pytest.raises(RuntimeError, match="as many rows"):
-        train.micro_batches([0, 2], rollouts, 100, "cpu")
+        train.micro_batches([0, 2], rollouts.lengths, 100, "cpu")
 
 
 # ----------------------------------------------------------------------------------------------
