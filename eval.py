@@ -299,16 +299,11 @@ EVAL_PREFILL_TOKENS = 16384  # prompts prefilled per forward on a GPU (bounds th
 
 
 def sampling_memory(model, device, rows):
-    """rollout.generate's memory bounds (max_batch_tokens, max_prefill_tokens) for `rows` rows of
-    this unsharded model: on a GPU, the KV cache gets what is left under 90% of the device's
-    memory (memory.cache_slots, as train.py sizes its own sampling; the weights are already
-    loaded, the fused q/k/v copies are not); on the CPU, no bound."""
-    if device.type != "cuda":
-        return None, None
-    dtype = next(model.parameters()).dtype
-    available = memory.available_bytes(device, 0.9) - memory.fused_qkv_bytes(model.config, dtype)
-    slots = memory.cache_slots(available, model.config, dtype, EVAL_PREFILL_TOKENS, rows)
-    return max(int(slots), 1), EVAL_PREFILL_TOKENS  # too few for one row: generate says so
+    """rollout.generate's memory bounds for `rows` rows of this unsharded model: on a GPU the KV
+    cache gets what is left under 90% of its memory (memory.sampling_limits, as train.py sizes its
+    own sampling); on the CPU, no bound."""
+    return memory.sampling_limits(model.config, device, rows, 0.9, EVAL_PREFILL_TOKENS,
+                                  next(model.parameters()).dtype, sharded=False)
 
 
 def response_room(problems, context, name):

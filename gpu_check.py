@@ -455,15 +455,15 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
             ranks.append(json.load(f))
     peak_of = {p["name"]: p["peak_bytes"] for p in plan["phases"]}
     ratios = {}
-    report.line("memory", "| phase | planned GiB | measured GiB (largest rank) | measured / planned |")
+    unit, size = ("MiB", 2 ** 20) if smoke else ("GiB", memory.GIB)
+    report.line("memory", f"| phase | planned {unit} | measured {unit} (largest rank) | measured / planned |")
     for phase, names in PLANNED.items():
         if smoke and phase == "export":  # on the CPU the export's host copies are counted too
             continue
         planned = max(peak_of[n] for n in names)
         measured = max(r[phase] for r in ranks)
         ratios[phase] = measured / planned
-        report.line("memory", f"| {phase} | {planned / memory.GIB:.3f} | {measured / memory.GIB:.3f} | "
-                    f"{ratios[phase]:.3f} |")
+        report.line("memory", f"| {phase} | {planned / size:.2f} | {measured / size:.2f} | {ratios[phase]:.3f} |")
     rows_key = next(k for k in plan["sizes"] if k.startswith("sampling: rows per chunk"))
     report.line("memory", f"sampling rows per chunk: planned {plan['sizes'][rows_key]}, run "
                 f"{[r['rows per chunk'] for r in ranks]}")

@@ -108,6 +108,21 @@ def cache_slots(available, config, dtype, prefill_tokens, rows):
     return (available - sampling_reserve(config, dtype, prefill_tokens, rows)) // kv_bytes_per_slot(config, dtype)
 
 
+def sampling_limits(config, device, rows, utilization, prefill_tokens, dtype, sharded):
+    """rollout.generate's memory bounds (max_batch_tokens, max_prefill_tokens) for sampling `rows`
+    rows now, on `device`. On a GPU the KV cache gets what is left under `utilization` of its
+    memory once the weights are there (`sharded`: FSDP2 gathers them for sampling; else they
+    are loaded already) with their fused q/k/v copies, less sampling_reserve for a prefill of
+    prefill_tokens and a decode step. This is the computation the plan checks. On the CPU there
+    is no bound: (None, None). At least one slot is returned: when not even one row fits,
+    generate says so."""
+    if device.type != "cuda":
+        return None, None
+    weights = gathered_bytes(config, dtype) if sharded else fused_qkv_bytes(config, dtype)
+    slots = cache_slots(available_bytes(device, utilization) - weights, config, dtype, prefill_tokens, rows)
+    return max(int(slots), 1), prefill_tokens
+
+
 def available_bytes(device, utilization):
     """What this process may still allocate on a CUDA device while the whole process (tensors,
     the allocator's cached blocks, the CUDA context, NCCL) stays within `utilization` of it."""

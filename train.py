@@ -375,18 +375,11 @@ def build_models(cfg, model_path, device, mesh):
 
 
 def sampling_memory(policy, cfg, device, rows):
-    """rollout.generate's memory bounds (max_batch_tokens, max_prefill_tokens) for sampling `rows`
-    rows now. On a GPU the KV cache gets what is left under gpu_memory_utilization once the
-    policy's weights are gathered, less a reserve for the prefill's activations (prompts are
-    prefilled micro_batch_tokens at a time) and a decode step's temporaries: memory.cache_slots,
-    the computation the memory plan checks. On the CPU there is no bound."""
-    if device.type != "cuda":
-        return None, None
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
-    available = memory.available_bytes(device, cfg.gpu_memory_utilization) - memory.gathered_bytes(policy.config,
-                                                                                                    compute)
-    slots = memory.cache_slots(available, policy.config, compute, cfg.micro_batch_tokens, rows)
-    return max(int(slots), 1), cfg.micro_batch_tokens  # too few for one row: generate says so
+    """rollout.generate's memory bounds for sampling `rows` rows with the FSDP2-sharded policy
+    (memory.sampling_limits: the KV cache gets what the GPU has left under gpu_memory_utilization;
+    prompts are prefilled micro_batch_tokens at a time; no bound on the CPU)."""
+    return memory.sampling_limits(policy.config, device, rows, cfg.gpu_memory_utilization, cfg.micro_batch_tokens,
+                                  torch.bfloat16 if cfg.bf16 else torch.float32, sharded=True)
 
 
 def clip_and_step(net, optimizer, max_norm):
@@ -456,6 +449,9 @@ def response_logprobs(net, rollouts, rows, device, temperature=1.0):
     prompt+response each; only response positions are scored (model.chunked_logprobs).
     Every index is built here on the host, so the forward waits for nothing on the device."""
     T = rollouts.width
+    # Host-side lists: the packed token ids, the sequence boundaries (cu_seqlens), which packed
+    # positions to score and the token each should predict, and where each score lands in the
+    # flattened [b, T] grid.
     ids, cu, scored, targets, cells = [], [0], [], [], []
     for j, i in enumerate(rows):
         prompt, response = rollouts.prompts[i], rollouts.responses[i]
@@ -503,9 +499,12 @@ class PromptStream:
         self.epoch, self.cursor, self.buffer = 0, 0, []
 
     def take(self, k):
+        """The next k problem indices: buffered ones first, then this rank's slice of the
+        epoch's shuffle, wrapping into the next epoch (a new shuffle) when it runs out."""
         out = self.buffer[:k]
         self.buffer = self.buffer[k:]
         while len(out) < k:
+            # the epoch's order is a pure function of (seed, epoch): nothing to store but a cursor
             order = list(range(self.n))
             random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
             mine = order[self.rank::self.world]
@@ -516,7 +515,7 @@ class PromptStream:
                 self.epoch, self.cursor = self.epoch + 1, 0
         return out
 
-    def state(self):
+    def state(self):  # what a checkpoint stores: enough to serve the same prompts after resume
         return {"epoch": self.epoch, "cursor": self.cursor, "buffer": self.buffer}
 
     def load(self, state):
@@ -553,9 +552,12 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
     bar = tqdm(total=0, desc=f"step {step} sample", unit="response", leave=False, disable=rank != 0)
     for round_ in range(cfg.max_collect_rounds):
         need = quota - len(kept)
-        if all_max(need, device) <= 0:
+        if all_max(need, device) <= 0:  # every rank is full: the step's batch is complete
             break
-        batch = stream.take(quota) if need > 0 else []  # a full round, as the official code samples
+        # A rank that still needs prompts samples a full quota's worth (the filter keeps only
+        # some); a full rank samples nothing but still enters generate, whose weight gathering
+        # is collective.
+        batch = stream.take(quota) if need > 0 else []
         rows = [problems[i] for i in batch for _ in range(K)]  # K contiguous copies of each prompt
         bar.total += len(rows)  # one bar for the step's rounds
         bar.refresh()
@@ -564,11 +566,14 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
                                      cfg.temperature, cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
                                      vocab_size=len(tokenizer), max_batch_tokens=max_batch_tokens,
                                      max_prefill_tokens=max_prefill_tokens, progress=bar)
+        # Alg. 1 line 5: the outcome reward r_o of every response, [len(rows)] in [0, 1]
         scores = torch.tensor(evaluation.score_responses(tokenizer, rows, responses)[1], dtype=torch.float32)
         counts["sampled"] += len(scores)
         counts["correct"] += float(scores.sum())
         counts["groups"] += len(batch)
         if batch:
+            # Alg. 1 line 6: keep the prompts of middling accuracy, up to the quota; the rest of
+            # the kept ones wait in the stream's buffer for the next step
             keep = kept_groups(scores, cfg).tolist()
             for g, i in enumerate(batch):
                 if not keep[g]:
@@ -658,7 +663,12 @@ def compute_advantages(process, outcome, mask, cfg):
     process_rewards is off), the outcomes [B] and the response mask [B, T]:
     whiten(RLOO returns of process + outcome rewards), Eq. 5. With process=None it is the paper's
     baseline, outcome-only RLOO, Eq. 4 (whitened the same way): zero process rewards add nothing
-    to the returns."""
+    to the returns.
+
+    Each response gets a return at every token: the sum of its remaining process rewards minus
+    the other K-1 responses' baseline, plus its outcome minus theirs. Whitening over all tokens
+    of all ranks then sets their scale, so that the PPO step's size does not depend on the
+    rewards' units (beta, or the verifier's range)."""
     if process is None:
         process = torch.zeros_like(mask)
     else:  # [PR] rescales the process rewards by the largest |return| of each data-parallel shard
@@ -823,7 +833,7 @@ def sft(cfg, tokenizer, out_path, device, mesh):
     rank, world = dist.get_rank(), mesh.size()
     torch.manual_seed(cfg.seed)
     if cfg.model_path:  # the base model: Qwen2.5-Math-7B-Base for Eurus-2-7B-SFT
-        net = load_for_training(cfg.model_path, cfg, device, mesh, trainable=True)
+        net = load_for_training(cfg.model_path, cfg, device, mesh, trainable=True)  # fp32 master, FSDP2
     else:  # the toy: a fresh model of the toy tokenizer's vocabulary
         config = data.toy_model_config(tokenizer, hidden_size=cfg.toy_hidden, num_layers=cfg.toy_layers,
                                        intermediate_size=3 * cfg.toy_hidden,
@@ -863,6 +873,8 @@ def sft(cfg, tokenizer, out_path, device, mesh):
             group["lr"] = cfg.sft_lr * lr_factor(step - 1)
         n_tokens = sum(sum(chats[i][1]) for i in mine)  # this rank's trained tokens in the batch
         loss_sum = torch.zeros((), device=device)
+        # Packed micro-batches of this rank's chats, as many on every rank (each forward and
+        # backward is an FSDP2 collective); their gradients add up to the share's token mean.
         for rows in micro_batches(mine, lengths, cfg.micro_batch_tokens, device):
             nll, _ = chat_nll(net, chats, rows, device)
             (nll / n_tokens).backward()  # gradients accumulate to the token mean of the share

@@ -104,3 +104,19 @@ def test_sizes_from_shapes():
     assert memory.cache_slots(10 ** 9, config, torch.float32, 16, 4) == \
         (10 ** 9 - memory.sampling_reserve(config, torch.float32, 16, 4)) // memory.kv_bytes_per_slot(
             config, torch.float32)
+
+
+def test_sampling_limits_give_the_cache_what_the_gpu_has_left(monkeypatch):
+    """On a GPU: the free bytes under the utilization, less the weights (gathered when sharded,
+    only the fused q/k/v copies when loaded already) and the reserve, in KV-cache slots; on the
+    CPU no bound."""
+    config = tiny_config()
+    monkeypatch.setattr(memory, "available_bytes", lambda device, utilization: int(utilization * 10 ** 8))
+    cuda, dtype = torch.device("cuda"), torch.bfloat16
+    per_slot, reserve = memory.kv_bytes_per_slot(config, dtype), memory.sampling_reserve(config, dtype, 512, 8)
+    sharded = memory.sampling_limits(config, cuda, 8, 0.5, 512, dtype, sharded=True)
+    loaded = memory.sampling_limits(config, cuda, 8, 0.5, 512, dtype, sharded=False)
+    assert sharded == ((5 * 10 ** 7 - memory.gathered_bytes(config, dtype) - reserve) // per_slot, 512)
+    assert loaded == ((5 * 10 ** 7 - memory.fused_qkv_bytes(config, dtype) - reserve) // per_slot, 512)
+    assert memory.sampling_limits(config, cuda, 8, 10 ** -6, 512, dtype, sharded=True) == (1, 512)  # not one row
+    assert memory.sampling_limits(config, torch.device("cpu"), 8, 0.5, 512, dtype, sharded=True) == (None, None)
