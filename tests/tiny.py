@@ -39,19 +39,13 @@ def random_checkpoint(path, seed=0, **config_kwargs):
 
 def seven_b_attention(layers=2, seed=0):
     """A network with Qwen2.5-7B's attention geometry (hidden 3584, 28 query heads and 4 KV heads
-    of dim 128; a small MLP and vocabulary keep it fast): random weights, norms and biases, fp32.
+    of dim 128; a small MLP and vocabulary keep it fast): random weights, norms and biases
+    (gpu_check.random_model, which the GPU check uses at the same geometry), fp32.
     Returns (fp32 network, the same in bf16)."""
+    import gpu_check
     config = tiny_config(vocab_size=128, hidden_size=3584, layers=layers, heads=28, kv_heads=4,
                          intermediate_size=256)
-    torch.manual_seed(seed)
-    net = M.Qwen2ForCausalLM(config)
-    M.init_weights(net, std=0.02)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.02)
+    net = gpu_check.random_model(config, "cpu", torch.float32, seed)
     bf16 = M.Qwen2ForCausalLM(config)
     bf16.load_state_dict(net.state_dict())
     return net, bf16.to(torch.bfloat16)
