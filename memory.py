@@ -36,6 +36,8 @@ the two optimizers' states:
   held-out eval                              as sampling, with greedy decoding
   checkpoint save                            DCP writes each rank's shards as they are
   export                                     one full bf16 parameter at a time (model.save_model)
+The SFT stage (--stage=sft, preset eurus2-7b-sft) is planned as it runs: one model and its AdamW,
+the SFT update of a micro-batch of the longest chats, checkpoint save, export.
 """
 
 import math
@@ -55,10 +57,6 @@ NON_TORCH_BYTES = 2 * GIB  # CUDA context + cuBLAS workspaces + NCCL buffers, pe
 # 1. Sizes from shapes: what train.py needs at run time to size sampling.
 # ==============================================================================================
 
-def dtype_bytes(dtype):
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def n_params(config):
     """Parameters of the Qwen2 network described by `config` (the head counted once if tied)."""
     C, I, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
@@ -70,18 +68,18 @@ def n_params(config):
 
 def kv_bytes_per_slot(config, dtype):
     """Bytes of KV cache per token slot: a key and a value for every layer's KV heads."""
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * M.head_dim(config) * dtype_bytes(dtype)
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * M.head_dim(config) * M.dtype_bytes(dtype)
 
 
 def fused_qkv_bytes(config, dtype):
     """The q/k/v weights and biases the sampler joins once per call, every layer (model.fuse_qkv)."""
     D, H, Hkv, C = M.head_dim(config), config.num_attention_heads, config.num_key_value_heads, config.hidden_size
-    return config.num_hidden_layers * (H + 2 * Hkv) * D * (C + 1) * dtype_bytes(dtype)
+    return config.num_hidden_layers * (H + 2 * Hkv) * D * (C + 1) * M.dtype_bytes(dtype)
 
 
 def gathered_bytes(config, dtype):
     """The model's weights gathered for sampling in `dtype`, plus its fused q/k/v copies."""
-    return n_params(config) * dtype_bytes(dtype) + fused_qkv_bytes(config, dtype)
+    return n_params(config) * M.dtype_bytes(dtype) + fused_qkv_bytes(config, dtype)
 
 
 def sampling_reserve(config, dtype, prefill_tokens, rows):
@@ -94,7 +92,7 @@ def sampling_reserve(config, dtype, prefill_tokens, rows):
     intermediate-size tensors alive at once (silu(gate), up, their product). Decode, per row:
     fp32 logits and the sampler's softmax / cumulative sums over the vocabulary (rollout.sample),
     plus one token's prefill cost. train.py passes micro_batch_tokens as prefill_tokens."""
-    b = dtype_bytes(dtype)
+    b = M.dtype_bytes(dtype)
     C, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
     qkv = (config.num_attention_heads + 2 * config.num_key_value_heads) * M.head_dim(config)
     per_token = b * (4 * C + 3 * qkv + 3 * I) + 4 * 3 * C

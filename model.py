@@ -631,7 +631,7 @@ def save_model(model, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
             current = {}
     if rank0:
         if len(files) > 1:
-            total = sum(math.prod(shape) * _dtype_bytes(dt) for shape, dt in shapes.values())
+            total = sum(math.prod(shape) * dtype_bytes(dt) for shape, dt in shapes.values())
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": shards}, f, indent=2)
         if os.path.exists(path):
@@ -641,7 +641,7 @@ def save_model(model, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
         dist.barrier()
 
 
-def _dtype_bytes(dtype):
+def dtype_bytes(dtype):
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -650,7 +650,7 @@ def _shard_names(shapes, max_shard_bytes):
     tensor gets a file of its own); one file is model.safetensors."""
     groups, size = [[]], 0
     for name, (shape, dtype) in shapes.items():
-        nbytes = math.prod(shape) * _dtype_bytes(dtype)
+        nbytes = math.prod(shape) * dtype_bytes(dtype)
         if groups[-1] and size + nbytes > max_shard_bytes:
             groups.append([])
             size = 0
