@@ -4,6 +4,9 @@
     torchrun --nproc_per_node=2 train.py              # the same on 2 CPU ranks (gloo)
     torchrun --nproc_per_node=8 train.py --preset=eurus2-7b-prime \\
         --model_path=/ckpt/Eurus-2-7B-SFT --train_files=/data/train.parquet --out_dir=runs/prime
+    torchrun --nproc_per_node=8 train.py --preset=eurus2-7b-sft \
+        --model_path=/ckpt/Qwen2.5-Math-7B --sft_files=/data/chats.parquet --out_dir=runs/sft
+    python train.py --preset=... --model_path=DIR --memory_plan=true   # per-GPU memory (memory.py)
     python train.py --print_config [--preset=...]     # the resolved config as JSON
     python train.py --help                            # every field, its meaning, each preset's value
 
@@ -22,7 +25,9 @@ One PRIME iteration (Alg. 1; the official code's "single-forward" order, docs/no
 
 Three models share one architecture (model.py): the policy pi_theta and the implicit PRM pi_phi
 are trained, the reference pi_ref is frozen; all start from the SFT checkpoint (Alg. 1 line 1).
-With more than one rank all three are sharded with FSDP2; one rank runs the same code unsharded.
+All three are sharded with FSDP2 over every rank, one rank too (then FSDP2 only applies the
+mixed precision), so one process computes exactly as N do. The SFT stage (--stage=sft) makes
+that checkpoint with the same machinery, from chat files or, for the toy, worked solutions.
 
 The paper's ablations are Config switches (defaults: the recipe above): process_rewards=false is
 outcome-only RLOO (Fig. 4); prm_update=double|frozen re-scores after the PRM update, or never
