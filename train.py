@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=2 train.py              # the same on 2 CPU ranks (gloo)
     torchrun --nproc_per_node=8 train.py --preset=eurus2-7b-prime \\
         --model_path=/ckpt/Eurus-2-7B-SFT --train_files=/data/train.parquet --out_dir=runs/prime
-    torchrun --nproc_per_node=8 train.py --preset=eurus2-7b-sft \
+    torchrun --nproc_per_node=8 train.py --preset=eurus2-7b-sft \\
         --model_path=/ckpt/Qwen2.5-Math-7B --sft_files=/data/chats.parquet --out_dir=runs/sft
     python train.py --preset=... --model_path=DIR --memory_plan=true   # per-GPU memory (memory.py)
     python train.py --print_config [--preset=...]     # the resolved config as JSON
@@ -81,7 +81,8 @@ class Config:
     `python train.py --help` prints every field with its value in each. The paper's recipe also
     sets the KL coefficient and the entropy bonus to 0 (docs/notes.md §4), so the policy loss
     here has neither term."""
-    preset: str = knob("toy", "toy (CPU, minutes) or eurus2-7b-prime (the paper's recipe)")
+    preset: str = knob("toy", "toy (CPU, minutes), eurus2-7b-prime (the paper's PRIME recipe) or eurus2-7b-sft "
+                              "(its SFT recipe)")
     stage: str = knob("prime", "prime: the RL loop (after SFT if the toy has no SFT model yet); sft: SFT only")
     out_dir: str = knob("runs/toy", "checkpoints, metrics.jsonl, summary.json, the exported policy")
     seed: int = knob(0, "seeds data order, sampling and shuffling (per step and rank, so resume is exact)")
