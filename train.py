@@ -103,11 +103,15 @@ class Config:
     eval_files: str = knob("", "comma-separated validation parquet files (greedy accuracy); empty with the "
                                "toy = its held-out split")
     eval_problems: int = knob(500, "toy: held-out problems for the greedy accuracy before/after")
-    toy_steps: int = knob(3, "toy: operations per problem")
+    toy_task: str = knob("expression", "toy: expression (one place where the careless habit strikes: the first "
+                                       "line) or products (toy_products places, each on its own; data.py section 5)")
+    toy_steps: int = knob(3, "toy: operations per problem (expression task)")
+    toy_products: int = knob(3, "toy: products per problem, each a place to slip (products task)")
     toy_max_operand: int = knob(6, "toy: operands are drawn from 1..toy_max_operand (at 9 the tiny model's "
                                    "arithmetic slips, not its habits, limit the accuracy; README)")
     toy_careless_share: float = knob(0.6, "toy: share of SFT solutions worked left to right, ignoring that * "
-                                           "comes first (wrong on ~37% of problems; data.py section 5)")
+                                           "comes first (wrong on ~37% of problems; data.py section 5); products "
+                                           "task: the chance of a slip at each product, drawn for each on its own")
     toy_train_problems: int = knob(20000, "toy: size of the RL training pool")
     max_prompt_tokens: int = knob(64, "drop longer prompts (paper: 1024)")
     max_response_tokens: int = knob(48, "sampling stops here (paper: 3072)")
@@ -219,6 +223,8 @@ def parse_config(argv):
     if cfg.prm_update not in PRM_UPDATES:
         raise SystemExit(f"train.py: --prm_update must be one of {', '.join(PRM_UPDATES)}, "
                          f"got {cfg.prm_update!r}")
+    if cfg.toy_task not in data.TOY_TASKS:
+        raise SystemExit(f"train.py: --toy_task must be one of {', '.join(data.TOY_TASKS)}, got {cfg.toy_task!r}")
     if cfg.reference not in REFERENCES:
         raise SystemExit(f"train.py: --reference must be one of {', '.join(REFERENCES)}, got {cfg.reference!r}")
     return cfg
@@ -750,7 +756,8 @@ def sft(cfg, tokenizer, out_path, device, mesh):
     M.fsdp_wrap(net, mesh, mixed_precision=cfg.bf16)
     world = mesh.size()
     rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, steps=cfg.toy_steps,
-                         max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share)
+                         max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share,
+                         task=cfg.toy_task, products=cfg.toy_products)
     pairs = data.sft_pairs(rows, tokenizer)
     sft_set = Rollouts(prompts=[p for p, _ in pairs], responses=[r for _, r in pairs],
                        outcome=torch.ones(len(pairs)), truncated=[False] * len(pairs))
@@ -809,11 +816,10 @@ def _load_problems(cfg, tokenizer):
         held_out = data.load_rl_data(cfg.eval_files.split(","), tokenizer, cfg.max_prompt_tokens)[0] \
             if cfg.eval_files else []
         return train, held_out
-    toy = dict(seed=cfg.seed, steps=cfg.toy_steps, max_operand=cfg.toy_max_operand)
-    train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, **toy), tokenizer,
+    toy = dict(steps=cfg.toy_steps, max_operand=cfg.toy_max_operand, task=cfg.toy_task, products=cfg.toy_products)
+    train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, seed=cfg.seed, **toy), tokenizer,
                                      cfg.max_prompt_tokens, source="toy-train")
-    held_out, _ = data.rows_to_problems(data.toy_rows("test", cfg.eval_problems, seed=0, steps=cfg.toy_steps,
-                                                      max_operand=cfg.toy_max_operand),
+    held_out, _ = data.rows_to_problems(data.toy_rows("test", cfg.eval_problems, seed=0, **toy),
                                         tokenizer, cfg.max_prompt_tokens, source="toy-test")
     return train, held_out
 

@@ -17,12 +17,15 @@ import plot
 # ----------------------------------------------------------------------------------------------
 
 
-def write_run(folder, rewards, prm=True, held_out=None, lengths=None):
+def write_run(folder, rewards, prm=True, held_out=None, lengths=None, seconds=None):
+    """seconds: the step's (sampling, PRM, policy) times, the same at every step."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         for step, reward in enumerate(rewards, start=1):
             row = {"step": step, "outcome_accuracy": reward, "prm_accuracy": 0.5 + step / 100 if prm else None,
                    "response_length_mean": (lengths or [30.0] * len(rewards))[step - 1]}
+            if seconds:
+                row.update(zip(plot.STEP_SECONDS, seconds))
             f.write(json.dumps(row) + "\n")
     if held_out is not None:
         with open(os.path.join(folder, "summary.json"), "w") as f:
@@ -36,9 +39,11 @@ def ramp(start, slope, n=30, noise=0.0):
 @pytest.fixture
 def root(tmp_path):
     """prime rises twice as fast as rloo; rloo has no PRM metrics; a helper run in _source."""
-    for k, offset in enumerate([-0.01, 0.0, 0.01]):
-        write_run(tmp_path / "prime" / f"seed{k}", ramp(0.30 + offset, 0.01), held_out=0.50 + offset)
-        write_run(tmp_path / "rloo" / f"seed{k}", ramp(0.30 + offset, 0.005), prm=False, held_out=0.46 + offset)
+    for k, offset in enumerate([-0.01, 0.0, 0.01]):  # prime: 1.5 s per step, rloo 1.0 s (seed 2: 1.3 s)
+        write_run(tmp_path / "prime" / f"seed{k}", ramp(0.30 + offset, 0.01), held_out=0.50 + offset,
+                  seconds=(0.5, 0.5, 0.5))
+        write_run(tmp_path / "rloo" / f"seed{k}", ramp(0.30 + offset, 0.005), prm=False, held_out=0.46 + offset,
+                  seconds=(0.6, 0.0, 0.4 if k < 2 else 0.7))
     write_run(tmp_path / "_source", ramp(0.9, 0.0))
     return tmp_path
 
@@ -90,11 +95,23 @@ def test_table_numbers(root):
     m, s, n = plot.held_out(runs["prime"])
     assert (m, n) == (pytest.approx(0.50), 3) and s == pytest.approx(0.01)
 
+    # each seed's own curve: prime's seeds are offset by -0.01, 0, +0.01 (one step of its slope
+    # each), rloo's by a step's worth of two; the slower seed never gets there
+    r = plot.reach(runs, "prime")
+    assert r["step"] == 18 and r["per_seed"] == [19, 18, 17] and r["ratio"] == pytest.approx(18 / 30)
+    assert plot.reach(runs, "rloo")["per_seed"] == [None, 30, 28]
+    # time: prime 1.5 s per step, rloo 1.1 s on average over its seeds
+    assert plot.step_seconds(runs["prime"]) == (list(range(1, 31)), [pytest.approx(1.5)] * 30)
+    assert plot.seconds_to(runs["rloo"], 30) == pytest.approx(33.0)
+    assert r["seconds"] == pytest.approx(27.0) and r["seconds_ratio"] == pytest.approx(27.0 / 33.0)
+
     text = plot.table(runs)
     lines = text.splitlines()
     assert lines[0].startswith("| config | seeds |") and "(0.422)" in lines[0] and len(lines) == 4
-    assert lines[2].startswith("| prime | 3 |") and "| 18 of 30 |" in lines[2] and "0.500 ± 0.010 (n=3)" in lines[2]
-    assert lines[3].startswith("| rloo | 3 |") and "| 30 of 30 |" in lines[3] and "0.460 ± 0.010 (n=3)" in lines[3]
+    assert lines[2] == ("| prime | 3 | 0.545 ± 0.010 | 18 of 30 [19 / 18 / 17] | 0.60 | 1.50 | 27 (0.82) | "
+                        "0.500 ± 0.010 (n=3) |")
+    assert lines[3] == ("| rloo | 3 | 0.423 ± 0.010 | 30 of 30 [- / 30 / 28] | 1.00 | 1.10 | 33 (1.00) | "
+                        "0.460 ± 0.010 (n=3) |")
 
 
 def test_table_without_a_baseline_or_summaries(tmp_path):
@@ -102,7 +119,7 @@ def test_table_without_a_baseline_or_summaries(tmp_path):
     runs = plot.load_runs([str(tmp_path)])
     text = plot.table(runs)
     assert "(n/a)" in text.splitlines()[0]
-    assert text.splitlines()[2] == "| a | 1 | 0.200 ± 0.000 | n/a | n/a |"
+    assert text.splitlines()[2] == "| a | 1 | 0.200 ± 0.000 | n/a | n/a | n/a | n/a | n/a |"
 
 
 def test_plot_writes_the_pngs(root, tmp_path, capsys):
