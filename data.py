@@ -305,18 +305,19 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 # That task has one place where the habit strikes, the first line, and outcome-only RL finds it
 # as fast as PRIME does (README, "Does the dense reward help?"). The paper's claim rests on long
 # responses in which several steps can each go right or wrong. The second task, "products", has
-# `products` such places, each decided on its own: a leading number and products of two operands
-# joined by + and -, worked in one pass left to right in which a product binds first:
+# `products` such places, each decided on its own: a leading number and products of two operands,
+# all added, worked in one pass left to right in which a product binds first:
 #
-#   prompt:              5+4*6-3*2
-#   solution:            5+24-3*2          decision 1: 4*6 before 5+4
-#                        29-3*2
-#                        29-6              decision 2: 3*2 before 29-3
-#                        \boxed{23}
+#   prompt:              5+4*6+3*2
+#   solution:            5+24+3*2          decision 1: 4*6 before 5+4
+#                        29+3*2
+#                        29+6              decision 2: 3*2 before 29+3
+#                        \boxed{35}
 #
 # Its careless teacher slips at each decision on its own, with probability careless_share:
-# it does the + or - first, as if the expression were "(5+4)*6" ("9*6-3*2" -> "54-3*2": wrong
-# whenever the product's right operand is not 1). So the SFT model slips at each decision with
+# it does the + first, as if the expression were "(5+4)*6" ("9*6+3*2" -> "54+3*2": wrong
+# whenever the product's right operand is not 1). Only + joins the products: with - the values
+# go negative, and the tiny model's signed arithmetic ("-15+12") failed more often than its habit. So the SFT model slips at each decision with
 # about that probability, independently, and a response is right only when every decision went
 # right: the outcome says whether all n went right, never which one went wrong. The implicit
 # PRM can learn which line did; data.toy_decisions reads a response's decisions back.
@@ -359,9 +360,9 @@ def toy_solution(numbers, ops, careless=False, slips=None):
 
     slips a sequence of bools: the products task's teacher. One pass left to right: the
     leftmost operation, unless it is a + or - whose right operand is multiplied next, where the
-    product binds first ("5+4*6-3*2" -> "5+24-3*2" -> "29-3*2" -> "29-6"). Such a line is a
+    product binds first ("5+4*6+3*2" -> "5+24+3*2" -> "29+3*2" -> "29+6"). Such a line is a
     *decision*; at the k-th, slips[k] true does the + or - anyway, as if the expression were
-    "(5+4)*6" ("9*6-3*2" -> "54-3*2": wrong); decisions past the end of slips are careful. Each
+    "(5+4)*6" ("9*6+3*2" -> "54+3*2": wrong); decisions past the end of slips are careful. Each
     product is met at exactly one decision, so a problem with n products has n of them.
     """
     numbers, ops = list(numbers), list(ops)
@@ -432,8 +433,8 @@ def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share
 
     task "expression": `steps` operations drawn from `ops`; the careless teacher works a whole
     solution left to right, with probability careless_share per solution. task "products":
-    `products` products of two operands after a leading number, joined by + and - ("5+4*6-3*2";
-    steps and ops are not used); the careless teacher decides each of the `products` decisions
+    `products` products of two operands added to a leading number ("5+4*6+3*2"; steps and ops
+    are not used); the careless teacher decides each of the `products` decisions
     on its own, careless with probability careless_share each (see above).
 
     Deterministic in its arguments; a larger n extends a smaller one, and careless_share changes
@@ -465,9 +466,9 @@ def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share
         if task == "expression":
             numbers = [rng.randint(1, max_operand) for _ in range(steps + 1)]
             chosen_ops = [rng.choice(ops) for _ in range(steps)]
-        else:  # a, then "+b*c" or "-b*c" per product
+        else:  # a, then "+b*c" per product
             numbers = [rng.randint(1, max_operand) for _ in range(2 * products + 1)]
-            chosen_ops = [op for _ in range(products) for op in (rng.choice("+-"), "*")]
+            chosen_ops = ["+", "*"] * products
         question = _expression(numbers, chosen_ops)
         if question in seen or toy_split_of(question) != split:
             continue

@@ -272,8 +272,8 @@ def token_credit(prm, ref, prompts, responses, beta):
 
 def draw_token_credit(examples, path, title=""):
     """A heat strip per response: each token's reward in a cell under its character (red
-    negative, blue positive, one symmetric scale for all), a newline drawn as "⏎" and the end of
-    the turn as "■". examples: dicts {"tokens" (strings), "rewards" (floats), "label" (the line
+    negative, blue positive, one symmetric scale for all), a newline drawn as "⏎", the end of
+    the turn as "■" (another special token as "◆"). examples: dicts {"tokens" (strings), "rewards" (floats), "label" (the line
     above the strip), "marks" ([(token index, text)] written under the strip)}."""
     try:
         import matplotlib
@@ -358,9 +358,9 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
     examples = []
     for (problem, ids, right), rewards in zip(chosen, credit):
         question = rows[int(problem.id.rsplit(":", 1)[1])]["prompt"][0]["content"]
-        tokens = [tokenizer.decode([i]) for i in ids]
-        tokens = ["⏎" if t == "\n" else "■" if i in evaluation.stop_token_ids(tokenizer) else t
-                  for t, i in zip(tokens, ids)]
+        stops, special = evaluation.stop_token_ids(tokenizer), set(tokenizer.all_special_ids)
+        tokens = ["■" if i in stops else "◆" if i in special else "⏎" if t == "\n" else t
+                  for t, i in zip((tokenizer.decode([i]) for i in ids), ids)]
         text = tokenizer.decode(ids, skip_special_tokens=True)
         starts = [0] + [k + 1 for k, t in enumerate(tokens) if t == "⏎"]  # token index of each line
         ends = starts[1:] + [len(tokens)]

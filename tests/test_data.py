@@ -213,8 +213,8 @@ def test_toy_products_answers_and_careful_solutions(products, max_operand):
     for split in ("train", "test"):
         for row in data.toy_rows(split, 40, seed=1, task="products", products=products, max_operand=max_operand):
             question = row["prompt"][0]["content"]
-            # a leading number, then "+b*c" or "-b*c" per product, operands in 1..max_operand
-            assert re.fullmatch(r"\d+([+-]\d+\*\d+){%d}" % products, question)
+            # a leading number, then "+b*c" per product, operands in 1..max_operand
+            assert re.fullmatch(r"\d+(\+\d+\*\d+){%d}" % products, question)
             assert all(1 <= int(x) <= max_operand for x in re.findall(r"\d+", question))
             answer = eval(question)
             assert row["reward_model"]["ground_truth"] == str(answer)

@@ -208,3 +208,69 @@ def test_ablate_runner_runs_in_parallel_and_reports_failures(tmp_path, capsys):
     assert printed.count("done  job") == 3 and "FAILED (exit 1)  job2" in printed
     for i in range(4):
         assert (tmp_path / f"job{i}" / "train.log").read_text().strip() == "threads 2"  # 4 cores / 2 runs
+
+
+# ----------------------------------------------------------------------------------------------
+# plot.py --token_rewards: the PRM's token credit
+# ----------------------------------------------------------------------------------------------
+
+def tiny_network(tokenizer, seed):
+    import torch
+
+    import data
+    import model as M
+    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                   intermediate_size=64, max_position_embeddings=160)
+    torch.manual_seed(seed)
+    network = M.Qwen2ForCausalLM(config)
+    M.init_weights(network, std=0.5)
+    return network
+
+
+def test_token_credit_is_beta_times_the_log_ratio_of_each_response_token(tmp_path):
+    import torch
+
+    import data
+    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
+    prm, ref = tiny_network(tokenizer, 0), tiny_network(tokenizer, 1)
+    prompts = [data.tokenize_prompt(tokenizer, [{"role": "user", "content": q}]) for q in ("5+4*6", "1+2*3+4*5")]
+    responses = [tokenizer("5+24\n\\boxed{29}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+                 tokenizer("3*3", add_special_tokens=False)["input_ids"]]
+    credit = plot.token_credit(prm, ref, prompts, responses, beta=0.05)
+    assert [len(c) for c in credit] == [len(r) for r in responses]
+    for prompt, response, rewards in zip(prompts, responses, credit):
+        # the trainer's way: the packed score mode of model.py, position len(prompt) - 1 + t predicts response[t]
+        ids = torch.tensor(prompt + response)
+        cu = torch.tensor([0, len(ids)], dtype=torch.int32)
+        scored = torch.arange(len(prompt) - 1, len(ids) - 1)
+        with torch.no_grad():
+            logp = [net(ids, cu, scored=scored, targets=torch.tensor(response))[0] for net in (prm, ref)]
+        assert torch.allclose(torch.tensor(rewards), 0.05 * (logp[0] - logp[1]), atol=1e-5)
+    assert plot.token_credit(ref, ref, prompts, responses, beta=0.05) == [[0.0] * len(r) for r in responses]
+
+
+def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import dataclasses
+
+    import data
+    import model as M
+    import train
+    run = tmp_path / "run"
+    cfg = train.parse_config(["--toy_task=products", "--toy_products=2", "--eval_problems=12",
+                              "--max_response_tokens=40", f"--out_dir={run}"])
+    os.makedirs(run)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
+    for name, seed in (("sft", 0), ("prm", 1), ("policy", 2)):
+        M.save_model(tiny_network(tokenizer, seed), str(run / name))
+        tokenizer.save_pretrained(str(run / name))
+    (run / "summary.json").write_text(json.dumps({"model_path": str(run / "sft")}))
+    plot.main(["--token_rewards", str(run), "--out", str(tmp_path / "docs")])
+    with open(tmp_path / "docs" / "token_credit.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+
+    os.remove(run / "summary.json")  # not a finished run
+    with pytest.raises(SystemExit, match="summary.json"):
+        plot.main(["--token_rewards", str(run)])
