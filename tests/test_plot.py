@@ -197,6 +197,20 @@ def test_ablate_rejects_bad_plans(tmp_path, configs, extra, message):
     assert message in str(error.value)
 
 
+def test_ablate_setting_comes_before_the_users_overrides(tmp_path, monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(ablate, "run_jobs", lambda jobs, parallel: ran.extend(jobs) or [])
+    ablate.main(["--configs=rloo", "--seeds=1", f"--root={tmp_path}", "--toy_products=2"])
+    sft, run = ran
+    assert ablate.DEFAULT_SETTING == "products" and "--toy_task=products" in ablate.SETTINGS["products"]
+    assert sft.args == ["--stage=sft", f"--out_dir={tmp_path}/sft", *ablate.SETTINGS["products"], "--toy_products=2"]
+    assert run.args[3:] == [*ablate.SETTINGS["products"], "--toy_products=2", "--process_rewards=false"]
+    ran.clear()
+    ablate.main(["--configs=prime", "--seeds=1", f"--root={tmp_path}", "--setting=expression"])
+    assert ran[0].args == ["--stage=sft", f"--out_dir={tmp_path}/sft"]  # train.py's default toy
+    capsys.readouterr()
+
+
 def test_ablate_runner_runs_in_parallel_and_reports_failures(tmp_path, capsys):
     script = tmp_path / "fake_train.py"
     script.write_text("import os, sys, time\ntime.sleep(0.5)\nprint('threads', os.environ['OMP_NUM_THREADS'])\n"
