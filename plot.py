@@ -328,8 +328,8 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
                              f"with process rewards (its exported PRM)")
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
-    with open(os.path.join(run, "summary.json")) as f:
-        sft_path = json.load(f)["model_path"]
+    with open(os.path.join(run, "summary.json")) as f:  # the SFT model: the toy's own <run>/sft, or --model_path
+        sft_path = os.path.join(run, "sft") if os.path.isdir(os.path.join(run, "sft")) else json.load(f)["model_path"]
     toy, _ = evaluation.toy_config(os.path.join(run, "policy"))
     tokenizer = evaluation.load_tokenizer(os.path.join(run, "prm"))
     prm = M.load_model(os.path.join(run, "prm"))
@@ -356,9 +356,9 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
     credit = token_credit(prm, ref, [p.prompt_ids for p, _, _ in chosen], [ids for _, ids, _ in chosen],
                           config["beta"])
     examples = []
+    stops, special = evaluation.stop_token_ids(tokenizer), set(tokenizer.all_special_ids)
     for (problem, ids, right), rewards in zip(chosen, credit):
         question = rows[int(problem.id.rsplit(":", 1)[1])]["prompt"][0]["content"]
-        stops, special = evaluation.stop_token_ids(tokenizer), set(tokenizer.all_special_ids)
         tokens = ["■" if i in stops else "◆" if i in special else "⏎" if t == "\n" else t
                   for t, i in zip((tokenizer.decode([i]) for i in ids), ids)]
         text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -372,7 +372,7 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
                                   f"r_phi(y) = {sum(rewards):+.2f}"})
     os.makedirs(out_dir, exist_ok=True)
     return draw_token_credit(examples, os.path.join(out_dir, "token_credit.png"),
-                             title=f"the PRM of {os.path.abspath(run)} on held-out responses of its SFT model "
+                             title=f"the PRM of {run} on held-out responses of its SFT model "
                                    f"(temperature 1); under each line: its summed reward")
 
 
