@@ -316,11 +316,12 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 #
 # Its careless teacher slips at each decision on its own, with probability careless_share:
 # it does the + first, as if the expression were "(5+4)*6" ("9*6+3*2" -> "54+3*2": wrong
-# whenever the product's right operand is not 1). Only + joins the products: with - the values
-# go negative, and the tiny model's signed arithmetic ("-15+12") failed more often than its habit. So the SFT model slips at each decision with
+# whenever the product's right operand is not 1). So the SFT model slips at each decision with
 # about that probability, independently, and a response is right only when every decision went
 # right: the outcome says whether all n went right, never which one went wrong. The implicit
-# PRM can learn which line did; data.toy_decisions reads a response's decisions back.
+# PRM can learn which line did; toy_decisions reads a response's decisions back. Only + joins
+# the products: with - the values go negative, and the tiny model's signed arithmetic
+# ("-15+12") then failed more often than its habit did.
 #
 # Held-out problems must never appear in training. A problem's split is a function of its text
 # alone (a hash), and each split's generator keeps only its own problems (rejection sampling),
@@ -434,8 +435,8 @@ def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share
     task "expression": `steps` operations drawn from `ops`; the careless teacher works a whole
     solution left to right, with probability careless_share per solution. task "products":
     `products` products of two operands added to a leading number ("5+4*6+3*2"; steps and ops
-    are not used); the careless teacher decides each of the `products` decisions
-    on its own, careless with probability careless_share each (see above).
+    are not used); the careless teacher slips at each of the `products` decisions on its own,
+    with probability careless_share each (see above).
 
     Deterministic in its arguments; a larger n extends a smaller one, and careless_share changes
     only the solutions, never the problems. extra_info holds {"split", "index", "solution",
