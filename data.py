@@ -314,12 +314,34 @@ def load_rl_data(paths, tokenizer, max_prompt_tokens):
 # default: at 1..9 the tiny model's careful openings were still wrong two times in three
 # (multiplication table slips), so unlearning the habit could not gain much (README).
 #
+# That task has one place where the habit strikes, the first line, and outcome-only RL finds it
+# as fast as PRIME does (README, "Does the dense reward help?"). The paper's claim rests on long
+# responses in which several steps can each go right or wrong. The second task, "products", has
+# `products` such places, each decided on its own: a leading number and products of two operands,
+# all added, worked in one pass left to right in which a product binds first:
+#
+#   prompt:              5+4*6+3*2
+#   solution:            5+24+3*2          decision 1: 4*6 before 5+4
+#                        29+3*2
+#                        29+6              decision 2: 3*2 before 29+3
+#                        \boxed{35}
+#
+# Its careless teacher slips at each decision on its own, with probability careless_share:
+# it does the + first, as if the expression were "(5+4)*6" ("9*6+3*2" -> "54+3*2": wrong
+# whenever the product's right operand is not 1). So the SFT model slips at each decision with
+# about that probability, independently, and a response is right only when every decision went
+# right: the outcome says whether all n went right, never which one went wrong. The implicit
+# PRM can learn which line did; toy_decisions reads a response's decisions back. Only + joins
+# the products: with - the values go negative, and the tiny model's signed arithmetic
+# ("-15+12") then failed more often than its habit did.
+#
 # Held-out problems must never appear in training. A problem's split is a function of its text
 # alone (a hash), and each split's generator keeps only its own problems (rejection sampling),
 # so train and test are disjoint for every seed and every difficulty setting.
 
 TOY_SOURCE = "toy_arithmetic"
 TOY_TEST_SHARE = 4  # one problem text in 4 belongs to the held-out split
+TOY_TASKS = ("expression", "products")  # toy_rows(task=...)
 
 
 def toy_split_of(question):
@@ -337,26 +359,51 @@ def _expression(numbers, ops):
     return "".join(str(n) + op for n, op in zip(numbers, ops)) + str(numbers[-1])
 
 
-def toy_solution(numbers, ops, careless=False):
+def toy_solution(numbers, ops, careless=False, slips=None):
     """The worked solution and its boxed result for numbers[0] ops[0] numbers[1] ...
 
-    One line per operation: the first "*" if any is left, else the leftmost operation (+ and -
-    are left-associative), then the rest of the expression rewritten; the final result is boxed.
-    Products are of positive numbers, so a negative value can only appear as the leftmost term
-    ("3-9+4" -> "-6+4"), and every line stays a valid expression with the same value.
-    careless=True: always the leftmost operation (the careless teacher's habit), so the lines
-    and the result are wrong whenever precedence matters ("7+4*6" -> "11*6" -> 66).
+    One line per operation, the rest of the expression rewritten after it; the final result is
+    boxed. Products are of positive numbers, so a negative value can only appear as the leftmost
+    term ("3-9+4" -> "-6+4"), and every careful line is a valid expression with the same value.
+
+    slips=None: the expression task's teacher. Each line does the first "*" if any is left,
+    else the leftmost operation (+ and - are left-associative). careless=True is its careless
+    twin: always the leftmost operation, the whole solution worked left to right
+    ("7+4*6" -> "11*6" -> 66).
+
+    slips a sequence of bools: the products task's teacher. One pass left to right: the
+    leftmost operation, unless it is a + or - whose right operand is multiplied next, where the
+    product binds first ("5+4*6+3*2" -> "5+24+3*2" -> "29+3*2" -> "29+6"). Such a line is a
+    *decision*; at the k-th, slips[k] true does the + or - anyway, as if the expression were
+    "(5+4)*6" ("9*6+3*2" -> "54+3*2": wrong); decisions past the end of slips are careful. Each
+    product is met at exactly one decision, so a problem with n products has n of them.
     """
     numbers, ops = list(numbers), list(ops)
-    lines = []
+    lines, decision = [], 0
     while ops:
-        k = ops.index("*") if "*" in ops and not careless else 0
+        if slips is None:
+            k = ops.index("*") if "*" in ops and not careless else 0
+        else:
+            k = 0
+            if len(ops) > 1 and ops[0] != "*" and ops[1] == "*":  # a decision
+                k = 0 if decision < len(slips) and slips[decision] else 1
+                decision += 1
         numbers[k:k + 2] = [_apply(numbers[k], ops[k], numbers[k + 1])]
         del ops[k]
         lines.append(_expression(numbers, ops))
     answer = numbers[0]
     lines[-1] = f"\\boxed{{{answer}}}"
     return "\n".join(lines), answer
+
+
+def _parse(expression):
+    """(numbers, ops) of an expression line such as "-6+4*2", or None if it is not one."""
+    if not re.fullmatch(r"-?\d+([+\-*]\d+)*", expression):
+        return None
+    numbers = [int(n) for n in re.findall(r"\d+", expression)]
+    if expression.startswith("-"):
+        numbers[0] = -numbers[0]
+    return numbers, re.findall(r"(?<=\d)[+\-*]", expression)
 
 
 def toy_first_step(question, response):
@@ -374,23 +421,52 @@ def toy_first_step(question, response):
     return "careful" if first == careful else "careless" if first == careless else "neither"
 
 
-def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share=0.0):
+def toy_decisions(question, response):
+    """How `response` takes each decision of the products task's teacher (see toy_solution) that
+    it meets, following its own lines: a list of (line number, kind) per decision, kind "careful",
+    "slip" (the careless teacher's line) or "neither". Each line is judged against the line before
+    it (the question for line 0), so a step after a slip is judged on the expression the response
+    wrote; the walk stops at a line that is not an expression (the boxed answer, anything else).
+    A products task response that takes every decision carefully and slips nowhere else is right."""
+    decisions, current = [], _parse(question)
+    for i, line in enumerate(response.split("\n")):
+        if current is None or len(current[1]) < 2:  # one operation left: no decision possible
+            break
+        careful = toy_solution(*current, slips=[])[0].split("\n")[0]
+        slip = toy_solution(*current, slips=[True])[0].split("\n")[0]
+        if careful != slip:
+            decisions.append((i, "careful" if line == careful else "slip" if line == slip else "neither"))
+        current = _parse(line)
+    return decisions
+
+
+def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share=0.0, task="expression",
+             products=3):
     """`n` distinct toy problems of `split` ("train" or "test") as Eurus-schema rows.
 
-    Deterministic in (split, n, seed, steps, max_operand, ops, careless_share); a larger n
-    extends a smaller one, and careless_share changes only the solutions, never the problems.
-    extra_info holds {"split", "index", "solution", "careless"}: the solution is the SFT target,
-    written by the careless teacher (see above) with probability careless_share; the ground truth
-    is always the true value. Raises ValueError when the split holds fewer than n distinct
-    problems of this size.
+    task "expression": `steps` operations drawn from `ops`; the careless teacher works a whole
+    solution left to right, with probability careless_share per solution. task "products":
+    `products` products of two operands added to a leading number ("5+4*6+3*2"; steps and ops
+    are not used); the careless teacher slips at each of the `products` decisions on its own,
+    with probability careless_share each (see above).
+
+    Deterministic in its arguments; a larger n extends a smaller one, and careless_share changes
+    only the solutions, never the problems. extra_info holds {"split", "index", "solution",
+    "careless"}: the solution is the SFT target, written by the teacher; "careless" says whether
+    the teacher was careless anywhere, and on the products task "careless_decisions" lists its
+    choice at each decision in order. The ground truth is always the true value. Raises
+    ValueError when the split holds fewer than n distinct problems of this size.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if steps < 1 or max_operand < 1 or not ops or set(ops) - set("+-*"):
-        raise ValueError(f"need steps >= 1, max_operand >= 1 and ops drawn from '+-*'; "
-                         f"got steps={steps}, max_operand={max_operand}, ops={ops!r}")
+    if task not in TOY_TASKS:
+        raise ValueError(f"task must be one of {TOY_TASKS}, got {task!r}")
+    if steps < 1 or max_operand < 1 or not ops or set(ops) - set("+-*") or products < 1:
+        raise ValueError(f"need steps >= 1, products >= 1, max_operand >= 1 and ops drawn from '+-*'; got "
+                         f"steps={steps}, products={products}, max_operand={max_operand}, ops={ops!r}")
     if not 0.0 <= careless_share <= 1.0:
         raise ValueError(f"careless_share must be in [0, 1], got {careless_share}")
+    size = f"steps={steps}, ops={ops!r}" if task == "expression" else f"products={products}"
     rng = random.Random(f"{TOY_SOURCE}:{split}:{seed}")
     teacher = random.Random(f"{TOY_SOURCE}:teacher:{split}:{seed}")  # its own stream: same problems
     seen, rows = set(), []
@@ -398,24 +474,33 @@ def toy_rows(split, n, seed=0, steps=3, max_operand=6, ops="+-*", careless_share
     while len(rows) < n:
         attempts += 1
         if attempts > 100 * n + 10_000:  # the problem space is (nearly) exhausted
-            raise ValueError(f"only {len(rows)} distinct {split} problems found with steps={steps}, "
-                             f"max_operand={max_operand}, ops={ops!r}; asked for {n}")
-        numbers = [rng.randint(1, max_operand) for _ in range(steps + 1)]
-        chosen_ops = [rng.choice(ops) for _ in range(steps)]
+            raise ValueError(f"only {len(rows)} distinct {split} problems found with {size}, "
+                             f"max_operand={max_operand}; asked for {n}")
+        if task == "expression":
+            numbers = [rng.randint(1, max_operand) for _ in range(steps + 1)]
+            chosen_ops = [rng.choice(ops) for _ in range(steps)]
+        else:  # a, then "+b*c" per product
+            numbers = [rng.randint(1, max_operand) for _ in range(2 * products + 1)]
+            chosen_ops = ["+", "*"] * products
         question = _expression(numbers, chosen_ops)
         if question in seen or toy_split_of(question) != split:
             continue
         seen.add(question)
-        solution, answer = toy_solution(numbers, chosen_ops)
-        careless = teacher.random() < careless_share  # drawn for every row: same problems
-        if careless:
-            solution = toy_solution(numbers, chosen_ops, careless=True)[0]  # wrong box when precedence matters
+        answer = toy_solution(numbers, chosen_ops)[1]
+        extra = {"split": split, "index": len(rows)}
+        if task == "expression":
+            careless = teacher.random() < careless_share  # drawn for every row: same problems
+            extra.update(solution=toy_solution(numbers, chosen_ops, careless=careless)[0], careless=careless)
+        else:  # one draw per decision: the products task meets exactly `products` decisions
+            slips = [teacher.random() < careless_share for _ in range(products)]
+            extra.update(solution=toy_solution(numbers, chosen_ops, slips=slips)[0], careless=any(slips),
+                         careless_decisions=slips)
         rows.append({
             "data_source": TOY_SOURCE,
             "prompt": [{"role": "user", "content": question}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": str(answer)},
-            "extra_info": {"split": split, "index": len(rows), "solution": solution, "careless": careless},
+            "extra_info": extra,
         })
     return rows
 

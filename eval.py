@@ -6,7 +6,8 @@
 For each benchmark file: prompt every question the paper's way (the Eurus system prompt plus the
 math or code suffix, docs/notes.md §6/§8), sample responses with rollout.py (greedy unless the
 paper sampled), score each with verify.py, and report the mean score. With no --data, the toy
-task's held-out problems are evaluated, prompted exactly as train.py's toy prompts are.
+task's held-out problems are evaluated: those train.py evaluated in the run that wrote the
+checkpoint (its config.json, in the folder above --model), prompted and cut off as train.py did.
 
 Rank 0 prints a markdown table, with the paper's Eurus-2-7B-SFT and Eurus-2-7B-PRIME numbers
 beside ours for the paper's seven benchmarks, and writes into --out (default <model>/eval, next
@@ -82,12 +83,8 @@ PAPER_BENCHMARKS = [
 ]
 OTHER_MAX_NEW_TOKENS = 4096  # a benchmark the paper did not report: the math scripts' budget
 
-# The toy task's longest worked solution (3 operations on operands up to 9, the largest
-# data.toy_rows draws; its default is 6) is 25 characters, e.g. "1-12*9\n1-108\n\boxed{-107}", plus the EOS token: 26 tokens
-# of the character tokenizer. 64 never cuts a correct solution short, and a response that hits
-# it has wandered off, which the truncation rate then shows.
-TOY_MAX_NEW_TOKENS = 64
-TOY_SETTINGS = {"temperature": 0.0, "top_p": 1.0, "n_samples": 1, "max_new_tokens": TOY_MAX_NEW_TOKENS}
+# The toy's greedy decoding; its token limit is the run's max_response_tokens (toy_config).
+TOY_SETTINGS = {"temperature": 0.0, "top_p": 1.0, "n_samples": 1}
 
 
 def paper_benchmark(name):
@@ -233,26 +230,78 @@ def benchmark_problems(path, name, tokenizer):
             for row, text, ids in zip(rows, texts, all_ids)]
 
 
-def toy_problems(tokenizer, n):
-    """The toy task's held-out problems, through the very path train.py's toy prompts take
-    (toy rows -> data.rows_to_problems: the user turn alone, no system prompt)."""
-    problems, _ = data.rows_to_problems(data.toy_rows("test", n, seed=0), tokenizer, source="toy_test")
+# The toy's held-out problems are train.py's: the run's config.json says which. train.py writes
+# <out_dir>/config.json and exports its checkpoints into <out_dir> (policy, prm, sft), so the
+# folder above a checkpoint holds the settings its problems were drawn with. Without one, train.py's
+# defaults (tests/test_eval.py checks that these are Config's).
+TOY_DEFAULTS = {"toy_task": "expression", "toy_steps": 3, "toy_products": 3, "toy_max_operand": 6,
+                "eval_problems": 500, "max_prompt_tokens": 64, "max_response_tokens": 48}
+
+
+def toy_config(model_path):
+    """(the toy settings of the train.py run that wrote the checkpoint at model_path, the
+    config.json they come from or None): TOY_DEFAULTS's keys, read from the run's config.json
+    (<out_dir>/config.json beside <out_dir>/policy), else TOY_DEFAULTS."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    if not os.path.isfile(path):
+        return dict(TOY_DEFAULTS), None
+    with open(path) as f:
+        run = json.load(f)
+    if not isinstance(run, dict) or "toy_steps" not in run:  # another program's config.json
+        return dict(TOY_DEFAULTS), None
+    return {key: run.get(key, default) for key, default in TOY_DEFAULTS.items()}, path
+
+
+def toy_test_rows(config, n=None):
+    """The rows of the toy's held-out split as train.py draws them for a run with these settings
+    (toy_config); the first n of them (default: the run's eval_problems)."""
+    return data.toy_rows("test", n or config["eval_problems"], seed=0, steps=config["toy_steps"],
+                         max_operand=config["toy_max_operand"], task=config["toy_task"],
+                         products=config["toy_products"])
+
+
+def toy_problems(tokenizer, n=None, config=None):
+    """The toy task's held-out problems exactly as train.py builds them (train._load_problems:
+    the same rows, the prompt-length filter, source "toy-test"), for the run of `config`
+    (toy_config; None: train.py's defaults); n as in toy_test_rows."""
+    config = config or TOY_DEFAULTS
+    problems, _ = data.rows_to_problems(toy_test_rows(config, n), tokenizer, config["max_prompt_tokens"],
+                                        source="toy-test")
     return problems
 
 
-def toy_openings(records, n_problems):
-    """How the toy responses open their problems (data.toy_first_step): for each answer, the
-    number of responses that gave it and how many of those were right. Of the problems where
-    the order of operations matters at once, a careless SFT model opens most "careless"; RL's
-    gain on the toy is mostly those turning "careful" (README, "The toy task")."""
-    questions = [row["prompt"][0]["content"] for row in data.toy_rows("test", n_problems, seed=0)]
-    openings = {}
-    for record in records:  # record ids are "toy_test:<row>"
-        question = questions[int(record["id"].rsplit(":", 1)[1])]
-        kind = data.toy_first_step(question, record["response"])
-        n, right = openings.get(kind, (0, 0))
-        openings[kind] = (n + 1, right + record["score"])
-    return {kind: {"responses": n, "right": right} for kind, (n, right) in sorted(openings.items())}
+def toy_habits(records, rows, task):
+    """How the toy responses handle the places where the SFT model's careless habit strikes
+    (README, "The toy task"); rows are the problems' toy rows (toy_test_rows), record ids
+    "toy-test:<row>".
+
+    expression task: how each answer opens (data.toy_first_step): for each kind, the number of
+    responses and how many of those were right. Of the problems where the order of operations
+    matters at once, a careless SFT model opens most "careless"; RL's gain is mostly those
+    turning "careful".
+    products task: every decision of every response (data.toy_decisions) counted by kind, and
+    the responses that took all their problem's decisions carefully, with how many were right.
+    """
+    counts = {}
+    for record in records:
+        row = rows[int(record["id"].rsplit(":", 1)[1])]
+        question = row["prompt"][0]["content"]
+        if task == "expression":
+            kind = data.toy_first_step(question, record["response"])
+            n, right = counts.get(kind, (0, 0))
+            counts[kind] = (n + 1, right + record["score"])
+            continue
+        kinds = [kind for _, kind in data.toy_decisions(question, record["response"])]
+        for kind in kinds:
+            counts[kind] = counts.get(kind, 0) + 1
+        if kinds.count("careful") == len(row["extra_info"]["careless_decisions"]):
+            n, right = counts.get("all careful", (0, 0))
+            counts["all careful"] = (n + 1, right + record["score"])
+    if task == "expression":
+        return {kind: {"responses": n, "right": right} for kind, (n, right) in sorted(counts.items())}
+    habits = {kind: {"decisions": counts.get(kind, 0)} for kind in ("careful", "slip", "neither")}
+    n, right = counts.get("all careful", (0, 0))
+    return {**habits, "all careful": {"responses": n, "right": right}}
 
 
 # ==============================================================================================
@@ -271,10 +320,12 @@ def parse_args(argv):
     parser.add_argument("--n_samples", type=int, help="responses per problem, scored as avg@k "
                         "(default: the paper's, 1; LiveCodeBench 10)")
     parser.add_argument("--max_new_tokens", type=int, help="default: the paper's (4096; MATH-500 and "
-                        f"LeetCode 8192; the toy {TOY_MAX_NEW_TOKENS})")
+                        "LeetCode 8192; the toy: the run's max_response_tokens)")
     parser.add_argument("--max_batch_tokens", type=int, help="KV-cache slots per sampling batch "
                         "(default on a GPU: what 90%% of its memory leaves after the weights; on the CPU, one batch)")
-    parser.add_argument("--toy_problems", type=int, default=500, help="toy held-out problems (no --data)")
+    parser.add_argument("--toy_problems", type=int, help="toy held-out problems (no --data; default: the run's "
+                        "eval_problems). The toy's settings come from the train.py run's config.json, the folder "
+                        "above --model")
     parser.add_argument("--out", help="output folder (default: <model>/eval)")
     args = parser.parse_args(argv)
     for key in ("n_samples", "max_new_tokens", "toy_problems", "max_batch_tokens"):
@@ -366,10 +417,15 @@ def run(args, rank, world, device):
                                  f"(a benchmark is named by its file, or its folder for a split name)")
             benchmarks = [(name, benchmark_problems(path, name, tokenizer)) for name, path in zip(names, args.data)]
         else:
-            benchmarks = [("toy", toy_problems(tokenizer, args.toy_problems))]
+            toy, toy_path = toy_config(args.model)
+            if rank == 0:
+                print(f"eval.py: toy settings from {toy_path}" if toy_path else
+                      "eval.py: no train.py config.json above the checkpoint: the toy with train.py's defaults")
+            benchmarks = [("toy", toy_problems(tokenizer, args.toy_problems, toy))]
         plans = []
         for name, problems in benchmarks:
-            settings = paper_settings(name) if args.data else TOY_SETTINGS.copy()
+            settings = paper_settings(name) if args.data else \
+                {**TOY_SETTINGS, "max_new_tokens": toy["max_response_tokens"]}
             settings.update({key: getattr(args, key) for key in settings if getattr(args, key) is not None})
             room = response_room(problems, model.config.max_position_embeddings, name)
             if settings["max_new_tokens"] > room:
@@ -396,11 +452,20 @@ def run(args, rank, world, device):
                           max_prefill_tokens=max_prefill_tokens)
         paper = paper_benchmark(name)
         extra = {}
-        if not args.data:  # the toy: how its responses open (see toy_openings)
-            extra["toy_openings"] = toy_openings(result["records"], len(problems))
+        if not args.data:  # the toy: where its careless habit strikes (see toy_habits)
+            habits = toy_habits(result["records"], toy_test_rows(toy, args.toy_problems), toy["toy_task"])
+            if toy["toy_task"] == "expression":
+                extra["toy_openings"] = habits
+                line = "toy first lines: " + ", ".join(
+                    f"{kind} {o['responses']} ({o['right']:g} right)" for kind, o in habits.items())
+            else:
+                extra["toy_decisions"] = habits
+                every = habits["all careful"]
+                line = ("toy decisions: " + ", ".join(f"{kind} {habits[kind]['decisions']}"
+                                                       for kind in ("careful", "slip", "neither"))
+                        + f"; every decision careful in {every['responses']} responses ({every['right']:g} right)")
             if rank == 0:
-                print("eval.py: toy first lines: " + ", ".join(
-                    f"{kind} {o['responses']} ({o['right']:g} right)" for kind, o in extra["toy_openings"].items()))
+                print("eval.py: " + line)
         rows.append({"benchmark": name, "paper_benchmark": paper.title if paper else None,
                      "n": result["n"], "metric": metric_name(settings), **settings,
                      "accuracy": result["accuracy"],

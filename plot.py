@@ -136,27 +136,74 @@ def held_out(runs):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
+STEP_SECONDS = ("seconds_collect", "seconds_prm", "seconds_policy")  # a step's phases in metrics.jsonl
+
+
+def step_seconds(runs):
+    """Per step over the seeds of one label: (steps, mean seconds of the step), the step's time
+    being its phases' (sampling, PRM, policy) sum; empty lists for runs that logged no times."""
+    values = {}
+    for run in runs:
+        for row in run["rows"]:
+            if all(row.get(key) is not None for key in STEP_SECONDS):
+                values.setdefault(row["step"], []).append(sum(row[key] for key in STEP_SECONDS))
+    steps = sorted(values)
+    return steps, [statistics.fmean(values[s]) for s in steps]
+
+
+def seconds_to(runs, step):
+    """Seconds of training (step_seconds, seed mean) until the end of `step`; None without times."""
+    steps, seconds = step_seconds(runs)
+    return sum(t for s, t in zip(steps, seconds) if s <= step) if steps else None
+
+
+def reach(runs_by_label, label):
+    """How fast `label` reaches the rloo baseline's final training reward (the paper's Fig. 4
+    measure): {"target", "step" (the seed-mean curve's, steps_to_reach), "ratio" (step over
+    rloo's own step), "per_seed" (each seed's own curve's step, None where it never gets there),
+    "seconds" (training seconds until that step, seed mean), "seconds_ratio" (over rloo's)}.
+    None without a baseline."""
+    if BASELINE not in runs_by_label:
+        return None
+    baseline = runs_by_label[BASELINE]
+    target = smooth(seed_curve(baseline, "outcome_accuracy")[1])[-1]
+    runs = runs_by_label[label]
+    step, own = steps_to_reach(runs, target), steps_to_reach(baseline, target)
+    seconds = seconds_to(runs, step) if step is not None else None
+    own_seconds = seconds_to(baseline, own)
+    return {"target": target, "step": step, "ratio": step / own if step is not None else None,
+            "per_seed": [steps_to_reach([run], target) for run in runs], "seconds": seconds,
+            "seconds_ratio": seconds / own_seconds if seconds is not None and own_seconds else None}
+
+
 def table(runs_by_label):
-    """The markdown table (a string): per label the seeds, the final training reward, the
-    steps to reach the rloo baseline's final training reward, the final held-out accuracy."""
-    baseline = None
-    if BASELINE in runs_by_label:  # the target: rloo's smoothed seed-mean at its last step
-        baseline = smooth(seed_curve(runs_by_label[BASELINE], "outcome_accuracy")[1])[-1]
-    target = f"{baseline:.3f}" if baseline is not None else "n/a"
+    """The markdown table (a string): per label the seeds, the final training reward, the steps
+    to reach the rloo baseline's final training reward (the seed-mean curve's, and each seed's
+    own), that step as a share of rloo's own, the seconds per step and the training time to
+    reach it (and its share of rloo's), the final held-out accuracy."""
+    target = reach(runs_by_label, BASELINE)["target"] if BASELINE in runs_by_label else None
     lines = [f"| config | seeds | final training reward (last {WINDOW} steps) | steps to reach {BASELINE}'s "
-             f"final reward ({target}) | held-out accuracy at the end |",
-             "|---|---|---|---|---|"]
+             f"final reward ({f'{target:.3f}' if target is not None else 'n/a'}) [each seed] | ratio to "
+             f"{BASELINE}'s | seconds per step | seconds to reach it (ratio) | held-out accuracy at the end |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, runs in runs_by_label.items():
         mean, std = final_reward(runs)
-        if baseline is None:
-            reach = "n/a"
+        r = reach(runs_by_label, label)
+        total = max(row["step"] for run in runs for row in run["rows"])
+        if r is None:
+            steps = ratio = time = "n/a"
         else:
-            step = steps_to_reach(runs, baseline)
-            total = max(row["step"] for run in runs for row in run["rows"])
-            reach = f"{step} of {total}" if step is not None else f"not within {total}"
+            seeds = " / ".join(str(s) if s is not None else "-" for s in r["per_seed"])
+            steps = (f"{r['step']} of {total}" if r["step"] is not None else f"not within {total}") + f" [{seeds}]"
+            ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+            time = (f"{r['seconds']:.0f} ({r['seconds_ratio']:.2f})" if r["seconds_ratio"] is not None
+                    else "-")
+        _, seconds = step_seconds(runs)
+        per_step = f"{statistics.fmean(seconds):.2f}" if seconds else "n/a"
         evals = held_out(runs)
         accuracy = f"{evals[0]:.3f} ± {evals[1]:.3f} (n={evals[2]})" if evals else "n/a"
-        lines.append(f"| {label} | {len(runs)} | {mean:.3f} ± {std:.3f} | {reach} | {accuracy} |")
+        lines.append(f"| {label} | {len(runs)} | {mean:.3f} ± {std:.3f} | {steps} | {ratio} | {per_step} | {time} "
+                     f"| {accuracy} |")
     return "\n".join(lines)
 
 
@@ -199,11 +246,148 @@ def draw(runs_by_label, out_dir):
     return written
 
 
+# ----------------------------------------------------------------------------------------------
+# the PRM's token credit (--token_rewards RUN)
+# ----------------------------------------------------------------------------------------------
+
+def token_credit(prm, ref, prompts, responses, beta):
+    """Each response token's implicit process reward beta * log(pi_phi / pi_ref) (rewards.py,
+    Eq. 3) under the PRM `prm` and the reference `ref` (model.py networks): a list of float lists,
+    one per response. prompts and responses are token id lists; the response's log-probs are read
+    at the positions that predict them, one plain forward per response (a few, for a picture)."""
+    import torch
+    import torch.nn.functional as F
+
+    credit = []
+    with torch.no_grad():
+        for prompt, response in zip(prompts, responses):
+            ids = torch.tensor([prompt + response])
+            targets = torch.tensor(response)
+            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(response))  # predict response[t]
+            logp = [F.log_softmax(net(ids)[0, positions].float(), -1)[torch.arange(len(response)), targets]
+                    for net in (prm, ref)]
+            credit.append((beta * (logp[0] - logp[1])).tolist())
+    return credit
+
+
+def draw_token_credit(examples, path, title=""):
+    """A heat strip per response: each token's reward in a cell under its character (red
+    negative, blue positive, one symmetric scale for all), a newline drawn as "⏎", the end of
+    the turn as "■" (another special token as "◆"). examples: dicts {"tokens" (strings), "rewards" (floats), "label" (the line
+    above the strip), "marks" ([(token index, text)] written under the strip)}."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("plot.py: the picture needs matplotlib: python -m pip install -r requirements-plot.txt") \
+            from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    scale = max((abs(r) for e in examples for r in e["rewards"]), default=0.0) or 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-scale, vmax=scale)
+    width = max(len(e["tokens"]) for e in examples)
+    fig, axes = plt.subplots(len(examples), 1, figsize=(0.2 * width + 1.5, 1.05 * len(examples) + 0.6),
+                             squeeze=False)
+    for ax, example in zip(axes[:, 0], examples):
+        image = ax.imshow([example["rewards"]], cmap="RdBu", norm=norm, aspect="auto",
+                          extent=(-0.5, len(example["rewards"]) - 0.5, 0, 1))
+        for x, token in enumerate(example["tokens"]):
+            ax.text(x, 0.5, token, ha="center", va="center", fontsize=7, family="monospace")
+        for x, text in example.get("marks", []):
+            ax.text(x - 0.5, -0.15, text, ha="left", va="top", fontsize=6.5)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(-0.75, 1)
+        ax.set_title(example["label"], fontsize=7.5, loc="left", family="monospace")
+        ax.axis("off")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="beta * log(pi_phi / pi_ref)")
+    if title:
+        fig.suptitle(title, fontsize=8.5, x=0.01, ha="left")
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
+    """The PRM of the train.py run in folder `run` (<run>/prm) crediting held-out responses: sampled
+    at temperature 1 from the model RL started from (the run's SFT model, where the careless
+    habit is common), the first n_wrong wrong and n_right right ones, each token's reward
+    beta * log(pi_phi / pi_ref) with the run's beta and reference (the SFT model, or the final
+    policy for reference=policy). On the products task each decision line is marked careful or
+    slip (data.toy_decisions), and every line's summed reward is written under it. Writes
+    <out_dir>/token_credit.png; returns its path."""
+    import data
+    import eval as evaluation
+    import model as M
+    import verify
+    from rollout import generate
+
+    for need in ("prm", "config.json", "summary.json"):
+        if not os.path.exists(os.path.join(run, need)):
+            raise SystemExit(f"plot.py: {run} has no {need}: --token_rewards needs a finished train.py run "
+                             f"with process rewards (its exported PRM)")
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(run, "summary.json")) as f:  # the SFT model: the toy's own <run>/sft, or --model_path
+        sft_path = os.path.join(run, "sft") if os.path.isdir(os.path.join(run, "sft")) else json.load(f)["model_path"]
+    toy, _ = evaluation.toy_config(os.path.join(run, "policy"))
+    tokenizer = evaluation.load_tokenizer(os.path.join(run, "prm"))
+    prm = M.load_model(os.path.join(run, "prm"))
+    sft = M.load_model(sft_path)
+    ref = M.load_model(os.path.join(run, "policy")) if config.get("reference") == "policy" else sft
+    rows = evaluation.toy_test_rows(toy)
+    problems = evaluation.toy_problems(tokenizer, config=toy)
+    chosen = []  # (problem, response ids, right)
+    wanted = {False: n_wrong, True: n_right}
+    for start in range(0, len(problems), 64):
+        batch = problems[start:start + 64]
+        responses = generate(sft, [p.prompt_ids for p in batch], toy["max_response_tokens"],
+                             data.stop_token_ids(tokenizer), temperature=1.0, seed=seed + start,
+                             vocab_size=len(tokenizer))
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        for problem, ids, text in zip(batch, responses, texts):
+            right = verify.math_correct(text, problem.ground_truth)
+            if wanted[right] > 0:
+                wanted[right] -= 1
+                chosen.append((problem, ids, right))
+        if not any(wanted.values()):
+            break
+    chosen.sort(key=lambda c: c[2])  # the wrong ones first
+    credit = token_credit(prm, ref, [p.prompt_ids for p, _, _ in chosen], [ids for _, ids, _ in chosen],
+                          config["beta"])
+    examples = []
+    stops, special = data.stop_token_ids(tokenizer), set(tokenizer.all_special_ids)
+    for (problem, ids, right), rewards in zip(chosen, credit):
+        question = rows[int(problem.id.rsplit(":", 1)[1])]["prompt"][0]["content"]
+        tokens = ["■" if i in stops else "◆" if i in special else "⏎" if t == "\n" else t
+                  for t, i in zip((tokenizer.decode([i]) for i in ids), ids)]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        starts = [0] + [k + 1 for k, t in enumerate(tokens) if t == "⏎"]  # token index of each line
+        ends = starts[1:] + [len(tokens)]
+        decisions = dict(data.toy_decisions(question, text)) if toy["toy_task"] == "products" else {}
+        marks = [(a, f"{decisions[i] + ' ' if i in decisions else ''}{sum(rewards[a:b]):+.2f}")
+                 for i, (a, b) in enumerate(zip(starts, ends))]
+        examples.append({"tokens": tokens, "rewards": rewards, "marks": marks,
+                         "label": f"{question} = {problem.ground_truth}:  {'right' if right else 'WRONG'},  "
+                                  f"r_phi(y) = {sum(rewards):+.2f}"})
+    os.makedirs(out_dir, exist_ok=True)
+    return draw_token_credit(examples, os.path.join(out_dir, "token_credit.png"),
+                             title=f"the PRM of {run} on held-out responses of its SFT model "
+                                   f"(temperature 1); under each line: its summed reward")
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="+", help="metrics.jsonl files, or folders to search for them")
+    parser.add_argument("paths", nargs="*", help="metrics.jsonl files, or folders to search for them")
     parser.add_argument("--out", default="docs", help="folder for the PNGs (default docs)")
+    parser.add_argument("--token_rewards", metavar="RUN", help="a train.py run folder: draw its PRM's token "
+                        "credit on held-out responses to <out>/token_credit.png (instead of the curves)")
     args = parser.parse_args(argv)
+    if args.token_rewards:
+        print(f"wrote {token_rewards_picture(args.token_rewards, args.out)}")
+        return
+    if not args.paths:
+        parser.error("give metrics.jsonl files or folders, or --token_rewards RUN")
     try:
         runs = load_runs(args.paths)
     except FileNotFoundError as error:

@@ -109,11 +109,15 @@ class Config:
     eval_files: str = knob("", "comma-separated validation parquet files (greedy accuracy); empty with the "
                                "toy = its held-out split")
     eval_problems: int = knob(500, "toy: held-out problems for the greedy accuracy before/after")
-    toy_steps: int = knob(3, "toy: operations per problem")
+    toy_task: str = knob("expression", "toy: expression (one place where the careless habit strikes: the first "
+                                       "line) or products (toy_products places, each on its own; data.py section 5)")
+    toy_steps: int = knob(3, "toy: operations per problem (expression task)")
+    toy_products: int = knob(3, "toy: products per problem, each a place to slip (products task)")
     toy_max_operand: int = knob(6, "toy: operands are drawn from 1..toy_max_operand (at 9 the tiny model's "
                                    "arithmetic slips, not its habits, limit the accuracy; README)")
     toy_careless_share: float = knob(0.6, "toy: share of SFT solutions worked left to right, ignoring that * "
-                                           "comes first (wrong on ~37% of problems; data.py section 5)")
+                                           "comes first (wrong on ~37% of problems; data.py section 5); products "
+                                           "task: the chance of a slip at each product, drawn for each on its own")
     toy_train_problems: int = knob(20000, "toy: size of the RL training pool")
     max_prompt_tokens: int = knob(64, "drop longer prompts")
     max_response_tokens: int = knob(48, "sampling stops here")
@@ -235,7 +239,8 @@ def parse_config(argv):
         raise SystemExit(0)
     problems = [f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}"
                 for name, choices in (("stage", ("prime", "sft")), ("prm_update", PRM_UPDATES),
-                                      ("reference", REFERENCES)) if getattr(cfg, name) not in choices]
+                                      ("reference", REFERENCES),
+                                      ("toy_task", data.TOY_TASKS)) if getattr(cfg, name) not in choices]
     problems += [f"--{name}={getattr(cfg, name)}: {why}" for name, ok, why in (
         ("beta", cfg.beta > 0, "must be positive"),
         ("gamma", 0 <= cfg.gamma <= 1, "must lie in [0, 1]"),
@@ -801,7 +806,8 @@ def sft_chats(cfg, tokenizer):
     stop_ids = set(data.stop_token_ids(tokenizer))
     if not cfg.sft_files:
         rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, steps=cfg.toy_steps,
-                             max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share)
+                             max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share,
+                             task=cfg.toy_task, products=cfg.toy_products)
         return [data.tokenize_chat(tokenizer, chat, stop_ids) for chat in data.toy_chats(rows)]
     max_tokens = cfg.sft_max_tokens or M.load_config(cfg.model_path).max_position_embeddings
     try:
@@ -924,11 +930,10 @@ def _load_problems(cfg, tokenizer):
         held_out = data.load_rl_data(cfg.eval_files.split(","), tokenizer, cfg.max_prompt_tokens)[0] \
             if cfg.eval_files else []
         return train, held_out
-    toy = dict(seed=cfg.seed, steps=cfg.toy_steps, max_operand=cfg.toy_max_operand)
-    train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, **toy), tokenizer,
+    toy = dict(steps=cfg.toy_steps, max_operand=cfg.toy_max_operand, task=cfg.toy_task, products=cfg.toy_products)
+    train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, seed=cfg.seed, **toy), tokenizer,
                                      cfg.max_prompt_tokens, source="toy-train")
-    held_out, _ = data.rows_to_problems(data.toy_rows("test", cfg.eval_problems, seed=0, steps=cfg.toy_steps,
-                                                      max_operand=cfg.toy_max_operand),
+    held_out, _ = data.rows_to_problems(data.toy_rows("test", cfg.eval_problems, seed=0, **toy),
                                         tokenizer, cfg.max_prompt_tokens, source="toy-test")
     return train, held_out
 

@@ -5,6 +5,7 @@ import itertools
 import json
 import pickle
 import random
+import re
 import zlib
 
 import datasets
@@ -205,6 +206,70 @@ def test_toy_rows_errors():
         data.toy_rows("val", 10)
     with pytest.raises(ValueError, match="ops"):
         data.toy_rows("train", 10, ops="/")
+
+
+@pytest.mark.parametrize("products,max_operand", [(1, 6), (3, 6), (4, 9)])
+def test_toy_products_answers_and_careful_solutions(products, max_operand):
+    for split in ("train", "test"):
+        for row in data.toy_rows(split, 40, seed=1, task="products", products=products, max_operand=max_operand):
+            question = row["prompt"][0]["content"]
+            # a leading number, then "+b*c" per product, operands in 1..max_operand
+            assert re.fullmatch(r"\d+(\+\d+\*\d+){%d}" % products, question)
+            assert all(1 <= int(x) <= max_operand for x in re.findall(r"\d+", question))
+            answer = eval(question)
+            assert row["reward_model"]["ground_truth"] == str(answer)
+            lines = row["extra_info"]["solution"].split("\n")
+            assert len(lines) == 2 * products and lines[-1] == f"\\boxed{{{answer}}}"
+            for line in lines[:-1]:
+                assert eval(line) == answer
+            assert not row["extra_info"]["careless"] and row["extra_info"]["careless_decisions"] == [False] * products
+            assert [k for _, k in data.toy_decisions(question, row["extra_info"]["solution"])] == ["careful"] * products
+
+
+def test_toy_products_teacher_slips_at_each_decision_on_its_own():
+    careful = data.toy_rows("train", 3000, seed=2, task="products", products=3)
+    mixed = data.toy_rows("train", 3000, seed=2, task="products", products=3, careless_share=0.4)
+    assert [r["prompt"] for r in mixed] == [r["prompt"] for r in careful]
+    assert [r["reward_model"] for r in mixed] == [r["reward_model"] for r in careful]
+    flags = [r["extra_info"]["careless_decisions"] for r in mixed]
+    # every decision slips with probability 0.4, independently of the others
+    for k in range(3):
+        assert 0.37 < sum(f[k] for f in flags) / len(flags) < 0.43
+    for j, k in [(0, 1), (0, 2), (1, 2)]:
+        assert 0.14 < sum(f[j] and f[k] for f in flags) / len(flags) < 0.18
+    assert 0.19 < sum(not any(f) for f in flags) / len(flags) < 0.24  # 0.6 ** 3 = 0.216 all careful
+    wrong = 0
+    for row, f in zip(mixed, flags):
+        question, solution = row["prompt"][0]["content"], row["extra_info"]["solution"]
+        assert row["extra_info"]["careless"] == any(f)
+        # the decisions the solution took are the teacher's draws, line by line
+        assert [k == "slip" for _, k in data.toy_decisions(question, solution)] == f
+        # a slip reads "x+b*c" as "(x+b)*c": replay that by hand, independently of toy_solution
+        lines = solution.split("\n")
+        previous = question
+        for line in lines[:-1]:
+            m = re.match(r"(-?\d+)([+-])(\d+)\*(\d+)(.*)", previous)
+            slipped = m and line == f"{eval(m[1] + m[2] + m[3])}*{m[4]}{m[5]}"
+            if not slipped:
+                assert eval(line) == eval(previous)  # any other line keeps the value
+            previous = line
+        right = lines[-1] == f"\\boxed{{{row['reward_model']['ground_truth']}}}"
+        assert right or any(f)
+        wrong += not right
+    # a slip leaves the value alone only when the product's right operand is 1 (or by chance)
+    assert 0.8 < wrong / sum(any(f) for f in flags) < 0.95
+
+
+def test_toy_decisions_judge_each_line_against_the_one_before():
+    question = "5+4*6-3*2"  # careful: 5+24-3*2 / 29-3*2 / 29-6 / boxed 23
+    assert data.toy_decisions(question, "5+24-3*2\n29-3*2\n29-6\n\\boxed{23}") == [(0, "careful"), (2, "careful")]
+    assert data.toy_decisions(question, "9*6-3*2\n54-3*2\n51*2\n\\boxed{102}") == [(0, "slip"), (2, "slip")]
+    assert data.toy_decisions(question, "5+25-3*2\n30-3*2\n30-6\n\\boxed{24}") == [(0, "neither"), (2, "careful")]
+    assert data.toy_decisions(question, "5+24-3*2\nhmm\n29-6") == [(0, "careful")]  # stops at a non-expression
+    assert data.toy_decisions(question, "") == [(0, "neither")]
+    assert data.toy_decisions("6*4+5", "24+5\n\\boxed{29}") == []  # a product first: no decision
+    with pytest.raises(ValueError, match="task"):
+        data.toy_rows("train", 5, task="chains")
 
 
 def test_toy_rows_to_problems_and_sft_chats(tok):

@@ -5,6 +5,7 @@ errors), and a 2-rank gloo run that must equal one process."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -215,7 +216,7 @@ def test_cli_toy_default(ckpt, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     [row] = results["benchmarks"]
     assert row["benchmark"] == "toy" and row["n"] == 3 and row["metric"] == "pass@1"
-    assert row["max_new_tokens"] == ev.TOY_MAX_NEW_TOKENS == 64 and row["temperature"] == 0.0
+    assert row["max_new_tokens"] == ev.TOY_DEFAULTS["max_response_tokens"] and row["temperature"] == 0.0
     assert "| toy | 3 | pass@1 |" in printed and "Eurus" not in printed  # no paper benchmark: no reference columns
     samples = read_jsonl(out / "samples_toy.jsonl")
     # the toy prompts are the training prompts: the user turn alone, no system prompt
@@ -225,7 +226,7 @@ def test_cli_toy_default(ckpt, tmp_path, capsys):
     assert "eval.py: toy first lines: " in printed
 
 
-def test_toy_openings_count_first_lines_and_their_scores(tok):
+def test_toy_habits_expression_count_first_lines_and_their_scores(tok):
     problems = ev.toy_problems(tok, 40)
     rows = data.toy_rows("test", 40, seed=0)
     records, expected = [], {}
@@ -239,11 +240,79 @@ def test_toy_openings_count_first_lines_and_their_scores(tok):
             kind = data.toy_first_step(question, response)
             n, right = expected.get(kind, (0, 0))
             expected[kind] = (n + 1, right + score)
-    openings = ev.toy_openings(records, 40)
+    openings = ev.toy_habits(records, rows, "expression")
     assert {k: (o["responses"], o["right"]) for k, o in openings.items()} == expected
     assert set(openings) == {"either", "careful", "careless"}  # 40 problems hold both kinds
     assert openings["careful"]["responses"] == openings["careless"]["responses"]
     assert openings["careful"]["right"] == openings["careful"]["responses"]  # the careful teacher is right
+
+
+def test_toy_habits_products_count_every_decision(tok):
+    config = {**ev.TOY_DEFAULTS, "toy_task": "products", "toy_products": 3}
+    rows = ev.toy_test_rows(config, 30)
+    problems = ev.toy_problems(tok, 30, config)
+    records = []
+    for problem, row in zip(problems, rows):
+        question = row["prompt"][0]["content"]
+        numbers = [int(n) for n in re.findall(r"\d+", question)]
+        ops = re.findall(r"[+\-*]", question)
+        for slips in ([], [False, True], [True, True, True]):  # 3, 2 and 0 careful decisions
+            response, answer = data.toy_solution(numbers, ops, slips=slips)
+            records.append({"id": problem.id, "response": response,
+                            "score": int(answer == int(row["reward_model"]["ground_truth"]))})
+        records.append({"id": problem.id, "response": "nonsense", "score": 0})  # meets its first decision
+    habits = ev.toy_habits(records, rows, "products")
+    assert habits["careful"] == {"decisions": 30 * (3 + 2)} and habits["slip"] == {"decisions": 30 * (1 + 3)}
+    assert habits["neither"] == {"decisions": 30}
+    assert habits["all careful"] == {"responses": 30, "right": 30}
+
+
+def test_toy_defaults_are_train_configs():
+    import train
+    defaults = train.Config()
+    assert ev.TOY_DEFAULTS == {key: getattr(defaults, key) for key in ev.TOY_DEFAULTS}
+
+
+def test_toy_problems_are_the_runs_held_out_problems(ckpt, tmp_path, capsys):
+    """eval.py --model <out_dir>/policy reads <out_dir>/config.json and scores exactly the held-out
+    problems train.py built for that run (rows, prompt filter, ids), with its response limit."""
+    import dataclasses
+    import train
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    runs = {"products": ["--toy_task=products", "--toy_products=2", "--toy_max_operand=4", "--eval_problems=7",
+                         "--toy_train_problems=50",
+                         "--max_response_tokens=40"],
+            "expression": ["--toy_steps=2", "--eval_problems=5", "--max_prompt_tokens=22", "--toy_train_problems=50"]}  # drops long prompts
+    for name, argv in runs.items():
+        cfg = train.parse_config(argv)
+        out_dir = tmp_path / name
+        os.makedirs(out_dir / "policy")
+        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        settings, path = ev.toy_config(str(out_dir / "policy") + "/")
+        assert path == str(out_dir / "config.json")
+        _, held_out = train._load_problems(cfg, tokenizer)
+        ours = ev.toy_problems(tokenizer, config=settings)
+        assert [(p.id, p.prompt_ids, p.ground_truth) for p in ours] == \
+            [(p.id, p.prompt_ids, p.ground_truth) for p in held_out]
+        assert settings["max_response_tokens"] == cfg.max_response_tokens
+    assert len(held_out) < 5  # the expression run's prompt limit dropped some: eval drops the same
+
+    # the command line: the policy folder of the products run
+    policy = tmp_path / "products" / "policy"
+    os.rmdir(policy)
+    shutil.copytree(ckpt, policy)
+    ev.main(["--model", str(policy), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    [row] = json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"]
+    assert row["n"] == 7 and row["max_new_tokens"] == 40
+    assert "toy settings from" in printed and "eval.py: toy decisions: careful" in printed
+    assert sum(row["toy_decisions"][k]["decisions"] for k in ("careful", "slip", "neither")) <= 7 * 2
+
+    # no config.json above the checkpoint (or another program's): train.py's defaults
+    assert ev.toy_config(ckpt) == (ev.TOY_DEFAULTS, None)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert ev.toy_config(str(tmp_path / "other" / "policy")) == (ev.TOY_DEFAULTS, None)
 
 
 def test_cli_files_and_columns_table_lists_every_benchmark(ckpt, tmp_path, capsys):

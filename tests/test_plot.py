@@ -17,12 +17,15 @@ import plot
 # ----------------------------------------------------------------------------------------------
 
 
-def write_run(folder, rewards, prm=True, held_out=None, lengths=None):
+def write_run(folder, rewards, prm=True, held_out=None, lengths=None, seconds=None):
+    """seconds: the step's (sampling, PRM, policy) times, the same at every step."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         for step, reward in enumerate(rewards, start=1):
             row = {"step": step, "outcome_accuracy": reward, "prm_accuracy": 0.5 + step / 100 if prm else None,
                    "response_length_mean": (lengths or [30.0] * len(rewards))[step - 1]}
+            if seconds:
+                row.update(zip(plot.STEP_SECONDS, seconds))
             f.write(json.dumps(row) + "\n")
     if held_out is not None:
         with open(os.path.join(folder, "summary.json"), "w") as f:
@@ -36,9 +39,11 @@ def ramp(start, slope, n=30, noise=0.0):
 @pytest.fixture
 def root(tmp_path):
     """prime rises twice as fast as rloo; rloo has no PRM metrics; a helper run in _source."""
-    for k, offset in enumerate([-0.01, 0.0, 0.01]):
-        write_run(tmp_path / "prime" / f"seed{k}", ramp(0.30 + offset, 0.01), held_out=0.50 + offset)
-        write_run(tmp_path / "rloo" / f"seed{k}", ramp(0.30 + offset, 0.005), prm=False, held_out=0.46 + offset)
+    for k, offset in enumerate([-0.01, 0.0, 0.01]):  # prime: 1.5 s per step, rloo 1.0 s (seed 2: 1.3 s)
+        write_run(tmp_path / "prime" / f"seed{k}", ramp(0.30 + offset, 0.01), held_out=0.50 + offset,
+                  seconds=(0.5, 0.5, 0.5))
+        write_run(tmp_path / "rloo" / f"seed{k}", ramp(0.30 + offset, 0.005), prm=False, held_out=0.46 + offset,
+                  seconds=(0.6, 0.0, 0.4 if k < 2 else 0.7))
     write_run(tmp_path / "_source", ramp(0.9, 0.0))
     return tmp_path
 
@@ -90,11 +95,23 @@ def test_table_numbers(root):
     m, s, n = plot.held_out(runs["prime"])
     assert (m, n) == (pytest.approx(0.50), 3) and s == pytest.approx(0.01)
 
+    # each seed's own curve: prime's seeds are offset by -0.01, 0, +0.01 (one step of its slope
+    # each), rloo's by a step's worth of two; the slower seed never gets there
+    r = plot.reach(runs, "prime")
+    assert r["step"] == 18 and r["per_seed"] == [19, 18, 17] and r["ratio"] == pytest.approx(18 / 30)
+    assert plot.reach(runs, "rloo")["per_seed"] == [None, 30, 28]
+    # time: prime 1.5 s per step, rloo 1.1 s on average over its seeds
+    assert plot.step_seconds(runs["prime"]) == (list(range(1, 31)), [pytest.approx(1.5)] * 30)
+    assert plot.seconds_to(runs["rloo"], 30) == pytest.approx(33.0)
+    assert r["seconds"] == pytest.approx(27.0) and r["seconds_ratio"] == pytest.approx(27.0 / 33.0)
+
     text = plot.table(runs)
     lines = text.splitlines()
     assert lines[0].startswith("| config | seeds |") and "(0.422)" in lines[0] and len(lines) == 4
-    assert lines[2].startswith("| prime | 3 |") and "| 18 of 30 |" in lines[2] and "0.500 ± 0.010 (n=3)" in lines[2]
-    assert lines[3].startswith("| rloo | 3 |") and "| 30 of 30 |" in lines[3] and "0.460 ± 0.010 (n=3)" in lines[3]
+    assert lines[2] == ("| prime | 3 | 0.545 ± 0.010 | 18 of 30 [19 / 18 / 17] | 0.60 | 1.50 | 27 (0.82) | "
+                        "0.500 ± 0.010 (n=3) |")
+    assert lines[3] == ("| rloo | 3 | 0.423 ± 0.010 | 30 of 30 [- / 30 / 28] | 1.00 | 1.10 | 33 (1.00) | "
+                        "0.460 ± 0.010 (n=3) |")
 
 
 def test_table_without_a_baseline_or_summaries(tmp_path):
@@ -102,7 +119,7 @@ def test_table_without_a_baseline_or_summaries(tmp_path):
     runs = plot.load_runs([str(tmp_path)])
     text = plot.table(runs)
     assert "(n/a)" in text.splitlines()[0]
-    assert text.splitlines()[2] == "| a | 1 | 0.200 ± 0.000 | n/a | n/a |"
+    assert text.splitlines()[2] == "| a | 1 | 0.200 ± 0.000 | n/a | n/a | n/a | n/a | n/a |"
 
 
 def test_plot_writes_the_pngs(root, tmp_path, capsys):
@@ -180,6 +197,20 @@ def test_ablate_rejects_bad_plans(tmp_path, configs, extra, message):
     assert message in str(error.value)
 
 
+def test_ablate_setting_comes_before_the_users_overrides(tmp_path, monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(ablate, "run_jobs", lambda jobs, parallel: ran.extend(jobs) or [])
+    ablate.main(["--configs=rloo", "--seeds=1", f"--root={tmp_path}", "--toy_products=2"])
+    sft, run = ran
+    assert ablate.DEFAULT_SETTING == "products" and "--toy_task=products" in ablate.SETTINGS["products"]
+    assert sft.args == ["--stage=sft", f"--out_dir={tmp_path}/sft", *ablate.SETTINGS["products"], "--toy_products=2"]
+    assert run.args[3:] == [*ablate.SETTINGS["products"], "--toy_products=2", "--process_rewards=false"]
+    ran.clear()
+    ablate.main(["--configs=prime", "--seeds=1", f"--root={tmp_path}", "--setting=expression"])
+    assert ran[0].args == ["--stage=sft", f"--out_dir={tmp_path}/sft"]  # train.py's default toy
+    capsys.readouterr()
+
+
 def test_ablate_runner_runs_in_parallel_and_reports_failures(tmp_path, capsys):
     script = tmp_path / "fake_train.py"
     script.write_text("import os, sys, time\ntime.sleep(0.5)\nprint('threads', os.environ['OMP_NUM_THREADS'])\n"
@@ -191,3 +222,69 @@ def test_ablate_runner_runs_in_parallel_and_reports_failures(tmp_path, capsys):
     assert printed.count("done  job") == 3 and "FAILED (exit 1)  job2" in printed
     for i in range(4):
         assert (tmp_path / f"job{i}" / "train.log").read_text().strip() == "threads 2"  # 4 cores / 2 runs
+
+
+# ----------------------------------------------------------------------------------------------
+# plot.py --token_rewards: the PRM's token credit
+# ----------------------------------------------------------------------------------------------
+
+def tiny_network(tokenizer, seed):
+    import torch
+
+    import data
+    import model as M
+    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                   intermediate_size=64, max_position_embeddings=160)
+    torch.manual_seed(seed)
+    network = M.Qwen2ForCausalLM(config)
+    M.init_weights(network, std=0.5)
+    return network
+
+
+def test_token_credit_is_beta_times_the_log_ratio_of_each_response_token(tmp_path):
+    import torch
+
+    import data
+    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
+    prm, ref = tiny_network(tokenizer, 0), tiny_network(tokenizer, 1)
+    prompts = [data.tokenize_prompt(tokenizer, [{"role": "user", "content": q}]) for q in ("5+4*6", "1+2*3+4*5")]
+    responses = [tokenizer("5+24\n\\boxed{29}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+                 tokenizer("3*3", add_special_tokens=False)["input_ids"]]
+    credit = plot.token_credit(prm, ref, prompts, responses, beta=0.05)
+    assert [len(c) for c in credit] == [len(r) for r in responses]
+    for prompt, response, rewards in zip(prompts, responses, credit):
+        # the trainer's way: the packed score mode of model.py, position len(prompt) - 1 + t predicts response[t]
+        ids = torch.tensor(prompt + response)
+        cu = torch.tensor([0, len(ids)], dtype=torch.int32)
+        scored = torch.arange(len(prompt) - 1, len(ids) - 1)
+        with torch.no_grad():
+            logp = [net(ids, cu, scored=scored, targets=torch.tensor(response))[0] for net in (prm, ref)]
+        assert torch.allclose(torch.tensor(rewards), 0.05 * (logp[0] - logp[1]), atol=1e-5)
+    assert plot.token_credit(ref, ref, prompts, responses, beta=0.05) == [[0.0] * len(r) for r in responses]
+
+
+def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import dataclasses
+
+    import data
+    import model as M
+    import train
+    run = tmp_path / "run"
+    cfg = train.parse_config(["--toy_task=products", "--toy_products=2", "--eval_problems=12",
+                              "--max_response_tokens=40", f"--out_dir={run}"])
+    os.makedirs(run)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
+    for name, seed in (("sft", 0), ("prm", 1), ("policy", 2)):
+        M.save_model(tiny_network(tokenizer, seed), str(run / name))
+        tokenizer.save_pretrained(str(run / name))
+    (run / "summary.json").write_text(json.dumps({"model_path": str(run / "sft")}))
+    plot.main(["--token_rewards", str(run), "--out", str(tmp_path / "docs")])
+    with open(tmp_path / "docs" / "token_credit.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+
+    os.remove(run / "summary.json")  # not a finished run
+    with pytest.raises(SystemExit, match="summary.json"):
+        plot.main(["--token_rewards", str(run)])
