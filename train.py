@@ -206,6 +206,8 @@ PRM_METRICS = ("prm_loss", "prm_accuracy", "process_reward_mean", "process_rewar
 
 def parse_config(argv):
     """--key=value for any field (type-checked), --preset=NAME, --print_config, --help."""
+    # nanoGPT-style flags rather than argparse: every Config field is a flag, with no second
+    # list of options to keep in step with the dataclass.
     types = {f.name: f.type for f in dataclasses.fields(Config)}
     values, print_config = {}, False
     for arg in argv:
@@ -230,6 +232,8 @@ def parse_config(argv):
                 values[key] = kind(value)
         except ValueError:
             raise SystemExit(f"train.py: --{key} expects a {kind.__name__}, got {value!r}") from None
+    # The preset's values first, then the user's flags over them: --preset=eurus2-7b-prime
+    # --steps=10 is the recipe cut short.
     preset = values.get("preset", "toy")
     if preset not in PRESETS:
         raise SystemExit(f"train.py: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -237,6 +241,8 @@ def parse_config(argv):
     if print_config:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
         raise SystemExit(0)
+    # Every bad value at once, before any process group or model exists: a 7B run should not
+    # fail on a typo after minutes of loading.
     problems = [f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}"
                 for name, choices in (("stage", ("prime", "sft")), ("prm_update", PRM_UPDATES),
                                       ("reference", REFERENCES),
@@ -279,7 +285,7 @@ def seed_for(*parts):
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 2
 
 
-def log(*args):
+def log(*args):  # rank 0 speaks for all
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(*args, flush=True)
 
@@ -292,6 +298,7 @@ def all_sum(values, device):
 
 
 def all_max(value, device):
+    """The largest integer over ranks: how many rounds or micro-batches every rank must run."""
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
@@ -304,7 +311,9 @@ def check_batch_arithmetic(cfg, world):
             raise SystemExit(f"train.py: sft_batch={cfg.sft_batch} is not divisible by {world} ranks")
         return
     K = cfg.samples_per_prompt
-    responses = cfg.prompts_per_step * K
+    responses = cfg.prompts_per_step * K  # one step's batch, all ranks together
+    # Each rank takes an equal share of the prompts and of every mini-batch; a mini-batch must
+    # divide the step's responses, or the last optimizer step would see a partial batch.
     problems = []
     if cfg.prompts_per_step % world:
         problems.append(f"prompts_per_step={cfg.prompts_per_step} is not divisible by {world} ranks")
@@ -753,6 +762,10 @@ def save_checkpoint(root, step, models, optimizers, trainer_state, keep, stream=
 
 
 def load_checkpoint(path, models, optimizers, stream=None):
+    """Restore what save_checkpoint wrote into the live (sharded) models and optimizers; returns
+    the trainer's counters."""
+    # DCP loads in place: the state dict of the live objects is the template that says which
+    # shard each rank reads, so the world size may differ from the saving run's.
     state = {}
     for name in models:
         state[name], state[name + "_optim"] = get_state_dict(models[name], optimizers[name])
@@ -854,9 +867,9 @@ def sft(cfg, tokenizer, out_path, device, mesh):
         M.init_weights(net)
         net.to(device)
         M.fsdp_wrap(net, mesh, mixed_precision=cfg.bf16, activation_checkpointing=cfg.activation_checkpointing)
-    chats = sft_chats(cfg, tokenizer)
+    chats = sft_chats(cfg, tokenizer)  # [(token ids, 0/1 loss mask)] per chat
     lengths = [len(ids) for ids, _ in chats]
-    optimizer = adamw(net, cfg.sft_lr, 0.0)
+    optimizer = adamw(net, cfg.sft_lr, 0.0)  # the SFT recipe names no weight decay (docs/notes.md §6)
     per_rank = cfg.sft_batch // world
     steps_per_epoch = len(chats) // cfg.sft_batch  # a last partial batch is left out, every epoch
     if steps_per_epoch == 0:
@@ -869,6 +882,8 @@ def sft(cfg, tokenizer, out_path, device, mesh):
             return (s + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
 
+    # Checkpoints of their own, apart from PRIME's: a run that goes on from SFT to PRIME in the
+    # same out_dir resumes each stage from its own.
     root = os.path.join(cfg.out_dir, "sft_checkpoints")
     metrics_path = os.path.join(cfg.out_dir, "sft_metrics.jsonl")
     done = resume_from(root, metrics_path, {"model": net}, {"model": optimizer})["step"]
@@ -891,7 +906,8 @@ def sft(cfg, tokenizer, out_path, device, mesh):
             nll, _ = chat_nll(net, chats, rows, device)
             (nll / n_tokens).backward()  # gradients accumulate to the token mean of the share
             loss_sum += nll.detach()
-        grad_norm = clip_and_step(net, optimizer, 1.0)
+        grad_norm = clip_and_step(net, optimizer, 1.0)  # nor a clip: 1.0, the policy's
+        # the logged loss is the mean of the ranks' token means (each rank's share is its own mean)
         loss, tokens = all_sum([float(loss_sum) / n_tokens, n_tokens], device)
         row = {"step": step, "epoch": epoch + 1, "loss": loss / world, "lr": optimizer.param_groups[0]["lr"],
                "grad_norm": grad_norm, "tokens": int(tokens), "tokens_per_second": tokens / (time.time() - start)}
@@ -930,6 +946,8 @@ def _load_problems(cfg, tokenizer):
         held_out = data.load_rl_data(cfg.eval_files.split(","), tokenizer, cfg.max_prompt_tokens)[0] \
             if cfg.eval_files else []
         return train, held_out
+    # The toy: a training pool seeded by the run's seed, and held-out problems seeded by 0, the
+    # same 500 for every run and for eval.py (the split is a hash of the problem text).
     toy = dict(steps=cfg.toy_steps, max_operand=cfg.toy_max_operand, task=cfg.toy_task, products=cfg.toy_products)
     train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, seed=cfg.seed, **toy), tokenizer,
                                      cfg.max_prompt_tokens, source="toy-train")
@@ -943,7 +961,7 @@ def held_out_accuracy(policy, tokenizer, problems, cfg, device):
     fit beside the training state (sampling_memory)."""
     if not problems:
         return None
-    rows = math.ceil(len(problems) / dist.get_world_size())
+    rows = math.ceil(len(problems) / dist.get_world_size())  # evaluate() splits them over ranks
     max_batch_tokens, max_prefill_tokens = sampling_memory(policy, cfg, device, rows)
     result = evaluation.evaluate(policy, tokenizer, problems, cfg.max_response_tokens, temperature=0.0,
                                  max_batch_tokens=max_batch_tokens, max_prefill_tokens=max_prefill_tokens)
@@ -980,6 +998,8 @@ def sft_model_path(cfg, device, mesh):
     the latter first when --stage=sft asks for it (fine-tuning --model_path on --sft_files, or
     the toy), and for the toy when it has none yet."""
     path = os.path.join(cfg.out_dir, "sft")
+    # PRIME from a given checkpoint, from real data (which needs one), or from the toy's own
+    # SFT model once it exists; everything else runs the SFT stage below first.
     if cfg.stage != "sft":
         if cfg.model_path:
             return cfg.model_path
@@ -1014,7 +1034,7 @@ def step_metrics(step, rollouts, counts, process, prm_loss, advantages, ppo, sec
     per-rank means (losses, PRM accuracy, the PPO diagnostics) are averaged over the ranks. The
     PRM's metrics are null for outcome-only RLOO. A non-finite loss stops the run."""
     mask = rollouts.mask(device)  # [B, T]
-    valid, lengths = mask.bool(), mask.sum(-1)
+    valid, lengths = mask.bool(), mask.sum(-1)  # [B, T] response tokens, [B] their counts
     scored = process if process is not None else torch.zeros_like(mask)  # [B, T] process rewards
     prm_accuracy = 0.0 if process is None else float(
         rewards.prm_pairwise_accuracy(process, rollouts.outcome, mask, cfg.samples_per_prompt))
@@ -1023,6 +1043,8 @@ def step_metrics(step, rollouts, counts, process, prm_loss, advantages, ppo, sec
                  reward_n=float(valid.sum()), prm_loss=prm_loss or 0.0, prm_accuracy=prm_accuracy,
                  advantage_abs_mean=float(advantages.abs()[valid].mean()),
                  **{key: ppo[key] for key in ("loss", "clip_frac", "approx_kl", "entropy")})
+    # One collective for every sum; a mean over ranks is the sum divided by the world size,
+    # a ratio of sums (accuracy, lengths) is taken after summing, as if on one rank.
     total = dict(zip(names, all_sum(list(names.values()), device)))
     world, mean = dist.get_world_size(), total["reward_sum"] / total["reward_n"]
     elapsed = seconds["policy"] - seconds["start"]
@@ -1048,7 +1070,7 @@ def step_metrics(step, rollouts, counts, process, prm_loss, advantages, ppo, sec
         "seconds_policy": seconds["policy"] - seconds["prm"],
         "tokens_per_second": total["tokens"] / elapsed,
     }
-    if process is None:
+    if process is None:  # no PRM: null, not a misleading 0, in the curves plot.py draws
         row.update(dict.fromkeys(PRM_METRICS, None))
     for key in ("prm_loss", "policy_loss"):
         if row[key] is not None and not math.isfinite(row[key]):
@@ -1075,6 +1097,7 @@ def finish(cfg, policy, prm, tokenizer, held_out, trainer, model_path, start_tim
     """After the last step: the held-out accuracy, the policy (and PRM) as Hugging Face folders,
     summary.json."""
     eval_end = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
+    # Exports are for eval.py and transformers; the last checkpoint stays for a longer re-run.
     export(policy, tokenizer, os.path.join(cfg.out_dir, "policy"), cfg)
     prm_out = os.path.join(cfg.out_dir, "prm") if cfg.process_rewards else None
     if prm_out:  # the PRM as trained here: --prm_path of a later offline-PRM (prm_update=frozen) run
