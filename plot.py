@@ -319,7 +319,6 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
     import data
     import eval as evaluation
     import model as M
-    import verify
     from rollout import generate
 
     for need in ("prm", "config.json", "summary.json"):
@@ -344,9 +343,9 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
         responses = generate(sft, [p.prompt_ids for p in batch], toy["max_response_tokens"],
                              data.stop_token_ids(tokenizer), temperature=1.0, seed=seed + start,
                              vocab_size=len(tokenizer))
-        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        for problem, ids, text in zip(batch, responses, texts):
-            right = verify.math_correct(text, problem.ground_truth)
+        _, scores = evaluation.score_responses(tokenizer, batch, responses)  # as train.py scored them
+        for problem, ids, score in zip(batch, responses, scores):
+            right = score == 1.0
             if wanted[right] > 0:
                 wanted[right] -= 1
                 chosen.append((problem, ids, right))
