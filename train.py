@@ -87,14 +87,15 @@ class Config:
     out_dir: str = knob("runs/toy", "checkpoints, metrics.jsonl, summary.json, the exported policy")
     seed: int = knob(0, "seeds data order, sampling and shuffling (per step and rank, so resume is exact)")
 
-    # models
+    # models: three networks of one architecture (Alg. 1 line 1); the toy makes its own SFT model
     model_path: str = knob("", "SFT checkpoint (Hugging Face folder): policy, PRM and reference start here. "
                                "Toy: empty = <out_dir>/sft, trained first if missing")
     prm_path: str = knob("", "PRM initialisation if not model_path (the paper starts it from the SFT model)")
     bf16: bool = knob(False, "bf16 compute with fp32 master weights (CUDA); reference kept in bf16")
     activation_checkpointing: bool = knob(False, "recompute each layer in backward to save memory")
 
-    # memory and processes (see memory.py)
+    # memory and processes (see memory.py): sampling is the phase that fills a GPU (the KV cache),
+    # so its size is derived from what the rest of the step leaves free, not set by hand
     gpu_memory_utilization: float = knob(0.9, "share of each GPU's memory the run may use: sampling sizes its KV "
                                               "cache to fit it, the memory plan checks every phase against it")
     memory_plan: bool = knob(False, "print the per-GPU memory plan of this config (and write it to "
@@ -104,7 +105,8 @@ class Config:
     gpu_memory_gib: float = knob(0.0, "memory plan: GiB per GPU (0: this machine's GPU, or 80 without GPUs)")
     dist_timeout_minutes: int = knob(30, "how long a rank waits at a collective before the run fails")
 
-    # data
+    # data: Eurus-2-RL-Data parquet for the recipe; otherwise the built-in toy (data.py section 5),
+    # whose knobs set how hard it is and how often the SFT teacher is careless
     train_files: str = knob("", "comma-separated Eurus-2-RL-Data parquet files; empty = the built-in toy task")
     eval_files: str = knob("", "comma-separated validation parquet files (greedy accuracy); empty with the "
                                "toy = its held-out split")
@@ -122,7 +124,8 @@ class Config:
     max_prompt_tokens: int = knob(64, "drop longer prompts")
     max_response_tokens: int = knob(48, "sampling stops here")
 
-    # rollout and filter (Alg. 1 lines 4-6)
+    # rollout and filter (Alg. 1 lines 4-6): K samples per prompt give each response K-1 others
+    # to serve as its baseline; prompts all right or all wrong carry no signal and are dropped
     prompts_per_step: int = knob(64, "kept prompts per step, all ranks together")
     samples_per_prompt: int = knob(4, "K responses per prompt")
     temperature: float = knob(1.0, "sampling temperature")
@@ -131,14 +134,16 @@ class Config:
     filter_high: float = knob(0.8, "... and <= this")
     max_collect_rounds: int = knob(20, "stop with an error when this many sampling rounds cannot fill a step")
 
-    # implicit PRM (Alg. 1 lines 7-8)
+    # implicit PRM (Alg. 1 lines 7-8): beta scales log(pi_phi/pi_ref) into a reward. The recipe
+    # gives the PRM the larger learning rate (1e-6 against the policy's 5e-7, docs/notes.md §6):
+    # an online PRM has to follow the responses of a policy that keeps changing
     beta: float = knob(0.05, "implicit reward scale beta in beta*log(pi_phi/pi_ref)")
     prm_lr: float = knob(1e-4, "PRM AdamW learning rate, constant")
     prm_weight_decay: float = knob(0.0, "PRM AdamW weight decay")
     prm_grad_clip: float = knob(10.0, "PRM gradient-norm clip")
     prm_mini_batch: int = knob(128, "responses per PRM optimizer step, in order, all ranks")
 
-    # advantage (Alg. 1 line 9)
+    # advantage (Alg. 1 line 9): gamma 1 sums every later process reward into a token's return
     gamma: float = knob(1.0, "discount of both returns")
 
     # ablation switches (the paper's Fig. 4, §5 / App. B); the defaults are the recipe
@@ -150,7 +155,8 @@ class Config:
                                  "(pi_theta_old, no reference model)")
     accuracy_filter: bool = knob(True, "false: keep every prompt's group (filter_low/high ignored)")
 
-    # policy (Alg. 1 line 10)
+    # policy (Alg. 1 line 10): one PPO epoch over the step's mini-batches, so the ratio pi/pi_old
+    # departs from 1 only through the step's earlier mini-batch updates
     policy_lr: float = knob(2e-5, "policy AdamW learning rate, constant")
     policy_weight_decay: float = knob(0.01, "policy AdamW weight decay")
     policy_grad_clip: float = knob(1.0, "policy gradient-norm clip")
@@ -158,7 +164,7 @@ class Config:
     ppo_epochs: int = knob(1, "passes over each step's responses")
     clip_eps: float = knob(0.2, "PPO ratio clip")
 
-    # schedule and bookkeeping
+    # schedule and bookkeeping: learning rates are constant in the recipe (no warmup, no decay)
     steps: int = knob(100, "PRIME iterations")
     official_first_iteration: bool = knob(False, "true: the first iteration's updates run at learning rate 0, as "
                                                  "in the official code (its schedule starts at 0; AdamW's moments "
@@ -445,12 +451,15 @@ def micro_batches(rows, lengths, budget, device):
     micro-batches further. Every rank holds as many rows (a step's quota, a mini-batch), and
     no rank needs more micro-batches than it has rows, so none is ever empty."""
     batches, tokens = [], []  # row lists and their packed token counts
+    # Greedy packing in order: a row joins the current micro-batch while it fits the budget.
     for i in rows:
         if not batches or tokens[-1] + lengths[i] > budget:
             batches.append([])
             tokens.append(0)
         batches[-1].append(i)
         tokens[-1] += lengths[i]
+    # Then match the rank with the most micro-batches: halve this rank's fullest one until the
+    # counts agree (halving the fullest keeps the micro-batches as even as it can).
     for _ in range(all_max(len(batches), device) - len(batches)):
         splittable = [k for k in range(len(batches)) if len(batches[k]) > 1]
         if not splittable:
@@ -490,6 +499,8 @@ def response_logprobs(net, rollouts, rows, device, temperature=1.0):
         # No backward follows: free the root unit's gathered embedding and head now. (fsdp_wrap
         # asks FSDP2 to do so after every forward; versions before 2.7 keep the root gathered.)
         net.reshard()
+    # Scatter the packed [M] values into the [b, T] grid the reward math works on (rewards.py):
+    # one row per response, padding left at 0 and masked out downstream.
     cells = torch.tensor(cells, device=device)
     grid = torch.zeros(len(rows) * T, device=device)  # [b * T], then scattered into
     return grid.index_put((cells,), logp).view(len(rows), T), grid.index_put((cells,), entropy).view(len(rows), T)
@@ -500,6 +511,7 @@ def all_logprobs(net, rollouts, cfg, device, temperature=1.0):
     """[B, T] log-probs (and entropies) of every response, micro-batch by micro-batch."""
     B, T = len(rollouts.responses), rollouts.width
     logp, entropy = torch.zeros(B, T, device=device), torch.zeros(B, T, device=device)
+    # no_grad: these are fixed targets (pi_theta_old for the PPO ratio), never differentiated
     for rows in micro_batches(range(B), rollouts.lengths, cfg.micro_batch_tokens, device):
         logp[rows], entropy[rows] = response_logprobs(net, rollouts, rows, device, temperature)
     return logp, entropy
@@ -745,13 +757,14 @@ def save_checkpoint(root, step, models, optimizers, trainer_state, keep, stream=
     # get_state_dict views each rank's shards (DTensors) with FSDP-independent names; DCP writes
     # every rank's part in parallel and can load them back onto another number of ranks.
     state = {}
-    for name in models:
+    for name in models:  # e.g. "policy", "policy_optim", "prm", "prm_optim"
         state[name], state[name + "_optim"] = get_state_dict(models[name], optimizers[name])
     dcp.save(state, checkpoint_id=path)
+    # Each rank's prompt stream is its own (its cursor and buffer), so each writes its own file.
     if stream is not None:
         with open(os.path.join(path, f"stream_rank{dist.get_rank()}.json"), "w") as f:
             json.dump(stream.state(), f)
-    dist.barrier()
+    dist.barrier()  # every rank's files are on disk before the folder is marked complete
     if dist.get_rank() == 0:
         with open(os.path.join(path, "trainer.json"), "w") as f:
             json.dump({**trainer_state, "step": step}, f)
