@@ -472,29 +472,37 @@ def micro_batches(rows, lengths, budget, device):
     return batches
 
 
+def packed_logprobs(net, sequences, device, temperature=1.0):
+    """log pi and the entropy of chosen tokens of several sequences, packed into one forward in
+    the model's score mode. sequences: (token ids, the indices k of the tokens to score) each;
+    packed position k-1 predicts token k. Returns (logp [M], entropy [M]) in that order. Every
+    index is built here on the host, so the forward waits for nothing on the device."""
+    # The packed token ids, the sequence boundaries (cu_seqlens), which packed positions to
+    # score and the token each should predict.
+    ids, cu, scored, targets = [], [0], [], []
+    for seq, ks in sequences:
+        scored += [cu[-1] + k - 1 for k in ks]
+        targets += [seq[k] for k in ks]
+        ids += seq
+        cu.append(cu[-1] + len(seq))
+    return net(torch.tensor(ids, device=device), torch.tensor(cu, dtype=torch.int32, device=device),
+               max_seqlen=max(b - a for a, b in zip(cu, cu[1:])), scored=torch.tensor(scored, device=device),
+               targets=torch.tensor(targets, device=device), temperature=temperature)
+
+
 def response_logprobs(net, rollouts, rows, device, temperature=1.0):
     """log pi(y_t | x, y_<t) of each response token of `rows` under `net`, as ([b, T] logp,
     [b, T] entropy), zero on padding. The rows go through the model as one packed sequence
-    prompt+response each; only response positions are scored (model.chunked_logprobs).
-    Every index is built here on the host, so the forward waits for nothing on the device."""
+    prompt+response each; only response positions are scored (model.chunked_logprobs)."""
     T = rollouts.width
-    # Host-side lists: the packed token ids, the sequence boundaries (cu_seqlens), which packed
-    # positions to score and the token each should predict, and where each score lands in the
-    # flattened [b, T] grid.
-    ids, cu, scored, targets, cells = [], [0], [], [], []
+    # Each row is prompt+response, scored at its response tokens; score t of row j lands in cell
+    # (j, t) of the flattened [b, T] grid.
+    sequences, cells = [], []
     for j, i in enumerate(rows):
         prompt, response = rollouts.prompts[i], rollouts.responses[i]
-        # packed position start + len(prompt) - 1 + t predicts response[t]; it lands in cell (j, t)
-        first = cu[-1] + len(prompt) - 1
-        ids += prompt + response
-        scored += range(first, first + len(response))
-        targets += response
+        sequences.append((prompt + response, range(len(prompt), len(prompt) + len(response))))
         cells += range(j * T, j * T + len(response))
-        cu.append(cu[-1] + len(prompt) + len(response))
-    logp, entropy = net(torch.tensor(ids, device=device), torch.tensor(cu, dtype=torch.int32, device=device),
-                        max_seqlen=max(b - a for a, b in zip(cu, cu[1:])),
-                        scored=torch.tensor(scored, device=device), targets=torch.tensor(targets, device=device),
-                        temperature=temperature)  # [M] each
+    logp, entropy = packed_logprobs(net, sequences, device, temperature)  # [M] each
     if not torch.is_grad_enabled() and isinstance(net, FSDPModule):
         # No backward follows: free the root unit's gathered embedding and head now. (fsdp_wrap
         # asks FSDP2 to do so after every forward; versions before 2.7 keep the root gathered.)
@@ -847,18 +855,12 @@ def sft_chats(cfg, tokenizer):
 def chat_nll(net, chats, rows, device):
     """-sum log p of the trained tokens of chats `rows`, packed into one forward (position k-1
     predicts token k), and how many there are."""
-    ids, cu, scored, targets = [], [0], [], []
+    sequences = []
     for i in rows:
         seq, loss = chats[i]
-        trained = [k for k in range(1, len(seq)) if loss[k]]
-        scored += [cu[-1] + k - 1 for k in trained]
-        targets += [seq[k] for k in trained]
-        ids += seq
-        cu.append(cu[-1] + len(seq))
-    logp, _ = net(torch.tensor(ids, device=device), torch.tensor(cu, dtype=torch.int32, device=device),
-                  max_seqlen=max(b - a for a, b in zip(cu, cu[1:])), scored=torch.tensor(scored, device=device),
-                  targets=torch.tensor(targets, device=device))  # [M]
-    return -logp.sum(), len(targets)
+        sequences.append((seq, [k for k in range(1, len(seq)) if loss[k]]))  # the trained tokens
+    logp, _ = packed_logprobs(net, sequences, device)  # [M]
+    return -logp.sum(), len(logp)
 
 
 def sft(cfg, tokenizer, out_path, device, mesh):
