@@ -62,8 +62,7 @@ def check_batch(response_mask, outcome, group_size):
         raise ValueError("response_mask rows must be right-padded (ones, then zeros)")
     if (mask.sum(-1) == 0).any():
         raise ValueError("every response needs at least one valid token (EOS counts)")
-    if not ((outcome >= 0) & (outcome <= 1)).all():  # also rejects NaN
-        raise ValueError("outcome rewards must lie in [0, 1]")
+    _check_outcome_values(outcome)
 
 
 def _check(response_mask, outcome=None, group_size=None, beta=None, gamma=None, clip_eps=None, **per_token):
@@ -83,10 +82,21 @@ def _check(response_mask, outcome=None, group_size=None, beta=None, gamma=None, 
     if outcome is not None and outcome.shape != (B,):
         raise ValueError(f"outcome must have shape ({B},), got {tuple(outcome.shape)}")
     if group_size is not None:
-        if group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (leave-one-out needs others), got {group_size}")
-        if B % group_size != 0:
-            raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
+        _check_groups(B, group_size)
+
+
+def _check_groups(B, group_size):
+    """B rows make whole groups of group_size >= 2 (on the host)."""
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (leave-one-out needs others), got {group_size}")
+    if B % group_size != 0:
+        raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
+
+
+def _check_outcome_values(outcome):
+    """Every outcome lies in [0, 1] (waits for the device)."""
+    if not ((outcome >= 0) & (outcome <= 1)).all():  # also rejects NaN
+        raise ValueError("outcome rewards must lie in [0, 1]")
 
 
 def _f32(x):
@@ -403,9 +413,8 @@ def accuracy_filter(outcome, group_size, low=0.2, high=0.8):
     """
     if outcome.dim() != 1:
         raise ValueError(f"outcome must be [B], got shape {tuple(outcome.shape)}")
-    _check(outcome[:, None], outcome=outcome, group_size=group_size)
-    if not ((outcome >= 0) & (outcome <= 1)).all():  # the outcomes enter the step here
-        raise ValueError("outcome rewards must lie in [0, 1]")
+    _check_groups(len(outcome), group_size)
+    _check_outcome_values(outcome)  # the outcomes enter the step here
     if not 0 <= low <= high <= 1:
         raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
     mean = outcome.double().view(-1, group_size).mean(-1)  # [G]
