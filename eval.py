@@ -252,17 +252,22 @@ def toy_config(model_path):
     return {key: run.get(key, default) for key, default in TOY_DEFAULTS.items()}, path
 
 
+def toy_row_args(config):
+    """data.toy_rows's problem-shape keywords from a run's settings (toy_config's keys; a
+    train.Config as a dict has them too)."""
+    return dict(steps=config["toy_steps"], max_operand=config["toy_max_operand"], task=config["toy_task"],
+                products=config["toy_products"])
+
+
 def toy_test_rows(config, n=None):
     """The rows of the toy's held-out split as train.py draws them for a run with these settings
     (toy_config); the first n of them (default: the run's eval_problems)."""
-    return data.toy_rows("test", n or config["eval_problems"], seed=0, steps=config["toy_steps"],
-                         max_operand=config["toy_max_operand"], task=config["toy_task"],
-                         products=config["toy_products"])
+    return data.toy_rows("test", n or config["eval_problems"], seed=0, **toy_row_args(config))
 
 
 def toy_problems(tokenizer, n=None, config=None):
-    """The toy task's held-out problems exactly as train.py builds them (train._load_problems:
-    the same rows, the prompt-length filter, source "toy-test"), for the run of `config`
+    """The toy task's held-out problems, train.py's own (train._load_problems calls this): the
+    run's rows, the prompt-length filter, source "toy-test"; for the run of `config`
     (toy_config; None: train.py's defaults); n as in toy_test_rows."""
     config = config or TOY_DEFAULTS
     problems, _ = data.rows_to_problems(toy_test_rows(config, n), tokenizer, config["max_prompt_tokens"],

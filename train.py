@@ -839,9 +839,8 @@ def sft_chats(cfg, tokenizer):
     ones than sft_max_tokens dropped and counted; or the toy's worked solutions."""
     stop_ids = set(data.stop_token_ids(tokenizer))
     if not cfg.sft_files:
-        rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, steps=cfg.toy_steps,
-                             max_operand=cfg.toy_max_operand, careless_share=cfg.toy_careless_share,
-                             task=cfg.toy_task, products=cfg.toy_products)
+        rows = data.toy_rows("train", cfg.sft_problems, seed=cfg.seed + 1, careless_share=cfg.toy_careless_share,
+                             **evaluation.toy_row_args(dataclasses.asdict(cfg)))
         return [data.tokenize_chat(tokenizer, chat, stop_ids) for chat in data.toy_chats(rows)]
     max_tokens = cfg.sft_max_tokens or M.load_config(cfg.model_path).max_position_embeddings
     try:
@@ -961,14 +960,13 @@ def _load_problems(cfg, tokenizer):
         held_out = data.load_rl_data(cfg.eval_files.split(","), tokenizer, cfg.max_prompt_tokens)[0] \
             if cfg.eval_files else []
         return train, held_out
-    # The toy: a training pool seeded by the run's seed, and held-out problems seeded by 0, the
-    # same 500 for every run and for eval.py (the split is a hash of the problem text).
-    toy = dict(steps=cfg.toy_steps, max_operand=cfg.toy_max_operand, task=cfg.toy_task, products=cfg.toy_products)
-    train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, seed=cfg.seed, **toy), tokenizer,
-                                     cfg.max_prompt_tokens, source="toy-train")
-    held_out, _ = data.rows_to_problems(data.toy_rows("test", cfg.eval_problems, seed=0, **toy),
-                                        tokenizer, cfg.max_prompt_tokens, source="toy-test")
-    return train, held_out
+    # The toy: a training pool seeded by the run's seed, and eval.py's held-out problems (seeded
+    # by 0: the same for every run; the split is a hash of the problem text, so they never meet).
+    settings = dataclasses.asdict(cfg)
+    train, _ = data.rows_to_problems(data.toy_rows("train", cfg.toy_train_problems, seed=cfg.seed,
+                                                   **evaluation.toy_row_args(settings)),
+                                     tokenizer, cfg.max_prompt_tokens, source="toy-train")
+    return train, evaluation.toy_problems(tokenizer, config=settings)
 
 
 def held_out_accuracy(policy, tokenizer, problems, cfg, device):
