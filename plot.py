@@ -253,21 +253,21 @@ def draw(runs_by_label, out_dir):
 def token_credit(prm, ref, prompts, responses, beta):
     """Each response token's implicit process reward beta * log(pi_phi / pi_ref) (rewards.py,
     Eq. 3) under the PRM `prm` and the reference `ref` (model.py networks): a list of float lists,
-    one per response. prompts and responses are token id lists; the response's log-probs are read
-    at the positions that predict them, one plain forward per response (a few, for a picture)."""
+    one per response. prompts and responses are token id lists; the numbers are train.py's own,
+    from its packed log-probs (train.response_logprobs) and rewards.implicit_process_rewards."""
     import torch
-    import torch.nn.functional as F
 
-    credit = []
+    import rewards
+    import train
+
+    rollouts = train.Rollouts(prompts=prompts, responses=responses, outcome=torch.zeros(len(responses)),
+                              truncated=[False] * len(responses))
+    device, rows = next(prm.parameters()).device, range(len(responses))
     with torch.no_grad():
-        for prompt, response in zip(prompts, responses):
-            ids = torch.tensor([prompt + response])
-            targets = torch.tensor(response)
-            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(response))  # predict response[t]
-            logp = [F.log_softmax(net(ids)[0, positions].float(), -1)[torch.arange(len(response)), targets]
-                    for net in (prm, ref)]
-            credit.append((beta * (logp[0] - logp[1])).tolist())
-    return credit
+        prm_logp, _ = train.response_logprobs(prm, rollouts, rows, device)  # [B, T]
+        ref_logp, _ = train.response_logprobs(ref, rollouts, rows, device)
+    process = rewards.implicit_process_rewards(prm_logp, ref_logp, rollouts.mask(device), beta)  # [B, T]
+    return [row[:len(response)].tolist() for row, response in zip(process, responses)]
 
 
 def draw_token_credit(examples, path, title=""):
@@ -327,8 +327,10 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
                              f"with process rewards (its exported PRM)")
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
-    with open(os.path.join(run, "summary.json")) as f:  # the SFT model: the toy's own <run>/sft, or --model_path
-        sft_path = os.path.join(run, "sft") if os.path.isdir(os.path.join(run, "sft")) else json.load(f)["model_path"]
+    sft_path = os.path.join(run, "sft")  # the SFT model: the toy's own <run>/sft, or the run's --model_path
+    if not os.path.isdir(sft_path):
+        with open(os.path.join(run, "summary.json")) as f:
+            sft_path = json.load(f)["model_path"]
     toy, _ = evaluation.toy_config(os.path.join(run, "policy"))
     tokenizer = evaluation.load_tokenizer(os.path.join(run, "prm"))
     prm = M.load_model(os.path.join(run, "prm"))
