@@ -1,10 +1,13 @@
-"""Tiny random Qwen2 checkpoints for tests, made with transformers' own implementation, and a
-network of ours with Qwen2.5-7B's attention geometry."""
+"""Tiny random Qwen2 checkpoints for tests, made with transformers' own implementation; tiny
+networks of ours for the toy tokenizer; and a network of ours with Qwen2.5-7B's attention geometry."""
 
 import copy
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import data
+import model as M
 
 
 def tiny_config(vocab_size=97, hidden_size=64, layers=2, heads=4, kv_heads=2, tie=False, intermediate_size=None,
@@ -35,6 +38,27 @@ def random_checkpoint(path, seed=0, **config_kwargs):
     model = random_hf_model(tiny_config(**config_kwargs), seed)
     model.save_pretrained(path)
     return model
+
+
+def toy_network(tokenizer, max_position_embeddings, seed=0, heads=2, kv_heads=1, std=0.5):
+    """Our network for the toy tokenizer (data.toy_model_config): hidden 32, one layer, MLP 64,
+    `heads` query and `kv_heads` KV heads, normal(0, std) weights (model.init_weights) drawn
+    after torch.manual_seed(seed)."""
+    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=heads, num_kv_heads=kv_heads,
+                                   intermediate_size=64, max_position_embeddings=max_position_embeddings)
+    torch.manual_seed(seed)
+    network = M.Qwen2ForCausalLM(config)
+    M.init_weights(network, std=std)
+    return network
+
+
+def save_toy_checkpoint(path, network, tokenizer=None):
+    """Save as train.py saves a checkpoint: the model folder first (save_model replaces the
+    folder), then the tokenizer, when given, into it. Returns the folder as a string."""
+    M.save_model(network, str(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    return str(path)
 
 
 def seven_b_attention():
