@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoTokenizer
@@ -18,6 +17,7 @@ from transformers import AutoTokenizer
 import data
 import eval as ev
 import model as M
+from tests.tiny import save_toy_checkpoint, toy_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITIONS = 1024  # room for a benchmark prompt (~560 characters with the system prompt) and more
@@ -27,15 +27,7 @@ def make_checkpoint(path, with_tokenizer=True):
     """A tiny random model for the toy tokenizer, saved as train.py saves a checkpoint: the model
     folder first (save_model replaces the folder), then the tokenizer into it."""
     tokenizer = data.build_toy_tokenizer(str(path) + "-tokenizer")
-    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                   intermediate_size=64, max_position_embeddings=POSITIONS)
-    torch.manual_seed(0)
-    network = M.Qwen2ForCausalLM(config)
-    M.init_weights(network, std=0.5)
-    M.save_model(network, str(path))
-    if with_tokenizer:
-        tokenizer.save_pretrained(str(path))
-    return str(path)
+    return save_toy_checkpoint(path, toy_network(tokenizer, POSITIONS), tokenizer if with_tokenizer else None)
 
 
 @pytest.fixture(scope="module")

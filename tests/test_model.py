@@ -11,15 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 import model as M
-from tests import flash_standin
 from tests.tiny import random_checkpoint, seven_b_attention
-
-
-@pytest.fixture
-def flash_standin_backend(monkeypatch):
-    """Route model.py's flash-attn call sites to the pure-PyTorch stand-ins."""
-    monkeypatch.setattr(M, "flash_attn_varlen_func", flash_standin.flash_attn_varlen_func)
-    monkeypatch.setattr(M, "flash_attn_with_kvcache", flash_standin.flash_attn_with_kvcache)
 
 
 def packed(seqs):

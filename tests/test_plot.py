@@ -228,25 +228,13 @@ def test_ablate_runner_runs_in_parallel_and_reports_failures(tmp_path, capsys):
 # plot.py --token_rewards: the PRM's token credit
 # ----------------------------------------------------------------------------------------------
 
-def tiny_network(tokenizer, seed):
-    import torch
-
-    import data
-    import model as M
-    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                   intermediate_size=64, max_position_embeddings=160)
-    torch.manual_seed(seed)
-    network = M.Qwen2ForCausalLM(config)
-    M.init_weights(network, std=0.5)
-    return network
-
-
 def test_token_credit_is_beta_times_the_log_ratio_of_each_response_token(tmp_path):
     import torch
 
     import data
+    from tests.tiny import toy_network
     tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
-    prm, ref = tiny_network(tokenizer, 0), tiny_network(tokenizer, 1)
+    prm, ref = toy_network(tokenizer, 160, seed=0), toy_network(tokenizer, 160, seed=1)
     prompts = [data.tokenize_prompt(tokenizer, [{"role": "user", "content": q}]) for q in ("5+4*6", "1+2*3+4*5")]
     responses = [tokenizer("5+24\n\\boxed{29}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
                  tokenizer("3*3", add_special_tokens=False)["input_ids"]]
@@ -268,8 +256,8 @@ def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
     import dataclasses
 
     import data
-    import model as M
     import train
+    from tests.tiny import save_toy_checkpoint, toy_network
     run = tmp_path / "run"
     cfg = train.parse_config(["--toy_task=products", "--toy_products=2", "--eval_problems=12",
                               "--max_response_tokens=40", f"--out_dir={run}"])
@@ -277,8 +265,7 @@ def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
     tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
     for name, seed in (("sft", 0), ("prm", 1), ("policy", 2)):
-        M.save_model(tiny_network(tokenizer, seed), str(run / name))
-        tokenizer.save_pretrained(str(run / name))
+        save_toy_checkpoint(run / name, toy_network(tokenizer, 160, seed=seed), tokenizer)
     (run / "summary.json").write_text(json.dumps({"model_path": str(run / "sft")}))
     plot.main(["--token_rewards", str(run), "--out", str(tmp_path / "docs")])
     with open(tmp_path / "docs" / "token_credit.png", "rb") as f:

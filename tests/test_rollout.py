@@ -11,7 +11,6 @@ from torch.distributed.device_mesh import init_device_mesh
 
 import model as M
 import rollout
-from tests import flash_standin
 from tests.tiny import random_checkpoint, seven_b_attention
 
 VOCAB = 97
@@ -70,12 +69,10 @@ def test_cached_decode_equals_full_recompute(ckpt):
     assert got == [recompute_greedy(ours, p, 20, eos) for p in prompts]
 
 
-def test_sampler_through_the_flash_call_sites_at_7b_geometry(monkeypatch):
+def test_sampler_through_the_flash_call_sites_at_7b_geometry(flash_standin_backend):
     """The whole sampler (prefill in several forwards, decode, the batch shrinking as rows stop)
     through flash-attn's call sites (the strict stand-in), in bf16 at Qwen2.5-7B's attention
     geometry: the same greedy tokens as the SDPA path, and the chunked prefill changes nothing."""
-    monkeypatch.setattr(M, "flash_attn_varlen_func", flash_standin.flash_attn_varlen_func)
-    monkeypatch.setattr(M, "flash_attn_with_kvcache", flash_standin.flash_attn_with_kvcache)
     _, net = seven_b_attention()
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, 128, (n,), generator=g).tolist() for n in (5, 12, 1, 8, 3, 9)]

@@ -14,6 +14,7 @@ import torch
 import data
 import model as M
 from test_train import run_train
+from tests.tiny import save_toy_checkpoint, toy_network
 
 CHATS = [  # (question, answer): answers the tiny model can learn to repeat
     ("What is 2+3?", "2+3 = 5"), ("What is 4*4?", "4*4 = 16"), ("Say hi.", "hi"), ("What is 9-2?", "9-2 = 7"),
@@ -31,14 +32,7 @@ def base(tmp_path_factory):
     """A tiny random base model (a Hugging Face folder with the toy tokenizer)."""
     folder = tmp_path_factory.mktemp("base")
     tokenizer = data.build_toy_tokenizer(str(folder / "tokenizer"))
-    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, intermediate_size=64,
-                                   max_position_embeddings=256)
-    torch.manual_seed(0)
-    net = M.Qwen2ForCausalLM(config)
-    M.init_weights(net)
-    M.save_model(net, str(folder / "base"))  # (writes the folder afresh: the tokenizer goes in after)
-    tokenizer.save_pretrained(str(folder / "base"))
-    return str(folder / "base")
+    return save_toy_checkpoint(folder / "base", toy_network(tokenizer, 256, heads=4, kv_heads=2, std=0.02), tokenizer)
 
 
 @pytest.fixture(scope="module")

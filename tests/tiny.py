@@ -1,18 +1,21 @@
-"""Tiny random Qwen2 checkpoints for tests, made with transformers' own implementation, and a
-network of ours with Qwen2.5-7B's attention geometry."""
+"""Tiny random Qwen2 checkpoints for tests, made with transformers' own implementation; tiny
+networks of ours for the toy tokenizer; and a network of ours with Qwen2.5-7B's attention geometry."""
+
+import copy
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+import data
 import model as M
 
 
 def tiny_config(vocab_size=97, hidden_size=64, layers=2, heads=4, kv_heads=2, tie=False, intermediate_size=None,
-                max_position_embeddings=256, **extra):
+                **extra):
     return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size,
                        intermediate_size=intermediate_size or 2 * hidden_size, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=kv_heads,
-                       max_position_embeddings=max_position_embeddings, rope_theta=500.0, rms_norm_eps=1e-6,
+                       max_position_embeddings=256, rope_theta=500.0, rms_norm_eps=1e-6,
                        tie_word_embeddings=tie, **extra)
 
 
@@ -37,15 +40,34 @@ def random_checkpoint(path, seed=0, **config_kwargs):
     return model
 
 
-def seven_b_attention(layers=2, seed=0):
+def toy_network(tokenizer, max_position_embeddings, seed=0, heads=2, kv_heads=1, std=0.5):
+    """Our network for the toy tokenizer (data.toy_model_config): hidden 32, one layer, MLP 64,
+    `heads` query and `kv_heads` KV heads, normal(0, std) weights (model.init_weights) drawn
+    after torch.manual_seed(seed)."""
+    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=heads, num_kv_heads=kv_heads,
+                                   intermediate_size=64, max_position_embeddings=max_position_embeddings)
+    torch.manual_seed(seed)
+    network = M.Qwen2ForCausalLM(config)
+    M.init_weights(network, std=std)
+    return network
+
+
+def save_toy_checkpoint(path, network, tokenizer=None):
+    """Save as train.py saves a checkpoint: the model folder first (save_model replaces the
+    folder), then the tokenizer, when given, into it. Returns the folder as a string."""
+    M.save_model(network, str(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+def seven_b_attention():
     """A network with Qwen2.5-7B's attention geometry (hidden 3584, 28 query heads and 4 KV heads
     of dim 128; a small MLP and vocabulary keep it fast): random weights, norms and biases
     (gpu_check.random_model, which the GPU check uses at the same geometry), fp32.
     Returns (fp32 network, the same in bf16)."""
     import gpu_check
-    config = tiny_config(vocab_size=128, hidden_size=3584, layers=layers, heads=28, kv_heads=4,
+    config = tiny_config(vocab_size=128, hidden_size=3584, layers=2, heads=28, kv_heads=4,
                          intermediate_size=256)
-    net = gpu_check.random_model(config, "cpu", torch.float32, seed)
-    bf16 = M.Qwen2ForCausalLM(config)
-    bf16.load_state_dict(net.state_dict())
-    return net, bf16.to(torch.bfloat16)
+    net = gpu_check.random_model(config, "cpu", torch.float32)
+    return net, copy.deepcopy(net).to(torch.bfloat16)
