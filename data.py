@@ -406,15 +406,18 @@ def _parse(expression):
     return numbers, re.findall(r"(?<=\d)[+\-*]", expression)
 
 
+def _first_line(numbers, ops, **teacher):
+    """The first line of a teacher's worked solution (toy_solution's keywords pick the teacher)."""
+    return toy_solution(numbers, ops, **teacher)[0].split("\n")[0]
+
+
 def toy_first_step(question, response):
     """How `response` opens the toy problem `question` (e.g. "5+4*6-3"): "either" when the careful
     and the careless teacher write the same first line (the order of operations does not matter
     yet), else "careful", "careless" or "neither", by the response's first line. The toy's one
     lever is this first line (README, "The toy task"): eval.py counts the answers on the toy."""
-    numbers = [int(n) for n in re.findall(r"\d+", question)]
-    ops = re.findall(r"[+\-*]", question)
-    careful = toy_solution(numbers, ops)[0].split("\n")[0]
-    careless = toy_solution(numbers, ops, careless=True)[0].split("\n")[0]
+    numbers, ops = _parse(question)
+    careful, careless = _first_line(numbers, ops), _first_line(numbers, ops, careless=True)
     if careful == careless:
         return "either"
     first = response.split("\n")[0]
@@ -432,8 +435,7 @@ def toy_decisions(question, response):
     for i, line in enumerate(response.split("\n")):
         if current is None or len(current[1]) < 2:  # one operation left: no decision possible
             break
-        careful = toy_solution(*current, slips=[])[0].split("\n")[0]
-        slip = toy_solution(*current, slips=[True])[0].split("\n")[0]
+        careful, slip = _first_line(*current, slips=[]), _first_line(*current, slips=[True])
         if careful != slip:
             decisions.append((i, "careful" if line == careful else "slip" if line == slip else "neither"))
         current = _parse(line)
