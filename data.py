@@ -677,10 +677,11 @@ def load_sft_data(paths, tokenizer, max_tokens):
             raise FileNotFoundError(f"SFT file {path!r} does not exist")
         for i, row in enumerate(_read_records(path)):
             where = f"{path}: row {i}"
+            messages = chat_messages(row, where)  # its errors name the file, row and field
             try:
-                ids, loss = tokenize_chat(tokenizer, chat_messages(row, where), stop_ids)
+                ids, loss = tokenize_chat(tokenizer, messages, stop_ids)
             except ValueError as error:
-                raise ValueError(str(error) if str(error).startswith(where) else f"{where}: {error}") from None
+                raise ValueError(f"{where}: {error}") from None
             if len(ids) > max_tokens:
                 dropped += 1
                 continue
