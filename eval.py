@@ -275,38 +275,40 @@ def toy_problems(tokenizer, n=None, config=None):
     return problems
 
 
-def toy_habits(records, rows, task):
-    """How the toy responses handle the places where the SFT model's careless habit strikes
-    (README, "The toy task"); rows are the problems' toy rows (toy_test_rows), record ids
-    "toy-test:<row>".
+def _toy_row(record, rows):
+    """The toy row of a record (id "toy-test:<row>"; rows from toy_test_rows)."""
+    return rows[int(record["id"].rsplit(":", 1)[1])]
 
-    expression task: how each answer opens (data.toy_first_step): for each kind, the number of
-    responses and how many of those were right. Of the problems where the order of operations
-    matters at once, a careless SFT model opens most "careless"; RL's gain is mostly those
-    turning "careful".
-    products task: every decision of every response (data.toy_decisions) counted by kind, and
-    the responses that took all their problem's decisions carefully, with how many were right.
-    """
+
+def toy_openings(records, rows):
+    """The expression task (README, "The toy task"): how each answer opens (data.toy_first_step),
+    {kind: {"responses", "right"}}. Of the problems where the order of operations matters at
+    once, a careless SFT model opens most "careless"; RL's gain is mostly those turning "careful".
+    rows are the problems' toy rows (toy_test_rows)."""
     counts = {}
     for record in records:
-        row = rows[int(record["id"].rsplit(":", 1)[1])]
-        question = row["prompt"][0]["content"]
-        if task == "expression":
-            kind = data.toy_first_step(question, record["response"])
-            n, right = counts.get(kind, (0, 0))
-            counts[kind] = (n + 1, right + record["score"])
-            continue
-        kinds = [kind for _, kind in data.toy_decisions(question, record["response"])]
+        kind = data.toy_first_step(_toy_row(record, rows)["prompt"][0]["content"], record["response"])
+        n, right = counts.get(kind, (0, 0))
+        counts[kind] = (n + 1, right + record["score"])
+    return {kind: {"responses": n, "right": right} for kind, (n, right) in sorted(counts.items())}
+
+
+def toy_decision_counts(records, rows):
+    """The products task: every decision of every response (data.toy_decisions) counted by kind,
+    {"careful" / "slip" / "neither": {"decisions"}}, and "all careful": {"responses", "right"},
+    the responses that took all their problem's decisions carefully and how many were right."""
+    decisions = {"careful": 0, "slip": 0, "neither": 0}
+    careful_throughout = right = 0
+    for record in records:
+        row = _toy_row(record, rows)
+        kinds = [kind for _, kind in data.toy_decisions(row["prompt"][0]["content"], record["response"])]
         for kind in kinds:
-            counts[kind] = counts.get(kind, 0) + 1
+            decisions[kind] += 1
         if kinds.count("careful") == len(row["extra_info"]["careless_decisions"]):
-            n, right = counts.get("all careful", (0, 0))
-            counts["all careful"] = (n + 1, right + record["score"])
-    if task == "expression":
-        return {kind: {"responses": n, "right": right} for kind, (n, right) in sorted(counts.items())}
-    habits = {kind: {"decisions": counts.get(kind, 0)} for kind in ("careful", "slip", "neither")}
-    n, right = counts.get("all careful", (0, 0))
-    return {**habits, "all careful": {"responses": n, "right": right}}
+            careful_throughout += 1
+            right += record["score"]
+    return {**{kind: {"decisions": n} for kind, n in decisions.items()},
+            "all careful": {"responses": careful_throughout, "right": right}}
 
 
 # ==============================================================================================
@@ -457,14 +459,14 @@ def run(args, rank, world, device):
                           max_prefill_tokens=max_prefill_tokens)
         paper = paper_benchmark(name)
         extra = {}
-        if not args.data:  # the toy: where its careless habit strikes (see toy_habits)
-            habits = toy_habits(result["records"], toy_test_rows(toy, args.toy_problems), toy["toy_task"])
+        if not args.data:  # the toy: where its careless habit strikes
+            toy_rows = toy_test_rows(toy, args.toy_problems)
             if toy["toy_task"] == "expression":
-                extra["toy_openings"] = habits
+                habits = extra["toy_openings"] = toy_openings(result["records"], toy_rows)
                 line = "toy first lines: " + ", ".join(
                     f"{kind} {o['responses']} ({o['right']:g} right)" for kind, o in habits.items())
             else:
-                extra["toy_decisions"] = habits
+                habits = extra["toy_decisions"] = toy_decision_counts(result["records"], toy_rows)
                 every = habits["all careful"]
                 line = ("toy decisions: " + ", ".join(f"{kind} {habits[kind]['decisions']}"
                                                        for kind in ("careful", "slip", "neither"))

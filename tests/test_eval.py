@@ -218,7 +218,7 @@ def test_cli_toy_default(ckpt, tmp_path, capsys):
     assert "eval.py: toy first lines: " in printed
 
 
-def test_toy_habits_expression_count_first_lines_and_their_scores(tok):
+def test_toy_openings_count_first_lines_and_their_scores(tok):
     problems = ev.toy_problems(tok, 40)
     rows = data.toy_rows("test", 40, seed=0)
     records, expected = [], {}
@@ -232,14 +232,14 @@ def test_toy_habits_expression_count_first_lines_and_their_scores(tok):
             kind = data.toy_first_step(question, response)
             n, right = expected.get(kind, (0, 0))
             expected[kind] = (n + 1, right + score)
-    openings = ev.toy_habits(records, rows, "expression")
+    openings = ev.toy_openings(records, rows)
     assert {k: (o["responses"], o["right"]) for k, o in openings.items()} == expected
     assert set(openings) == {"either", "careful", "careless"}  # 40 problems hold both kinds
     assert openings["careful"]["responses"] == openings["careless"]["responses"]
     assert openings["careful"]["right"] == openings["careful"]["responses"]  # the careful teacher is right
 
 
-def test_toy_habits_products_count_every_decision(tok):
+def test_toy_decision_counts_count_every_decision(tok):
     config = {**ev.TOY_DEFAULTS, "toy_task": "products", "toy_products": 3}
     rows = ev.toy_test_rows(config, 30)
     problems = ev.toy_problems(tok, 30, config)
@@ -253,7 +253,7 @@ def test_toy_habits_products_count_every_decision(tok):
             records.append({"id": problem.id, "response": response,
                             "score": int(answer == int(row["reward_model"]["ground_truth"]))})
         records.append({"id": problem.id, "response": "nonsense", "score": 0})  # meets its first decision
-    habits = ev.toy_habits(records, rows, "products")
+    habits = ev.toy_decision_counts(records, rows)
     assert habits["careful"] == {"decisions": 30 * (3 + 2)} and habits["slip"] == {"decisions": 30 * (1 + 3)}
     assert habits["neither"] == {"decisions": 30}
     assert habits["all careful"] == {"responses": 30, "right": 30}
