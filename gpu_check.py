@@ -136,8 +136,7 @@ def check_env(report, device):
         report.line("env", f"GPU {i}: {props.name}, {props.total_memory / memory.GIB:.1f} GiB")
     x = torch.randn(1024, 1024, device=device)
     (x @ x).sum().item()  # a CUDA context and a cuBLAS handle exist now
-    free, total = torch.cuda.mem_get_info(device)
-    outside = total - free - torch.cuda.memory_reserved(device)
+    outside = memory.outside_bytes(device)
     report.line("env", f"{outside / memory.GIB:.2f} GiB outside PyTorch's allocator in a process without NCCL "
                 f"(the memory check measures it with NCCL)")
 
@@ -402,8 +401,7 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
         "rows per chunk": min(rows, max_batch_tokens // (cfg.max_prompt_tokens + cfg.max_response_tokens)),
     }
     if cuda:
-        free, total = torch.cuda.mem_get_info(device)
-        peaks["outside PyTorch"] = total - free - torch.cuda.memory_reserved(device)
+        peaks["outside PyTorch"] = memory.outside_bytes(device)
     with open(os.path.join(out, f"peaks{rank}.json"), "w") as f:
         json.dump(peaks, f)
     dist.destroy_process_group()

@@ -121,12 +121,18 @@ def sampling_limits(config, device, rows, utilization, prefill_tokens, dtype, sh
     return max(int(slots), 1), prefill_tokens
 
 
+def outside_bytes(device):
+    """The bytes in use on a CUDA device outside PyTorch's allocator: the CUDA context, cuBLAS
+    workspaces, NCCL buffers, other processes."""
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free - torch.cuda.memory_reserved(device)
+
+
 def available_bytes(device, utilization):
     """What this process may still allocate on a CUDA device while the whole process (tensors,
     the allocator's cached blocks, the CUDA context, NCCL) stays within `utilization` of it."""
-    free, total = torch.cuda.mem_get_info(device)
-    outside = total - free - torch.cuda.memory_reserved(device)  # context, NCCL, other processes
-    return int(total * utilization) - outside - torch.cuda.memory_allocated(device)
+    total = torch.cuda.mem_get_info(device)[1]
+    return int(total * utilization) - outside_bytes(device) - torch.cuda.memory_allocated(device)
 
 
 # ==============================================================================================
