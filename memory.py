@@ -202,7 +202,6 @@ class Phase:
     name: str
     peak: int               # bytes alive at the phase's worst moment (allocator-visible)
     parts: dict             # what made the peak: name -> bytes (the rest is "activations")
-    note: str = ""
 
 
 @dataclass
