@@ -421,10 +421,7 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
         report.skip("memory", "flash-attn is not installed: the plan models flash-attn's memory")
         return None
     folder = os.path.join(workdir, "memory_model")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "rms_norm_eps": 1e-6,
-                   "use_sliding_window": False, "hidden_act": "silu", **shape}, f)
+    qwen2_config(shape).save_pretrained(folder)  # the plan and the ranks need only config.json
     overrides = recipe_overrides(world, smoke)
     plan_dir = os.path.join(workdir, "memory_plan")
     args = [f"--{k}={v}" for k, v in overrides.items()]

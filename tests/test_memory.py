@@ -61,9 +61,7 @@ def test_recipe_fits_eight_80_gib_gpus_and_two_are_refused(tmp_path):
     """The README's command (preset eurus2-7b-prime, Qwen2.5-Math-7B's shapes) on 8 x 80 GiB: every
     phase, held-out eval included, at or under 72 GiB. On 2 GPUs the model states alone overflow."""
     ckpt = tmp_path / "qwen7b"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2", "rms_norm_eps": 1e-6,
-                                                   "use_sliding_window": False, **gpu_check.QWEN25_MATH_7B}))
+    gpu_check.qwen2_config(gpu_check.QWEN25_MATH_7B).save_pretrained(ckpt)
     base = ["--preset=eurus2-7b-prime", f"--model_path={ckpt}", "--memory_plan=true", "--gpu_memory_gib=80"]
     fits = run([*base, "--world_size=8", f"--out_dir={tmp_path / 'w8'}"])
     assert fits.returncode == 0, fits.stdout + fits.stderr
