@@ -280,12 +280,7 @@ def _micro_batch(cfg, device):
     packed up to micro_batch_tokens (a longer sequence goes alone), every response token scored.
     Returns the model's score-mode arguments."""
     seq = cfg.max_prompt_tokens + cfg.max_response_tokens
-    n_seqs = max(1, cfg.micro_batch_tokens // seq)
-    ids = torch.zeros(n_seqs * seq, dtype=torch.long, device=device)
-    cu = torch.arange(0, n_seqs * seq + 1, seq, dtype=torch.int32, device=device)
-    scored = torch.arange(n_seqs * cfg.max_response_tokens, device=device)  # the count matters, not where
-    return dict(input_ids=ids, cu_seqlens=cu, max_seqlen=seq, scored=scored,
-                targets=torch.zeros_like(scored))
+    return _score_batch(max(1, cfg.micro_batch_tokens // seq), seq, device, cfg.max_response_tokens)
 
 
 def _optimizer_step(net, optimizer, batches, clip, reference=None):
@@ -486,13 +481,15 @@ def _plan_sft(result, cfg, config, mesh, device):
     return result
 
 
-def _score_batch(n_seqs, seq, device):
-    """The model's score-mode arguments for n_seqs packed sequences of seq tokens, every token
-    but each sequence's first scored (how many matters, not which)."""
+def _score_batch(n_seqs, seq, device, scored_per_seq=None):
+    """The model's score-mode arguments for n_seqs packed sequences of seq tokens, scored_per_seq
+    tokens of each scored (default: every token but the sequence's first; how many matters, not
+    which)."""
+    scored = n_seqs * (seq - 1 if scored_per_seq is None else scored_per_seq)
     return dict(input_ids=torch.zeros(n_seqs * seq, dtype=torch.long, device=device),
                 cu_seqlens=torch.arange(0, n_seqs * seq + 1, seq, dtype=torch.int32, device=device), max_seqlen=seq,
-                scored=torch.arange(n_seqs * (seq - 1), device=device),
-                targets=torch.zeros(n_seqs * (seq - 1), dtype=torch.long, device=device))
+                scored=torch.arange(scored, device=device),
+                targets=torch.zeros(scored, dtype=torch.long, device=device))
 
 
 def _save_and_export_phases(result, meter, net, optimizer, base, compute):
