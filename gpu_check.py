@@ -382,10 +382,10 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
     if cuda:
         max_batch_tokens, max_prefill_tokens = train.sampling_memory(policy, cfg, device, rows)
     else:  # the CPU has no free-memory reading: the plan's own limit
-        available = int(cfg.gpu_memory_gib * memory.GIB * cfg.gpu_memory_utilization) - memory.NON_TORCH_BYTES \
-            - meter.now() - memory.gathered_bytes(config, compute)
-        max_batch_tokens, max_prefill_tokens = int(memory.cache_slots(available, config, compute,
-                                                                      cfg.micro_batch_tokens, rows)), cfg.micro_batch_tokens
+        limit = int(cfg.gpu_memory_gib * memory.GIB * cfg.gpu_memory_utilization)
+        max_batch_tokens = int(memory.planned_cache_slots(limit, meter.now(), config, compute,
+                                                          cfg.micro_batch_tokens, rows))
+        max_prefill_tokens = cfg.micro_batch_tokens
     eos = list(range(0, V, 10))
     prompts = [[5] * cfg.max_prompt_tokens] * rows
     old = {}

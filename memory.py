@@ -106,6 +106,14 @@ def cache_slots(available, config, dtype, prefill_tokens, rows):
     return (available - sampling_reserve(config, dtype, prefill_tokens, rows)) // kv_bytes_per_slot(config, dtype)
 
 
+def planned_cache_slots(limit, allocated, config, dtype, prefill_tokens, rows):
+    """The plan's KV-cache slots for sampling `rows` rows on a GPU whose process may use `limit`
+    bytes and whose tensors take `allocated` bytes: what is left after NON_TORCH_BYTES, those
+    tensors and the gathered weights, in cache_slots (0 or less: not even the reserve fits)."""
+    available = limit - NON_TORCH_BYTES - allocated - gathered_bytes(config, dtype)
+    return cache_slots(available, config, dtype, prefill_tokens, rows)
+
+
 def sampling_limits(config, device, rows, utilization, prefill_tokens, dtype, sharded):
     """rollout.generate's memory bounds (max_batch_tokens, max_prefill_tokens) for sampling `rows`
     rows now, on `device`. On a GPU the KV cache gets what is left under `utilization` of its
@@ -307,8 +315,7 @@ def _sampling_phases(plan, meter, states, policy, config, cfg, device, rows, max
     step over every row, drop one finished row. Returns the chunk's rows."""
     compute = torch.bfloat16 if cfg.bf16 else torch.float32
     slots_per_row = cfg.max_prompt_tokens + max_new
-    available = plan.limit - NON_TORCH_BYTES - meter.now() - gathered_bytes(config, compute)
-    slots = cache_slots(available, config, compute, cfg.micro_batch_tokens, rows)
+    slots = planned_cache_slots(plan.limit, meter.now(), config, compute, cfg.micro_batch_tokens, rows)
     chunk = min(rows, max(slots, 0) // slots_per_row)
     plan.sizes[f"{label}: KV-cache slots (max_batch_tokens)"] = int(slots)
     plan.sizes[f"{label}: rows per chunk (of {rows} at {slots_per_row} slots each)"] = chunk
