@@ -373,7 +373,7 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
     mesh = init_device_mesh(device.type, (world,))
     cfg = train.Config(**{**train.PRESETS["eurus2-7b-prime"], **overrides, "gpu_memory_gib": gpu_gib})
     config = M.load_config(folder)
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = memory.compute_dtype(cfg)
     torch.manual_seed(rank)
     policy = memory.meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
     prm = memory.meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)

@@ -271,6 +271,12 @@ def _local_bytes(tensors):
     return total
 
 
+def compute_dtype(cfg):
+    """The dtype a train.Config computes in (sampling, the reference, the export): bf16 under
+    cfg.bf16, else fp32."""
+    return torch.bfloat16 if cfg.bf16 else torch.float32
+
+
 def meta_model(config, mesh, dtype, trainable, mixed_precision, activation_checkpointing):
     """A model as train.load_for_training builds it (dtype, train mode, FSDP2 over `mesh`), on
     the meta device: shapes only. `to_empty` under fake mode then gives it fake storage."""
@@ -309,11 +315,34 @@ def _optimizer_step(net, optimizer, batches, clip, reference=None):
     return grads
 
 
+def _warm_up(meter, trained, device):
+    """The steady state (from step 2 on), where AdamW's moments exist: one tiny optimizer step per
+    (model, AdamW) pair in `trained` creates them; it also runs FSDP2's DTensor ops (clip, AdamW)
+    once, whose first call builds sharding metadata that fake tensors would count as memory.
+    Returns the one-token batch it stepped on and the bytes then alive (the model states)."""
+    dummy = _score_batch(1, 1, device)
+    with meter.measure({}):
+        for net, optimizer in trained:
+            _optimizer_step(net, optimizer, [dummy], 1.0)
+    return dummy, meter.now()
+
+
+def _states_overflow(result, states, what):
+    """Whether the model states alone (`what` holds them, for the message) go over the limit; if
+    so, the plan's one phase is "model states" and its problem says to use more GPUs."""
+    if states + NON_TORCH_BYTES <= result.limit:
+        return False
+    result.phases.append(Phase("model states", states, {"states": states}))
+    result.problem = (f"{what} alone need {(states + NON_TORCH_BYTES) / GIB:.1f} GiB per GPU on {result.world} "
+                      f"GPUs (limit {result.limit / GIB:.1f}); use more GPUs")
+    return True
+
+
 def _sampling_phases(plan, meter, states, policy, config, cfg, device, rows, max_new, label):
     """Sampling as rollout.generate does it, for the largest chunk the sizing allows: gather the
     weights, prefill one group of prompts (the others repeat the same computation), decode one
     step over every row, drop one finished row. Returns the chunk's rows."""
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = compute_dtype(cfg)
     slots_per_row = cfg.max_prompt_tokens + max_new
     slots = planned_cache_slots(plan.limit, meter.now(), config, compute, cfg.micro_batch_tokens, rows)
     chunk = min(rows, max(slots, 0) // slots_per_row)
@@ -366,7 +395,7 @@ def plan(cfg, config, world, gpu_gib):
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     mesh = init_device_mesh("cpu", (world,))  # the mesh must exist before fake mode
     device = torch.device("cpu")
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = compute_dtype(cfg)
     K = cfg.samples_per_prompt
     responses = cfg.prompts_per_step * K // world  # this rank's rows per step (and per sampling round)
     try:
@@ -382,24 +411,13 @@ def plan(cfg, config, world, gpu_gib):
             opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-6, weight_decay=0.01, fused=True)
                     for name, net in (("policy", policy), ("prm", prm))}
             meter = _Meter(policy, prm, ref, *opts.values())
-            # Steady state (from step 2 on): AdamW's moments exist. One tiny step per model creates
-            # them; it also runs FSDP2's DTensor ops (clip, AdamW) once, whose first call builds
-            # sharding metadata that fake tensors would count as memory.
-            dummy = _score_batch(1, 1, device)
-            with meter.measure({}):
-                for name, net in (("policy", policy), ("prm", prm)):
-                    _optimizer_step(net, opts[name], [dummy], 1.0)
-            states = meter.now()
+            dummy, states = _warm_up(meter, ((policy, opts["policy"]), (prm, opts["prm"])), device)
             params = _local_bytes(p for net in (policy, prm, ref) for p in net.parameters())
             moments = _local_bytes(t for o in opts.values() for s in o.state.values() for t in s.values())
             result.sizes["model states per GPU: parameters / AdamW moments, GiB"] = \
                 f"{params / GIB:.1f} / {moments / GIB:.1f}"
             base = {"states": states}
-            if states + NON_TORCH_BYTES > result.limit:
-                result.phases.append(Phase("model states", states, base))
-                result.problem = (f"the three models' shards and two AdamW states alone need "
-                                  f"{(states + NON_TORCH_BYTES) / GIB:.1f} GiB per GPU on {world} GPUs "
-                                  f"(limit {result.limit / GIB:.1f}); use more GPUs")
+            if _states_overflow(result, states, "the three models' shards and two AdamW states"):
                 return result
 
             # Alg. 1 lines 4-5: sampling, one round of `responses` rows.
@@ -459,7 +477,7 @@ def _plan_sft(result, cfg, config, mesh, device):
     micro-batches of chats of sft_max_tokens (or the model's context) packed up to
     micro_batch_tokens, every token trained (the worst case); then checkpoints and the export."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = compute_dtype(cfg)
     net = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
     seq = min(cfg.sft_max_tokens or config.max_position_embeddings, cfg.micro_batch_tokens)
     n_seqs = max(1, cfg.micro_batch_tokens // seq)
@@ -467,18 +485,12 @@ def _plan_sft(result, cfg, config, mesh, device):
         net.to_empty(device=device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=True)
         meter = _Meter(net, optimizer)
-        dummy = _score_batch(1, 1, device)
-        with meter.measure({}):  # AdamW's moments, and DTensor's first-call metadata (see plan)
-            _optimizer_step(net, optimizer, [dummy], 1.0)
-        states = meter.now()
+        dummy, states = _warm_up(meter, ((net, optimizer),), device)
         base = {"states": states}
         result.sizes["model states per GPU, GiB"] = f"{states / GIB:.1f}"
         result.sizes["micro-batch (micro_batch_tokens)"] = f"{cfg.micro_batch_tokens} tokens; planned at " \
             f"{n_seqs} x {seq}, every token trained"
-        if states + NON_TORCH_BYTES > result.limit:
-            result.phases.append(Phase("model states", states, base))
-            result.problem = (f"the model's shards and AdamW state alone need {(states + NON_TORCH_BYTES) / GIB:.1f} "
-                              f"GiB per GPU on {result.world} GPUs (limit {result.limit / GIB:.1f}); use more GPUs")
+        if _states_overflow(result, states, "the model's shards and AdamW state"):
             return result
         out = {}
         with meter.measure(out):
