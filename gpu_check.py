@@ -136,8 +136,7 @@ def check_env(report, device):
         report.line("env", f"GPU {i}: {props.name}, {props.total_memory / memory.GIB:.1f} GiB")
     x = torch.randn(1024, 1024, device=device)
     (x @ x).sum().item()  # a CUDA context and a cuBLAS handle exist now
-    free, total = torch.cuda.mem_get_info(device)
-    outside = total - free - torch.cuda.memory_reserved(device)
+    outside = memory.outside_bytes(device)
     report.line("env", f"{outside / memory.GIB:.2f} GiB outside PyTorch's allocator in a process without NCCL "
                 f"(the memory check measures it with NCCL)")
 
@@ -160,13 +159,40 @@ def check_flash(report, device):
     net.load_state_dict(reference.state_dict())
     net = net.to(torch.bfloat16)
     g = torch.Generator().manual_seed(0)
-    lengths = [700, 3, 1200, 1, 2000]
-    ids = torch.randint(0, 1024, (sum(lengths),), generator=g).to(device)
+    errors = flash_packed_errors(reference, net, device, [700, 3, 1200, 1, 2000], g)
+    report.line("flash", "packed forward + backward, relative error vs fp32 (logits, log-probs, q_proj gradient): " +
+                ", ".join(f"{b} " + " / ".join(f"{x:.4f}" for x in e.values()) for b, e in errors.items()))
+    ok = all(as_accurate_as_sdpa(flash, errors["sdpa"][what]) for what, flash in errors["flash"].items())
+    report.verdict("flash", ok, "flash_attn_varlen_func forward and backward as accurate as SDPA")
+
+    # Prefill (in two forwards) + decode + a finished row dropped, against a full fp32 recompute.
+    worst = {b: e["worst"] for b, e in flash_decode_errors(reference, net, device, [40, 300, 1, 77], 6, [0, 2, 3],
+                                                             g).items()}
+    report.line("flash", "prefill + decode + batch shrink, worst relative error vs fp32: " +
+                ", ".join(f"{b} {e:.4f}" for b, e in worst.items()))
+    report.verdict("flash", as_accurate_as_sdpa(worst["flash"], worst["sdpa"]),
+                   "flash_attn_with_kvcache decode as accurate as SDPA")
+
+
+def as_accurate_as_sdpa(flash, sdpa):
+    """The flash check's pass rule for one relative error of the flash-attn path against SDPA's."""
+    return flash <= 2 * sdpa + 0.01
+
+
+def flash_packed_errors(reference, net, device, lengths, generator):
+    """Packed forward (no grad) and forward + backward in score mode, activation checkpointing
+    on, of `net` (bf16) through SDPA and through flash_attn_varlen_func, over random sequences of
+    `lengths` with every token but each sequence's last scored, against `reference` (the same
+    weights in fp32, SDPA). Returns {backend: {"logits", "log-probs", "q_proj gradient"}} of
+    relative errors."""
+    V = net.config.vocab_size
+    ids = torch.randint(0, V, (sum(lengths),), generator=generator).to(device)
     cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
     scored = torch.cat([torch.arange(a, b - 1) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]).to(device)
     kw = dict(max_seqlen=max(lengths), scored=scored, targets=ids[scored + 1])
-
     reference.attn_backend = "sdpa"
+    with torch.no_grad():
+        logits_exact = reference(ids, cu, max_seqlen=max(lengths))
     logp_exact, _ = reference(ids, cu, **kw)
     logp_exact.sum().backward()
     grad_exact = reference.model.layers[0].self_attn.q_proj.weight.grad
@@ -174,42 +200,50 @@ def check_flash(report, device):
     for backend in ("sdpa", "flash"):
         net.attn_backend, net.activation_checkpointing = backend, True
         net.zero_grad()
+        with torch.no_grad():
+            logits = net(ids, cu, max_seqlen=max(lengths))
         logp, _ = net(ids, cu, **kw)
         logp.sum().backward()
-        errors[backend] = (relative_error(logp, logp_exact),
-                           relative_error(net.model.layers[0].self_attn.q_proj.weight.grad, grad_exact))
-    report.line("flash", "packed forward + backward, relative error vs fp32 (log-probs, q_proj gradient): " +
-                ", ".join(f"{b} {e[0]:.4f} / {e[1]:.4f}" for b, e in errors.items()))
-    ok = all(f <= 2 * s + 0.01 for f, s in zip(errors["flash"], errors["sdpa"]))
-    report.verdict("flash", ok, "flash_attn_varlen_func forward and backward as accurate as SDPA")
+        grad = net.model.layers[0].self_attn.q_proj.weight.grad
+        errors[backend] = {"logits": relative_error(logits, logits_exact),
+                           "log-probs": relative_error(logp, logp_exact),
+                           "q_proj gradient": relative_error(grad, grad_exact)}
+    return errors
 
-    # Prefill (in two forwards) + decode + a finished row dropped, against a full fp32 recompute.
-    prompts = [torch.randint(0, 1024, (n,), generator=g).to(device) for n in (40, 300, 1, 77)]
-    steps, keep = 6, [0, 2, 3]
-    new = torch.randint(0, 1024, (4, steps), generator=g).to(device)
-    worst = {}
+
+def flash_decode_errors(reference, net, device, prompt_lengths, steps, keep, generator, backends=("sdpa", "flash")):
+    """Sampling's cache path in `net` (bf16) through each of `backends`: random prompts of
+    `prompt_lengths` prefilled in two packed forwards (rollout.prefill) into one KVCache, `steps`
+    decode steps, and after the third the rows not in `keep` finish (the cache compacts). Each
+    step's logits against a full fp32 recompute by `reference` (the same weights, SDPA).
+    Returns {backend: {"worst": the worst relative error over rows and steps, "prefilled": the
+    cache's (filled, lengths) after the prefill, "compacted in place": whether the compacted cache
+    holds len(keep) rows in its own storage}}."""
+    V, rows, half = net.config.vocab_size, len(prompt_lengths), len(prompt_lengths) // 2
+    prompts = [torch.randint(0, V, (n,), generator=generator).to(device) for n in prompt_lengths]
+    new = torch.randint(0, V, (rows, steps), generator=generator).to(device)
+    reference.attn_backend = "sdpa"
+    results = {}
     with torch.no_grad():
-        for backend in ("sdpa", "flash"):
+        fulls = [reference(torch.cat([prompt, new[b]])[None])[0] for b, prompt in enumerate(prompts)]
+        for backend in backends:
             net.attn_backend = backend
-            cache = M.KVCache(rows=4, max_len=300 + steps)
-            step_logits = [torch.cat([rollout.prefill(net, [p.tolist() for p in prompts[:2]], cache, device),
-                                      rollout.prefill(net, [p.tolist() for p in prompts[2:]], cache, device)])]
+            cache = M.KVCache(rows=rows, max_len=max(prompt_lengths) + steps)
+            step_logits = [torch.cat([rollout.prefill(net, [p.tolist() for p in prompts[:half]], cache, device),
+                                      rollout.prefill(net, [p.tolist() for p in prompts[half:]], cache, device)])]
+            result = {"prefilled": (cache.filled, cache.lengths.tolist())}
             for t in range(steps):
                 if t == 3:
+                    storage = cache.k[0].untyped_storage().data_ptr()
                     cache.keep(torch.tensor(keep, device=device))
-                step_logits.append(net(new[[0, 1, 2, 3] if t < 3 else keep, t], cache=cache))
-            worst[backend] = 0.0
-            for b, prompt in enumerate(prompts):
-                full = reference(torch.cat([prompt, new[b]])[None])[0]
-                for t, logits in enumerate(step_logits):
-                    if b == 1 and t > 3:
-                        continue
-                    row = b if t <= 3 else keep.index(b)
-                    worst[backend] = max(worst[backend], relative_error(logits[row], full[len(prompt) - 1 + t]))
-    report.line("flash", "prefill + decode + batch shrink, worst relative error vs fp32: " +
-                ", ".join(f"{b} {e:.4f}" for b, e in worst.items()))
-    report.verdict("flash", worst["flash"] <= 2 * worst["sdpa"] + 0.01,
-                   "flash_attn_with_kvcache decode as accurate as SDPA")
+                    result["compacted in place"] = (cache.k[0].untyped_storage().data_ptr() == storage
+                                                    and cache.k[0].shape[0] == len(keep))
+                step_logits.append(net(new[list(range(rows)) if t < 3 else keep, t], cache=cache))
+            result["worst"] = max(relative_error(logits[b if t <= 3 else keep.index(b)], full[len(prompt) - 1 + t])
+                                  for b, (prompt, full) in enumerate(zip(prompts, fulls))
+                                  for t, logits in enumerate(step_logits) if t <= 3 or b in keep)
+            results[backend] = result
+    return results
 
 
 # ==============================================================================================
@@ -339,7 +373,7 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
     mesh = init_device_mesh(device.type, (world,))
     cfg = train.Config(**{**train.PRESETS["eurus2-7b-prime"], **overrides, "gpu_memory_gib": gpu_gib})
     config = M.load_config(folder)
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = memory.compute_dtype(cfg)
     torch.manual_seed(rank)
     policy = memory.meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
     prm = memory.meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
@@ -383,10 +417,10 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
     if cuda:
         max_batch_tokens, max_prefill_tokens = train.sampling_memory(policy, cfg, device, rows)
     else:  # the CPU has no free-memory reading: the plan's own limit
-        available = int(cfg.gpu_memory_gib * memory.GIB * cfg.gpu_memory_utilization) - memory.NON_TORCH_BYTES \
-            - meter.now() - memory.gathered_bytes(config, compute)
-        max_batch_tokens, max_prefill_tokens = int(memory.cache_slots(available, config, compute,
-                                                                      cfg.micro_batch_tokens, rows)), cfg.micro_batch_tokens
+        limit = int(cfg.gpu_memory_gib * memory.GIB * cfg.gpu_memory_utilization)
+        max_batch_tokens = int(memory.planned_cache_slots(limit, meter.now(), config, compute,
+                                                          cfg.micro_batch_tokens, rows))
+        max_prefill_tokens = cfg.micro_batch_tokens
     eos = list(range(0, V, 10))
     prompts = [[5] * cfg.max_prompt_tokens] * rows
     old = {}
@@ -402,8 +436,7 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
         "rows per chunk": min(rows, max_batch_tokens // (cfg.max_prompt_tokens + cfg.max_response_tokens)),
     }
     if cuda:
-        free, total = torch.cuda.mem_get_info(device)
-        peaks["outside PyTorch"] = total - free - torch.cuda.memory_reserved(device)
+        peaks["outside PyTorch"] = memory.outside_bytes(device)
     with open(os.path.join(out, f"peaks{rank}.json"), "w") as f:
         json.dump(peaks, f)
     dist.destroy_process_group()
@@ -423,10 +456,7 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
         report.skip("memory", "flash-attn is not installed: the plan models flash-attn's memory")
         return None
     folder = os.path.join(workdir, "memory_model")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "rms_norm_eps": 1e-6,
-                   "use_sliding_window": False, "hidden_act": "silu", **shape}, f)
+    qwen2_config(shape).save_pretrained(folder)  # the plan and the ranks need only config.json
     overrides = recipe_overrides(world, smoke)
     plan_dir = os.path.join(workdir, "memory_plan")
     args = [f"--{k}={v}" for k, v in overrides.items()]

@@ -106,6 +106,14 @@ def cache_slots(available, config, dtype, prefill_tokens, rows):
     return (available - sampling_reserve(config, dtype, prefill_tokens, rows)) // kv_bytes_per_slot(config, dtype)
 
 
+def planned_cache_slots(limit, allocated, config, dtype, prefill_tokens, rows):
+    """The plan's KV-cache slots for sampling `rows` rows on a GPU whose process may use `limit`
+    bytes and whose tensors take `allocated` bytes: what is left after NON_TORCH_BYTES, those
+    tensors and the gathered weights, in cache_slots (0 or less: not even the reserve fits)."""
+    available = limit - NON_TORCH_BYTES - allocated - gathered_bytes(config, dtype)
+    return cache_slots(available, config, dtype, prefill_tokens, rows)
+
+
 def sampling_limits(config, device, rows, utilization, prefill_tokens, dtype, sharded):
     """rollout.generate's memory bounds (max_batch_tokens, max_prefill_tokens) for sampling `rows`
     rows now, on `device`. On a GPU the KV cache gets what is left under `utilization` of its
@@ -121,12 +129,18 @@ def sampling_limits(config, device, rows, utilization, prefill_tokens, dtype, sh
     return max(int(slots), 1), prefill_tokens
 
 
+def outside_bytes(device):
+    """The bytes in use on a CUDA device outside PyTorch's allocator: the CUDA context, cuBLAS
+    workspaces, NCCL buffers, other processes."""
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free - torch.cuda.memory_reserved(device)
+
+
 def available_bytes(device, utilization):
     """What this process may still allocate on a CUDA device while the whole process (tensors,
     the allocator's cached blocks, the CUDA context, NCCL) stays within `utilization` of it."""
-    free, total = torch.cuda.mem_get_info(device)
-    outside = total - free - torch.cuda.memory_reserved(device)  # context, NCCL, other processes
-    return int(total * utilization) - outside - torch.cuda.memory_allocated(device)
+    total = torch.cuda.mem_get_info(device)[1]
+    return int(total * utilization) - outside_bytes(device) - torch.cuda.memory_allocated(device)
 
 
 # ==============================================================================================
@@ -196,7 +210,6 @@ class Phase:
     name: str
     peak: int               # bytes alive at the phase's worst moment (allocator-visible)
     parts: dict             # what made the peak: name -> bytes (the rest is "activations")
-    note: str = ""
 
 
 @dataclass
@@ -258,6 +271,12 @@ def _local_bytes(tensors):
     return total
 
 
+def compute_dtype(cfg):
+    """The dtype a train.Config computes in (sampling, the reference, the export): bf16 under
+    cfg.bf16, else fp32."""
+    return torch.bfloat16 if cfg.bf16 else torch.float32
+
+
 def meta_model(config, mesh, dtype, trainable, mixed_precision, activation_checkpointing):
     """A model as train.load_for_training builds it (dtype, train mode, FSDP2 over `mesh`), on
     the meta device: shapes only. `to_empty` under fake mode then gives it fake storage."""
@@ -275,12 +294,7 @@ def _micro_batch(cfg, device):
     packed up to micro_batch_tokens (a longer sequence goes alone), every response token scored.
     Returns the model's score-mode arguments."""
     seq = cfg.max_prompt_tokens + cfg.max_response_tokens
-    n_seqs = max(1, cfg.micro_batch_tokens // seq)
-    ids = torch.zeros(n_seqs * seq, dtype=torch.long, device=device)
-    cu = torch.arange(0, n_seqs * seq + 1, seq, dtype=torch.int32, device=device)
-    scored = torch.arange(n_seqs * cfg.max_response_tokens, device=device)  # the count matters, not where
-    return dict(input_ids=ids, cu_seqlens=cu, max_seqlen=seq, scored=scored,
-                targets=torch.zeros_like(scored))
+    return _score_batch(max(1, cfg.micro_batch_tokens // seq), seq, device, cfg.max_response_tokens)
 
 
 def _optimizer_step(net, optimizer, batches, clip, reference=None):
@@ -301,14 +315,36 @@ def _optimizer_step(net, optimizer, batches, clip, reference=None):
     return grads
 
 
+def _warm_up(meter, trained, device):
+    """The steady state (from step 2 on), where AdamW's moments exist: one tiny optimizer step per
+    (model, AdamW) pair in `trained` creates them; it also runs FSDP2's DTensor ops (clip, AdamW)
+    once, whose first call builds sharding metadata that fake tensors would count as memory.
+    Returns the one-token batch it stepped on and the bytes then alive (the model states)."""
+    dummy = _score_batch(1, 1, device)
+    with meter.measure({}):
+        for net, optimizer in trained:
+            _optimizer_step(net, optimizer, [dummy], 1.0)
+    return dummy, meter.now()
+
+
+def _states_overflow(result, states, what):
+    """Whether the model states alone (`what` holds them, for the message) go over the limit; if
+    so, the plan's one phase is "model states" and its problem says to use more GPUs."""
+    if states + NON_TORCH_BYTES <= result.limit:
+        return False
+    result.phases.append(Phase("model states", states, {"states": states}))
+    result.problem = (f"{what} alone need {(states + NON_TORCH_BYTES) / GIB:.1f} GiB per GPU on {result.world} "
+                      f"GPUs (limit {result.limit / GIB:.1f}); use more GPUs")
+    return True
+
+
 def _sampling_phases(plan, meter, states, policy, config, cfg, device, rows, max_new, label):
     """Sampling as rollout.generate does it, for the largest chunk the sizing allows: gather the
     weights, prefill one group of prompts (the others repeat the same computation), decode one
     step over every row, drop one finished row. Returns the chunk's rows."""
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = compute_dtype(cfg)
     slots_per_row = cfg.max_prompt_tokens + max_new
-    available = plan.limit - NON_TORCH_BYTES - meter.now() - gathered_bytes(config, compute)
-    slots = cache_slots(available, config, compute, cfg.micro_batch_tokens, rows)
+    slots = planned_cache_slots(plan.limit, meter.now(), config, compute, cfg.micro_batch_tokens, rows)
     chunk = min(rows, max(slots, 0) // slots_per_row)
     plan.sizes[f"{label}: KV-cache slots (max_batch_tokens)"] = int(slots)
     plan.sizes[f"{label}: rows per chunk (of {rows} at {slots_per_row} slots each)"] = chunk
@@ -359,7 +395,7 @@ def plan(cfg, config, world, gpu_gib):
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     mesh = init_device_mesh("cpu", (world,))  # the mesh must exist before fake mode
     device = torch.device("cpu")
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = compute_dtype(cfg)
     K = cfg.samples_per_prompt
     responses = cfg.prompts_per_step * K // world  # this rank's rows per step (and per sampling round)
     try:
@@ -375,24 +411,13 @@ def plan(cfg, config, world, gpu_gib):
             opts = {name: torch.optim.AdamW(net.parameters(), lr=1e-6, weight_decay=0.01, fused=True)
                     for name, net in (("policy", policy), ("prm", prm))}
             meter = _Meter(policy, prm, ref, *opts.values())
-            # Steady state (from step 2 on): AdamW's moments exist. One tiny step per model creates
-            # them; it also runs FSDP2's DTensor ops (clip, AdamW) once, whose first call builds
-            # sharding metadata that fake tensors would count as memory.
-            dummy = _score_batch(1, 1, device)
-            with meter.measure({}):
-                for name, net in (("policy", policy), ("prm", prm)):
-                    _optimizer_step(net, opts[name], [dummy], 1.0)
-            states = meter.now()
+            dummy, states = _warm_up(meter, ((policy, opts["policy"]), (prm, opts["prm"])), device)
             params = _local_bytes(p for net in (policy, prm, ref) for p in net.parameters())
             moments = _local_bytes(t for o in opts.values() for s in o.state.values() for t in s.values())
             result.sizes["model states per GPU: parameters / AdamW moments, GiB"] = \
                 f"{params / GIB:.1f} / {moments / GIB:.1f}"
             base = {"states": states}
-            if states + NON_TORCH_BYTES > result.limit:
-                result.phases.append(Phase("model states", states, base))
-                result.problem = (f"the three models' shards and two AdamW states alone need "
-                                  f"{(states + NON_TORCH_BYTES) / GIB:.1f} GiB per GPU on {world} GPUs "
-                                  f"(limit {result.limit / GIB:.1f}); use more GPUs")
+            if _states_overflow(result, states, "the three models' shards and two AdamW states"):
                 return result
 
             # Alg. 1 lines 4-5: sampling, one round of `responses` rows.
@@ -452,7 +477,7 @@ def _plan_sft(result, cfg, config, mesh, device):
     micro-batches of chats of sft_max_tokens (or the model's context) packed up to
     micro_batch_tokens, every token trained (the worst case); then checkpoints and the export."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    compute = torch.bfloat16 if cfg.bf16 else torch.float32
+    compute = compute_dtype(cfg)
     net = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
     seq = min(cfg.sft_max_tokens or config.max_position_embeddings, cfg.micro_batch_tokens)
     n_seqs = max(1, cfg.micro_batch_tokens // seq)
@@ -460,18 +485,12 @@ def _plan_sft(result, cfg, config, mesh, device):
         net.to_empty(device=device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=True)
         meter = _Meter(net, optimizer)
-        dummy = _score_batch(1, 1, device)
-        with meter.measure({}):  # AdamW's moments, and DTensor's first-call metadata (see plan)
-            _optimizer_step(net, optimizer, [dummy], 1.0)
-        states = meter.now()
+        dummy, states = _warm_up(meter, ((net, optimizer),), device)
         base = {"states": states}
         result.sizes["model states per GPU, GiB"] = f"{states / GIB:.1f}"
         result.sizes["micro-batch (micro_batch_tokens)"] = f"{cfg.micro_batch_tokens} tokens; planned at " \
             f"{n_seqs} x {seq}, every token trained"
-        if states + NON_TORCH_BYTES > result.limit:
-            result.phases.append(Phase("model states", states, base))
-            result.problem = (f"the model's shards and AdamW state alone need {(states + NON_TORCH_BYTES) / GIB:.1f} "
-                              f"GiB per GPU on {result.world} GPUs (limit {result.limit / GIB:.1f}); use more GPUs")
+        if _states_overflow(result, states, "the model's shards and AdamW state"):
             return result
         out = {}
         with meter.measure(out):
@@ -481,13 +500,15 @@ def _plan_sft(result, cfg, config, mesh, device):
     return result
 
 
-def _score_batch(n_seqs, seq, device):
-    """The model's score-mode arguments for n_seqs packed sequences of seq tokens, every token
-    but each sequence's first scored (how many matters, not which)."""
+def _score_batch(n_seqs, seq, device, scored_per_seq=None):
+    """The model's score-mode arguments for n_seqs packed sequences of seq tokens, scored_per_seq
+    tokens of each scored (default: every token but the sequence's first; how many matters, not
+    which)."""
+    scored = n_seqs * (seq - 1 if scored_per_seq is None else scored_per_seq)
     return dict(input_ids=torch.zeros(n_seqs * seq, dtype=torch.long, device=device),
                 cu_seqlens=torch.arange(0, n_seqs * seq + 1, seq, dtype=torch.int32, device=device), max_seqlen=seq,
-                scored=torch.arange(n_seqs * (seq - 1), device=device),
-                targets=torch.zeros(n_seqs * (seq - 1), dtype=torch.long, device=device))
+                scored=torch.arange(scored, device=device),
+                targets=torch.zeros(scored, dtype=torch.long, device=device))
 
 
 def _save_and_export_phases(result, meter, net, optimizer, base, compute):

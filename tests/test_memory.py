@@ -9,27 +9,19 @@ refused with the reason.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import torch
 
 import gpu_check
 import memory
 import model as M
+from test_train import run_train
 from tiny import tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 900  # seconds per subprocess
 
 
-def run(args, timeout=900, script="train.py"):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def test_gpu_check_smoke_plan_matches_the_measured_peaks_of_the_real_phases():
+def test_gpu_check_smoke_plan_matches_the_measured_peaks_of_the_real_phases(tmp_path):
     """gpu_check.py --smoke: every check of the GPU acceptance script on the CPU at tiny sizes
     (two gloo ranks). Its memory check compares the plan (fake tensors, memory.py's simulation of
     each phase) with MemTracker's peaks while train.py's own functions (rollout.generate,
@@ -37,7 +29,7 @@ def test_gpu_check_smoke_plan_matches_the_measured_peaks_of_the_real_phases():
     the sampler chunked by the plan's sizing: within 15% either way. Its prime check runs train.py
     in bf16 with activation checkpointing on one and two ranks: exact-zero process rewards at
     step 1, finite losses, resume, a bf16 export."""
-    smoke = run(["--smoke"], script="gpu_check.py")
+    smoke = run_train(["--smoke"], tmp_path, timeout=TIMEOUT, script="gpu_check.py")
     out = smoke.stdout
     assert smoke.returncode == 0, out + smoke.stderr
     assert out.strip().splitlines()[-1] == "gpu_check.py: 4 passed, 0 failed, 2 skipped", out
@@ -53,7 +45,7 @@ def test_gpu_check_smoke_plan_matches_the_measured_peaks_of_the_real_phases():
     assert 1 < planned < 16 and chunk.endswith(f"run [{planned}, {planned}]"), chunk
     assert out.count("[prime] PASS") == 2, out
 
-    nothing = run([], script="gpu_check.py")
+    nothing = run_train([], tmp_path, timeout=TIMEOUT, script="gpu_check.py")
     assert nothing.returncode == 0 and "no CUDA device here: nothing to check" in nothing.stdout
 
 
@@ -61,11 +53,9 @@ def test_recipe_fits_eight_80_gib_gpus_and_two_are_refused(tmp_path):
     """The README's command (preset eurus2-7b-prime, Qwen2.5-Math-7B's shapes) on 8 x 80 GiB: every
     phase, held-out eval included, at or under 72 GiB. On 2 GPUs the model states alone overflow."""
     ckpt = tmp_path / "qwen7b"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2", "rms_norm_eps": 1e-6,
-                                                   "use_sliding_window": False, **gpu_check.QWEN25_MATH_7B}))
+    gpu_check.qwen2_config(gpu_check.QWEN25_MATH_7B).save_pretrained(ckpt)
     base = ["--preset=eurus2-7b-prime", f"--model_path={ckpt}", "--memory_plan=true", "--gpu_memory_gib=80"]
-    fits = run([*base, "--world_size=8", f"--out_dir={tmp_path / 'w8'}"])
+    fits = run_train([*base, "--world_size=8", f"--out_dir={tmp_path / 'w8'}"], tmp_path, timeout=TIMEOUT)
     assert fits.returncode == 0, fits.stdout + fits.stderr
     last = fits.stdout.strip().splitlines()[-1]
     assert last.startswith("memory plan: peak ") and last.endswith(": fits"), last
@@ -78,7 +68,7 @@ def test_recipe_fits_eight_80_gib_gpus_and_two_are_refused(tmp_path):
                   "checkpoint save", "export"):
         assert phase in names, names
 
-    refused = run([*base, "--world_size=2", f"--out_dir={tmp_path / 'w2'}"])
+    refused = run_train([*base, "--world_size=2", f"--out_dir={tmp_path / 'w2'}"], tmp_path, timeout=TIMEOUT)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     last = refused.stdout.strip().splitlines()[-1]
     assert "does not fit" in last and "model states" in last and "use more GPUs" in last, last

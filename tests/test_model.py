@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+import gpu_check
 import model as M
 from tests.tiny import random_checkpoint, seven_b_attention
 
@@ -212,64 +213,26 @@ def test_rotary_equals_rotate_half_bit_for_bit(dtype):
 # takes only what flash-attn takes: fp16/bf16, int32 lengths, Python-int max_seqlen, ...)
 # ----------------------------------------------------------------------------------------------
 
-def relative_error(x, reference):
-    return float((x.detach().float() - reference.detach()).abs().max() / reference.detach().abs().max())
-
-
 def test_flash_call_sites_at_7b_geometry_forward_and_backward(flash_standin_backend):
     """Packed forward and backward (activation checkpointing on) through flash_attn_varlen_func:
-    in bf16 as close to the fp32 network as SDPA's bf16 path is, gradients included."""
+    in bf16 as close to the fp32 network as SDPA's bf16 path is, gradients included (the
+    comparisons of gpu_check.py's flash check, at small lengths)."""
     reference, net = seven_b_attention()
-    seqs = [torch.randint(0, 128, (n,)) for n in (6, 3, 10, 1)]
-    ids, cu = packed(seqs)
-    scored = torch.tensor([0, 1, 2, 3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17])
-    targets = ids[scored + 1]
-    with torch.no_grad():
-        exact = reference(ids, cu)
-    logp_exact, _ = reference(ids, cu, scored=scored, targets=targets)
-    logp_exact.sum().backward()
-    grad_exact = reference.model.layers[0].self_attn.q_proj.weight.grad
-
-    errors = {}
-    for backend in ("sdpa", "flash"):
-        net.attn_backend = backend
-        net.activation_checkpointing = True
-        net.zero_grad()
-        with torch.no_grad():
-            logits = net(ids, cu, max_seqlen=10)
-        logp, _ = net(ids, cu, max_seqlen=10, scored=scored, targets=targets)
-        logp.sum().backward()
-        errors[backend] = (relative_error(logits, exact), relative_error(logp, logp_exact),
-                           relative_error(net.model.layers[0].self_attn.q_proj.weight.grad, grad_exact))
-    for what, flash, sdpa in zip(("logits", "logp", "q_proj grad"), errors["flash"], errors["sdpa"]):
-        assert flash <= 2 * sdpa + 0.01, (what, errors)
+    errors = gpu_check.flash_packed_errors(reference, net, torch.device("cpu"), [6, 3, 10, 1],
+                                           torch.Generator().manual_seed(0))
+    assert set(errors["flash"]) == {"logits", "log-probs", "q_proj gradient"}, errors
+    for what, flash in errors["flash"].items():
+        assert gpu_check.as_accurate_as_sdpa(flash, errors["sdpa"][what]), (what, errors)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flash"])
 def test_cached_decode_at_7b_geometry(flash_standin_backend, backend):
     """Prefill in two forwards into one cache, decode, drop a finished row (the cache compacts in
-    place): each step's logits match a full fp32 recompute to bf16 accuracy."""
+    place): each step's logits match a full fp32 recompute to bf16 accuracy (the comparisons of
+    gpu_check.py's flash check, at small lengths)."""
     reference, net = seven_b_attention()
-    net.attn_backend = backend
-    prompts = [torch.randint(0, 128, (n,)) for n in (4, 9, 1, 6)]
-    steps, keep = 5, [0, 2, 3]
-    new = torch.randint(0, 128, (4, steps))
-    cache = M.KVCache(rows=4, max_len=9 + steps)
-    with torch.no_grad():
-        first = [net(*packed(prompts[:2]), cache=cache), net(*packed(prompts[2:]), cache=cache)]
-        assert cache.filled == 4 and cache.lengths.tolist() == [4, 9, 1, 6]
-        step_logits = [torch.cat(first)]
-        for t in range(steps):
-            if t == 3:  # row 1 finishes: rows 0, 2, 3 go on; the buffers are views of the same storage
-                storage = cache.k[0].untyped_storage().data_ptr()
-                cache.keep(torch.tensor(keep))
-                assert cache.k[0].untyped_storage().data_ptr() == storage and cache.k[0].shape[0] == 3
-            rows = [0, 1, 2, 3] if t < 3 else keep
-            step_logits.append(net(new[rows, t], cache=cache))
-        for b, prompt in enumerate(prompts):
-            full = reference(torch.cat([prompt, new[b]])[None])[0]  # [len + steps, V] fp32
-            for t, logits in enumerate(step_logits):
-                if b == 1 and t > 3:
-                    continue
-                row = b if t <= 3 else keep.index(b)
-                assert relative_error(logits[row], full[len(prompt) - 1 + t]) < 0.03, (b, t)
+    result = gpu_check.flash_decode_errors(reference, net, torch.device("cpu"), [4, 9, 1, 6], 5, [0, 2, 3],
+                                           torch.Generator().manual_seed(0), backends=(backend,))[backend]
+    assert result["prefilled"] == (4, [4, 9, 1, 6]), result
+    assert result["compacted in place"], result
+    assert result["worst"] < 0.03, result

@@ -61,15 +61,15 @@ class Run:
         return text if len(text) <= chars else "...\n" + text[-chars:]
 
 
-def run_train(args, tmp_path, ranks=1, timeout=TIMEOUT):
-    """Run train.py with `args` from the repo root, one process or `ranks` torchrun ranks (gloo);
-    return a Run with the captured output. A run past `timeout` is killed (its whole process
-    group: torchrun's workers too) and the test fails with what it printed."""
+def run_train(args, tmp_path, ranks=1, timeout=TIMEOUT, script="train.py"):
+    """Run `script` (train.py unless told) with `args` from the repo root, one process or `ranks`
+    torchrun ranks (gloo); return a Run with the captured output. A run past `timeout` is killed
+    (its whole process group: torchrun's workers too) and the test fails with what it printed."""
     if ranks == 1:
-        cmd = [sys.executable, "train.py", *args]
+        cmd = [sys.executable, script, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-               "train.py", *args]
+               script, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                HF_DATASETS_CACHE=str(tmp_path / "hf_datasets_cache"), CUDA_VISIBLE_DEVICES="")
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -79,7 +79,7 @@ def run_train(args, tmp_path, ranks=1, timeout=TIMEOUT):
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        pytest.fail(f"train.py did not finish within {timeout}s (hang?)\n"
+        pytest.fail(f"{script} did not finish within {timeout}s (hang?)\n"
                     + Run(cmd, None, stdout, stderr).describe())
     return Run(cmd, process.returncode, stdout, stderr)
 
