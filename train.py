@@ -405,7 +405,7 @@ def sampling_memory(policy, cfg, device, rows):
     (memory.sampling_limits: the KV cache gets what the GPU has left under gpu_memory_utilization;
     prompts are prefilled micro_batch_tokens at a time; no bound on the CPU)."""
     return memory.sampling_limits(policy.config, device, rows, cfg.gpu_memory_utilization, cfg.micro_batch_tokens,
-                                  torch.bfloat16 if cfg.bf16 else torch.float32, sharded=True)
+                                  memory.compute_dtype(cfg), sharded=True)
 
 
 def clip_and_step(net, optimizer, max_norm):
