@@ -411,6 +411,9 @@ def sampling_memory(policy, cfg, device, rows):
 def clip_and_step(net, optimizer, max_norm):
     """Clip the gradient norm (over all ranks' shards), step, zero the gradients; returns the
     norm before clipping."""
+    # Under FSDP2 every gradient is a DTensor shard; clip_grad_norm_ sums the squares over all
+    # ranks' shards, so each rank scales by the same global norm. The norm itself comes back as a
+    # DTensor too: full_tensor() makes it a plain number for the metrics.
     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
@@ -601,6 +604,8 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
         rows = [problems[i] for i in batch for _ in range(K)]  # K contiguous copies of each prompt
         bar.total += len(rows)  # one bar for the step's rounds
         bar.refresh()
+        # How many rows' KV caches fit beside the training state: generate samples the rows in
+        # chunks of that size, and prefills their prompts a bounded number of tokens at a time.
         max_batch_tokens, max_prefill_tokens = sampling_memory(policy, cfg, device, len(rows))
         responses = rollout.generate(policy, [p.prompt_ids for p in rows], cfg.max_response_tokens, eos,
                                      cfg.temperature, cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
@@ -625,12 +630,14 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
                 else:
                     stream.buffer.append(i)
             counts["kept"] += sum(keep)
-    else:
+    else:  # (for-else: the loop ran out of rounds without the `break` above, so the quota is unmet)
         bar.close()
         raise SystemExit(f"train.py: {cfg.max_collect_rounds} sampling rounds could not fill step {step}: "
                          f"too few prompts have a mean outcome in [{cfg.filter_low}, {cfg.filter_high}] "
                          f"(the task is too easy or too hard for this model)")
     bar.close()
+    # Flatten the kept groups into rows: prompt g's K responses become rows g*K .. g*K+K-1, the
+    # layout every leave-one-out computation in rewards.py assumes.
     return Rollouts(prompts=[problems[i].prompt_ids for i, *_ in kept for _ in range(K)],
                     responses=[r for _, rs, _, _ in kept for r in rs],
                     outcome=torch.cat([s for _, _, s, _ in kept]).to(device),
@@ -664,14 +671,14 @@ def prm_step(prm, ref, optimizer, rollouts, cfg, device, mode="single"):
     if mode not in PRM_UPDATES:
         raise ValueError(f"prm_step: mode must be one of {PRM_UPDATES}, got {mode!r}")
     update = mode != "frozen"
-    B, T = len(rollouts.responses), rollouts.width
-    mask = rollouts.mask(device)
-    process = torch.zeros(B, T, device=device)
+    B, T = len(rollouts.responses), rollouts.width  # this rank's responses, the longest one's length
+    mask = rollouts.mask(device)  # [B, T]
+    process = torch.zeros(B, T, device=device)  # r_t, filled in mini-batch by mini-batch
     ref_logp = torch.zeros(B, T, device=device)  # kept for double's second forward
     # The step's rows in order (no shuffle, as [PR]): this rank's share of each PRM mini-batch.
     mini = cfg.prm_mini_batch // dist.get_world_size()
     mini_batches = [list(range(start, start + mini)) for start in range(0, B, mini)]
-    losses = []
+    losses = []  # each micro-batch's share of its mini-batch's mean loss
     for rows_mini in mini_batches:
         for rows in micro_batches(rows_mini, rollouts.lengths, cfg.micro_batch_tokens, device):
             # log pi_ref and log pi_phi of the same response tokens, [b, T] each
@@ -719,17 +726,24 @@ def compute_advantages(process, outcome, mask, cfg):
 
 def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, device):
     """PPO clip updates over shuffled mini-batches (Eq. 6, [PR]'s sequence-mean of token-means),
-    ppo_epochs passes. Returns averaged diagnostics."""
-    B = len(rollouts.responses)
-    mask = rollouts.mask(device)
+    ppo_epochs passes. Returns averaged diagnostics.
+
+    In words (rewards.ppo_clip_loss has the equation): each update raises the log-prob of the
+    tokens whose advantage A is positive and lowers it where A is negative; a token whose ratio
+    rho = pi_theta / pi_theta_old has already left [1 - eps, 1 + eps] in the direction A favours
+    gets no more gradient, so one batch of samples cannot move the policy far from the one that
+    drew them. With one epoch, the first mini-batch sees rho = 1 exactly; later ones see the drift
+    made by the step's earlier mini-batch updates."""
+    B = len(rollouts.responses)  # this rank's responses
+    mask = rollouts.mask(device)  # [B, T]
     mini = cfg.policy_mini_batch // dist.get_world_size()  # this rank's share of a mini-batch
     # Mini-batches are shuffled (as [PR]), with a seed per step and rank: a resumed run repeats them.
     g = torch.Generator().manual_seed(seed_for(cfg.seed, step, dist.get_rank(), "shuffle"))
     totals = torch.zeros(4, device=device)  # loss, clip_frac, approx_kl, entropy: read once, at the end
-    grad_norms = []
+    grad_norms = []  # one per optimizer step
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=g).tolist()
-        for start in range(0, B, mini):
+        order = torch.randperm(B, generator=g).tolist()  # a new shuffle for every epoch
+        for start in range(0, B, mini):  # each mini-batch is one optimizer step
             for rows in micro_batches(order[start:start + mini], rollouts.lengths, cfg.micro_batch_tokens,
                                       device):
                 # log pi_theta at the sampling temperature, as pi_theta_old was scored: rho = 1 at first
@@ -882,14 +896,14 @@ def sft(cfg, tokenizer, out_path, device, mesh):
         net.to(device)
         M.fsdp_wrap(net, mesh, mixed_precision=cfg.bf16, activation_checkpointing=cfg.activation_checkpointing)
     chats = sft_chats(cfg, tokenizer)  # [(token ids, 0/1 loss mask)] per chat
-    lengths = [len(ids) for ids, _ in chats]
+    lengths = [len(ids) for ids, _ in chats]  # packed tokens per chat, for micro_batches
     optimizer = adamw(net, cfg.sft_lr, 0.0)  # the SFT recipe names no weight decay (docs/notes.md §6)
-    per_rank = cfg.sft_batch // world
+    per_rank = cfg.sft_batch // world  # chats per rank in each batch
     steps_per_epoch = len(chats) // cfg.sft_batch  # a last partial batch is left out, every epoch
     if steps_per_epoch == 0:
         raise SystemExit(f"train.py: {len(chats)} SFT chats do not fill one batch of sft_batch={cfg.sft_batch}")
-    total = steps_per_epoch * cfg.sft_epochs
-    warmup = max(1, int(cfg.sft_warmup * total))
+    total = steps_per_epoch * cfg.sft_epochs  # optimizer steps of the whole run
+    warmup = max(1, int(cfg.sft_warmup * total))  # of them, the warmup's
 
     def lr_factor(s):  # linear warmup, then cosine decay to 0; s counts optimizer steps from 0
         if s < warmup:
@@ -906,9 +920,11 @@ def sft(cfg, tokenizer, out_path, device, mesh):
     bar = tqdm(total=total, initial=done, desc="SFT", disable=rank != 0)
     for step in range(done + 1, total + 1):
         start = time.time()
-        epoch, s = divmod(step - 1, steps_per_epoch)
+        epoch, s = divmod(step - 1, steps_per_epoch)  # step counts from 1; s: the batch within its epoch
         # The same shuffle on every rank, seeded by the epoch: a resumed run sees the same batches.
         order = torch.randperm(len(chats), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        # The step's batch is the epoch order's s-th slice of sft_batch chats; rank r takes the r-th
+        # equal share of it, so the ranks together cover the batch once.
         mine = order[s * cfg.sft_batch:(s + 1) * cfg.sft_batch][rank * per_rank:(rank + 1) * per_rank]
         for group in optimizer.param_groups:
             group["lr"] = cfg.sft_lr * lr_factor(step - 1)
@@ -920,7 +936,7 @@ def sft(cfg, tokenizer, out_path, device, mesh):
             nll, _ = chat_nll(net, chats, rows, device)
             (nll / n_tokens).backward()  # gradients accumulate to the token mean of the share
             loss_sum += nll.detach()
-        grad_norm = clip_and_step(net, optimizer, 1.0)  # nor a clip: 1.0, the policy's
+        grad_norm = clip_and_step(net, optimizer, 1.0)  # the recipe names no clip either: 1.0, the policy's
         # the logged loss is the mean of the ranks' token means (each rank's share is its own mean)
         loss, tokens = all_sum([float(loss_sum) / n_tokens, n_tokens], device)
         row = {"step": step, "epoch": epoch + 1, "loss": loss / world, "lr": optimizer.param_groups[0]["lr"],
@@ -1049,6 +1065,10 @@ def step_metrics(step, rollouts, counts, process, prm_loss, advantages, ppo, sec
     mask = rollouts.mask(device)  # [B, T]
     valid, lengths = mask.bool(), mask.sum(-1)  # [B, T] response tokens, [B] their counts
     scored = process if process is not None else torch.zeros_like(mask)  # [B, T] process rewards
+    # The PRM's pairwise accuracy (the paper's Fig. 6): within each prompt's group, the share of
+    # (right, wrong) response pairs whose summed process rewards order them as the verifier does.
+    # Single-forward scores each response before the PRM trains on it, so this is a held-out
+    # score (double-forward's is not: it scores after the update).
     prm_accuracy = 0.0 if process is None else float(
         rewards.prm_pairwise_accuracy(process, rollouts.outcome, mask, cfg.samples_per_prompt))
     names = dict(counts, tokens=float(lengths.sum()), truncated=sum(rollouts.truncated), rows=len(rollouts.truncated),
@@ -1134,6 +1154,8 @@ def main(argv):
     rank, world, device, mesh = M.init_distributed(timedelta(minutes=cfg.dist_timeout_minutes))
     os.makedirs(cfg.out_dir, exist_ok=True)
     check_batch_arithmetic(cfg, world)
+    # The resolved config, beside the run's outputs: eval.py reads it to rebuild the toy's
+    # held-out problems, and a reader can see what produced the metrics.
     if rank == 0:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
@@ -1148,6 +1170,10 @@ def main(argv):
     # from the SFT model (the reference frozen); AdamW for the two that learn.
     policy, prm, ref, models, optimizers = build_models(cfg, model_path, device, mesh)
     stream = PromptStream(len(train_problems), cfg.seed, rank, world)  # this rank's prompts
+    # The trainer's counters: the step reached, the accuracy before training (measured once, so a
+    # resumed run reports the true start) and the training seconds so far. A resumed run takes
+    # them, the weights, the optimizer moments and every rank's prompt stream from its newest
+    # complete checkpoint; a fresh run starts at step 0.
     trainer = {"eval_accuracy_start": None, "seconds": 0.0,
                **resume_from(os.path.join(cfg.out_dir, "checkpoints"), os.path.join(cfg.out_dir, "metrics.jsonl"),
                              models, optimizers, stream)}
@@ -1155,7 +1181,7 @@ def main(argv):
         trainer["eval_accuracy_start"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
         log(f"held-out greedy accuracy before PRIME: {trainer['eval_accuracy_start']}")
 
-    start_time = time.time() - trainer["seconds"]
+    start_time = time.time() - trainer["seconds"]  # so the seconds of an interrupted run carry on
     for step in range(trainer["step"] + 1, cfg.steps + 1):  # Alg. 1 line 2: for each iteration
         seconds = {"start": time.time()}
         set_learning_rates(optimizers, cfg, step)
@@ -1165,6 +1191,8 @@ def main(argv):
         # lies in [0.2, 0.8]; repeat until this rank holds its share of the step's prompts.
         rollouts, counts = collect(policy, train_problems, stream, tokenizer, cfg, step, device)
         mask = rollouts.mask(device)  # [B, T]: 1 on each response's tokens
+        # Validate the batch once, here where it is built (groups of K, no empty response,
+        # outcomes in [0, 1]), so the reward math below reads as its equations, without checks.
         rewards.check_batch(mask, rollouts.outcome, cfg.samples_per_prompt)
         seconds["collect"] = time.time()
 
@@ -1186,6 +1214,8 @@ def main(argv):
         ppo = policy_step(policy, optimizers["policy"], rollouts, old_logp, advantages, cfg, step, device)
         seconds["policy"] = time.time()
 
+        # Bookkeeping: one metrics.jsonl line per step, a held-out eval now and then, and a checkpoint
+        # every save_every steps (the last step's too), from which a re-run resumes exactly.
         row = step_metrics(step, rollouts, counts, process, prm_loss, advantages, ppo, seconds, cfg, device)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             row["eval_accuracy"] = held_out_accuracy(policy, tokenizer, held_out, cfg, device)
