@@ -29,6 +29,7 @@ line counts them and the exit status is 1 if any check failed.
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -133,7 +134,8 @@ def check_env(report, device):
         return
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        report.line("env", f"GPU {i}: {props.name}, {props.total_memory / memory.GIB:.1f} GiB")
+        report.line("env", f"GPU {i}: {props.name}, compute capability {props.major}.{props.minor}, "
+                           f"{props.total_memory / memory.GIB:.1f} GiB")
     x = torch.randn(1024, 1024, device=device)
     (x @ x).sum().item()  # a CUDA context and a cuBLAS handle exist now
     outside = memory.outside_bytes(device)
@@ -151,6 +153,10 @@ def check_flash(report, device):
         return
     if M.flash_attn_varlen_func is None:
         report.skip("flash", "flash-attn is not installed (pip install -r requirements-gpu.txt)")
+        return
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        report.skip("flash", "flash-attn 2 needs an Ampere or newer GPU (compute capability 8.0+); the model "
+                             "runs SDPA here")
         return
     shape = dict(QWEN25_MATH_7B, num_hidden_layers=2, intermediate_size=1024, vocab_size=1024)
     config = qwen2_config(shape)
@@ -476,6 +482,14 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
     if not plan["fits"] and not smoke:
         report.verdict("memory", False, "the plan says this machine cannot run the recipe; nothing measured")
         return None
+    # What this process itself holds on GPU 0 (its CUDA context, what earlier checks left): rank 0
+    # shares that GPU, and its reading of the memory outside PyTorch would count it too.
+    parent_bytes = 0
+    if not smoke:
+        gc.collect()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(0)
+        parent_bytes = total - free
     mp.spawn(_measure, args=(world, folder, overrides, os.path.join(workdir, "init"), workdir, smoke, gpu_gib),
              nprocs=world, join=True)
     shutil.rmtree(os.path.join(workdir, "export"), ignore_errors=True)
@@ -502,8 +516,8 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
         report.line("memory", f"the plan is more than 20% above the measurement in: {', '.join(low)}")
     report.verdict("memory", all(ratio <= 1.10 for ratio in ratios.values()),
                    "every phase's measured peak within 10% of the plan or under it")
-    if "outside PyTorch" in ranks[0]:  # with NCCL's buffers, in every rank; rank 0 also holds this process's
-        outside = max(r["outside PyTorch"] for r in ranks[1:] or ranks)
+    if "outside PyTorch" in ranks[0]:  # with NCCL's buffers, in every rank; less this process's on GPU 0
+        outside = max(r["outside PyTorch"] - (parent_bytes if i == 0 else 0) for i, r in enumerate(ranks))
         report.verdict("memory", outside <= memory.NON_TORCH_BYTES,
                        f"{outside / memory.GIB:.2f} GiB outside PyTorch's allocator with NCCL (the plan assumes "
                        f"{memory.NON_TORCH_BYTES / memory.GIB:.1f} GiB)")
@@ -554,6 +568,7 @@ def main(argv=None):
             except Exception as error:  # a crashed check is a failed one; the others still run
                 report.verdict(name, False, f"crashed: {type(error).__name__}: {error}")
             if cuda:  # what a check left cached must not count against the next one's ranks
+                gc.collect()
                 torch.cuda.empty_cache()
     counts = {word: report.verdicts.count(word) for word in ("PASS", "FAIL", "SKIP")}
     print(f"gpu_check.py: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped", flush=True)

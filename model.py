@@ -17,9 +17,10 @@ responses are long-tailed (a few hit 3072 tokens, most are far shorter), so padd
 the longest would waste most of the compute. Rotary positions restart at 0 in each sequence.
 
 Attention has two backends behind one function, `attention()`:
-  * flash-attn (CUDA, bf16/fp16): `flash_attn_varlen_func` for packed training and prefill,
-    `flash_attn_with_kvcache` for cached decoding;
-  * PyTorch SDPA everywhere else (CPU, tests, CUDA without flash-attn), with the equivalent masks.
+  * flash-attn (CUDA, bf16/fp16, Ampere or newer GPUs): `flash_attn_varlen_func` for packed
+    training and prefill, `flash_attn_with_kvcache` for cached decoding;
+  * PyTorch SDPA everywhere else (CPU, tests, CUDA without flash-attn or on older GPUs), with the
+    equivalent masks.
 
 Also here: `KVCache` (the preallocated cache the sampler in rollout.py fills), memory-frugal
 token log-probs (`chunked_logprobs`), checkpoint I/O (`load_model`, `save_model`) and FSDP2
@@ -371,7 +372,9 @@ class Qwen2ForCausalLM(nn.Module):
     def _backend(self, x):
         if self.attn_backend is not None:
             return self.attn_backend
-        if flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        # flash-attn 2 runs fp16/bf16 on Ampere or newer GPUs (compute capability 8.0+) only
+        if (flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+                and torch.cuda.get_device_capability(x.device)[0] >= 8):
             return "flash"
         return "sdpa"
 

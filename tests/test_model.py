@@ -213,6 +213,22 @@ def test_rotary_equals_rotate_half_bit_for_bit(dtype):
 # takes only what flash-attn takes: fp16/bf16, int32 lengths, Python-int max_seqlen, ...)
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("is_cuda, dtype, capability, expected", [
+    (True, torch.bfloat16, (8, 0), "flash"),   # A100
+    (True, torch.float16, (9, 0), "flash"),    # H100
+    (True, torch.bfloat16, (7, 5), "sdpa"),    # T4: flash-attn 2 would raise
+    (True, torch.float32, (8, 0), "sdpa"),     # flash-attn takes fp16/bf16 only
+    (False, torch.bfloat16, None, "sdpa"),     # the CPU
+])
+def test_flash_only_where_flash_attn_runs(flash_standin_backend, monkeypatch, is_cuda, dtype, capability, expected):
+    """With no backend forced, flash-attn serves fp16/bf16 activations on Ampere or newer GPUs
+    and SDPA everything else (the activation is a stand-in: only its device and dtype are read)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    net = M.Qwen2ForCausalLM(gpu_check.qwen2_config(gpu_check.TINY))
+    x = type("Activation", (), {"is_cuda": is_cuda, "dtype": dtype, "device": "cuda:0" if is_cuda else "cpu"})()
+    assert net._backend(x) == expected
+
+
 def test_flash_call_sites_at_7b_geometry_forward_and_backward(flash_standin_backend):
     """Packed forward and backward (activation checkpointing on) through flash_attn_varlen_func:
     in bf16 as close to the fp32 network as SDPA's bf16 path is, gradients included (the
