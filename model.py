@@ -199,6 +199,8 @@ def attention(q, k, v, layout, cache, layer_idx, backend):
         cache.k[layer_idx][cache.prefill_rows, layout.positions] = k
         cache.v[layer_idx][cache.prefill_rows, layout.positions] = v
     if backend == "flash":
+        # deterministic=False, flash-attn's default and the official code's: the backward adds
+        # into dq with atomics, so two GPU runs (a resumed one too) agree only up to rounding.
         return flash_attn_varlen_func(
             q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen, causal=True)
     return _sdpa_packed(q, k, v, layout)

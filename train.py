@@ -732,8 +732,9 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
     tokens whose advantage A is positive and lowers it where A is negative; a token whose ratio
     rho = pi_theta / pi_theta_old has already left [1 - eps, 1 + eps] in the direction A favours
     gets no more gradient, so one batch of samples cannot move the policy far from the one that
-    drew them. With one epoch, the first mini-batch sees rho = 1 exactly; later ones see the drift
-    made by the step's earlier mini-batch updates."""
+    drew them. With one epoch, the first mini-batch sees rho = 1 (up to rounding: its micro-batches
+    are packed otherwise than the old log-probs' were); later ones see the drift made by the
+    step's earlier mini-batch updates."""
     B = len(rollouts.responses)  # this rank's responses
     mask = rollouts.mask(device)  # [B, T]
     mini = cfg.policy_mini_batch // dist.get_world_size()  # this rank's share of a mini-batch
