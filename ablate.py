@@ -26,6 +26,8 @@ The configurations (train.py switches; docs/notes.md §8 for the paper's results
     double_forward  prm_update=double: re-score after the PRM update (§5.3 / App. B.2)
     policy_ref      reference=policy: pi_theta_old as pi_ref (§5.2 / App. B.1)
     no_filter       accuracy_filter=false: keep every prompt
+    no_norm         process_norm=none: no max-|return| normaliser, Eq. 5 as the paper writes it
+                    (the official code's default normalises; its prime_norm=none does not)
 
 --parallel N runs N trainings at once, each with cores/N torch threads.
 """
@@ -46,6 +48,7 @@ CONFIGS = {  # name -> train.py overrides; {offline_prm} is the offline PRM's fo
     "double_forward": ["--prm_update=double"],
     "policy_ref": ["--reference=policy"],
     "no_filter": ["--accuracy_filter=false"],
+    "no_norm": ["--process_norm=none"],
 }
 DEFAULT_CONFIGS = "prime,rloo,offline_prm"
 

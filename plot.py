@@ -33,7 +33,7 @@ PLOTS = {  # file -> (metrics.jsonl key, y-axis label)
     "prm_accuracy.png": ("prm_accuracy", "PRM pairwise accuracy"),
     "response_length.png": ("response_length_mean", "mean response length (tokens)"),
 }
-ORDER = ["prime", "rloo", "offline_prm", "double_forward", "policy_ref", "no_filter"]  # ablate.py's
+ORDER = ["prime", "rloo", "offline_prm", "double_forward", "policy_ref", "no_filter", "no_norm"]  # ablate.py's
 
 
 # ----------------------------------------------------------------------------------------------

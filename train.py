@@ -32,7 +32,9 @@ that checkpoint with the same machinery, from chat files or, for the toy, worked
 The paper's ablations are Config switches (defaults: the recipe above): process_rewards=false is
 outcome-only RLOO (Fig. 4); prm_update=double|frozen re-scores after the PRM update, or never
 updates it (with --prm_path: an offline PRM, Fig. 6); reference=policy uses pi_theta_old as pi_ref;
-accuracy_filter=false keeps every prompt. ablate.py runs them over seeds, plot.py draws the curves.
+accuracy_filter=false keeps every prompt; process_norm=none leaves out the official code's
+max-|return| normaliser (Eq. 5 as the paper writes it). ablate.py runs them over seeds, plot.py
+draws the curves.
 
 Every step appends one JSON line to <out_dir>/metrics.jsonl; a checkpoint is written every
 `save_every` steps and a re-run with the same out_dir resumes from the last complete one.
@@ -154,6 +156,10 @@ class Config:
     reference: str = knob("sft", "pi_ref of the implicit reward: sft (the frozen SFT model) or policy "
                                  "(pi_theta_old, no reference model)")
     accuracy_filter: bool = knob(True, "false: keep every prompt's group (filter_low/high ignored)")
+    process_norm: str = knob("batch_norm", "batch_norm: divide the process rewards by the largest |process "
+                                           "return| of the rank's batch (the official default, not in the "
+                                           "paper); none: Eq. 5 as written, beta*log(pi_phi/pi_ref) as it is "
+                                           "([VR] prime_norm=none)")
 
     # policy (Alg. 1 line 10): one PPO epoch over the step's mini-batches, so the ratio pi/pi_old
     # departs from 1 only through the step's earlier mini-batch updates
@@ -206,6 +212,7 @@ PRESETS = {
 
 PRM_UPDATES = ("single", "double", "frozen")  # Config.prm_update
 REFERENCES = ("sft", "policy")                # Config.reference
+PROCESS_NORMS = ("batch_norm", "none")        # Config.process_norm
 # metrics.jsonl keys that measure the PRM: null when process_rewards is off
 PRM_METRICS = ("prm_loss", "prm_accuracy", "process_reward_mean", "process_reward_std")
 
@@ -251,7 +258,7 @@ def parse_config(argv):
     # fail on a typo after minutes of loading.
     problems = [f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}"
                 for name, choices in (("stage", ("prime", "sft")), ("prm_update", PRM_UPDATES),
-                                      ("reference", REFERENCES),
+                                      ("reference", REFERENCES), ("process_norm", PROCESS_NORMS),
                                       ("toy_task", data.TOY_TASKS)) if getattr(cfg, name) not in choices]
     problems += [f"--{name}={getattr(cfg, name)}: {why}" for name, ok, why in (
         ("beta", cfg.beta > 0, "must be positive"),
@@ -715,10 +722,13 @@ def compute_advantages(process, outcome, mask, cfg):
     Each response gets a return at every token: the sum of its remaining process rewards minus
     the other K-1 responses' baseline, plus its outcome minus theirs. Whitening over all tokens
     of all ranks then sets their scale, so that the PPO step's size does not depend on the
-    rewards' units (beta, or the verifier's range)."""
+    rewards' units (beta, or the verifier's range). What it does not set is the weight of the
+    process term against the outcome term: the official normaliser (process_norm=batch_norm)
+    divides the process rewards by the batch's largest |process return|, so the most extreme
+    response sets it; with process_norm=none beta does, as in Eq. 5."""
     if process is None:
         process = torch.zeros_like(mask)
-    else:  # [PR] rescales the process rewards by the largest |return| of each data-parallel shard
+    elif cfg.process_norm == "batch_norm":  # [PR]: per data-parallel shard, as here per rank
         process = rewards.normalize_process_rewards(process, mask)
     returns = rewards.rloo_returns(process, outcome, mask, cfg.samples_per_prompt, cfg.gamma)
     return rewards.whiten(returns, mask)  # over every valid token of every rank

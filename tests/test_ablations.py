@@ -109,6 +109,24 @@ def test_process_rewards_on_keeps_the_recipe_advantages():
     assert not torch.allclose(got, train.compute_advantages(None, rollouts.outcome, mask, cfg))
 
 
+def test_process_norm_none_is_eq_5_as_written():
+    """process_norm=none: the returns of the rewards as they are (no max-|return| division), so
+    the process term weighs against the outcome term by beta alone."""
+    rollouts = random_rollouts()
+    mask = rollouts.mask("cpu")
+    process = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * mask
+    cfg = config(process_norm="none")
+    want = rewards.whiten(rewards.rloo_returns(process, rollouts.outcome, mask, K, cfg.gamma), mask)
+    got = train.compute_advantages(process, rollouts.outcome, mask, cfg)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert not torch.allclose(got, train.compute_advantages(process, rollouts.outcome, mask, config()))
+    # scaling the rewards changes the balance without the normaliser, and nothing with it
+    for norm, changes in (("none", True), ("batch_norm", False)):
+        a, b = (train.compute_advantages(scale * process, rollouts.outcome, mask, config(process_norm=norm))
+                for scale in (1.0, 4.0))
+        assert changes != torch.allclose(a, b, atol=1e-5), norm
+
+
 # ----------------------------------------------------------------------------------------------
 # which models a run loads and checkpoints
 # ----------------------------------------------------------------------------------------------
@@ -249,21 +267,21 @@ def test_accuracy_filter_off_keeps_every_group():
 def test_switch_defaults_are_the_recipe_in_every_preset():
     for preset in train.PRESETS:
         cfg = train.parse_config([f"--preset={preset}", "--train_files=train.parquet"])
-        assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter) == \
-            (True, "single", "sft", True), preset
+        assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter, cfg.process_norm) == \
+            (True, "single", "sft", True, "batch_norm"), preset
 
 
 def test_switches_parse():
     cfg = train.parse_config(["--process_rewards=false", "--prm_update=double", "--reference=policy",
-                              "--accuracy_filter=0"])
-    assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter) == \
-        (False, "double", "policy", False)
+                              "--accuracy_filter=0", "--process_norm=none"])
+    assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter, cfg.process_norm) == \
+        (False, "double", "policy", False, "none")
     assert train.parse_config(["--prm_update=frozen", "--prm_path=x"]).prm_update == "frozen"
 
 
 def test_every_switch_has_a_help_line():
     fields = {f.name: f for f in train.dataclasses.fields(train.Config)}
-    for name in ("process_rewards", "prm_update", "reference", "accuracy_filter"):
+    for name in ("process_rewards", "prm_update", "reference", "accuracy_filter", "process_norm"):
         assert fields[name].metadata.get("help"), name
 
 

@@ -476,6 +476,7 @@ def test_badly_typed_value_exits_non_zero_with_a_message(tmp_path):
     (["--reference=ref"], "--reference must be one of sft, policy, got 'ref'"),
     (["--process_rewards=off"], "--process_rewards expects a bool, got 'off'"),
     (["--accuracy_filter=yes"], "--accuracy_filter expects a bool, got 'yes'"),
+    (["--process_norm=max"], "--process_norm must be one of batch_norm, none, got 'max'"),
 ])
 def test_config_errors_in_process(argv, message):
     with pytest.raises(SystemExit) as done:
