@@ -2,6 +2,8 @@
 
     python plot.py runs/ablate --out docs/          # what ablate.py wrote
     python plot.py runs/a/metrics.jsonl runs/b      # any metrics.jsonl files or folders
+    python plot.py --token_rewards RUN --out docs/  # a run's PRM crediting tokens (a picture)
+    python plot.py --advantages RUN                 # how far its dense reward moves the advantage
 
 Each metrics.jsonl is one run. Its label (the configuration) is the name of the folder above a
 `seed<k>` folder (ablate.py's <root>/<config>/seed<k>/), else the name of its own folder; runs
@@ -257,17 +259,27 @@ def token_credit(prm, ref, prompts, responses, beta):
     from its packed log-probs (train.response_logprobs) and rewards.implicit_process_rewards."""
     import torch
 
-    import rewards
     import train
 
     rollouts = train.Rollouts(prompts=prompts, responses=responses, outcome=torch.zeros(len(responses)),
                               truncated=[False] * len(responses))
-    device, rows = next(prm.parameters()).device, range(len(responses))
+    process = process_rewards(prm, ref, rollouts, beta)  # [B, T]
+    return [row[:len(response)].tolist() for row, response in zip(process, responses)]
+
+
+def process_rewards(prm, ref, rollouts, beta):
+    """[B, T] implicit process rewards of every response of `rollouts` (a train.Rollouts), as
+    train.py computes them, in one packed forward per model."""
+    import torch
+
+    import rewards
+    import train
+
+    device, rows = next(prm.parameters()).device, range(len(rollouts.responses))
     with torch.no_grad():
         prm_logp, _ = train.response_logprobs(prm, rollouts, rows, device)  # [B, T]
         ref_logp, _ = train.response_logprobs(ref, rollouts, rows, device)
-    process = rewards.implicit_process_rewards(prm_logp, ref_logp, rollouts.mask(device), beta)  # [B, T]
-    return [row[:len(response)].tolist() for row, response in zip(process, responses)]
+    return rewards.implicit_process_rewards(prm_logp, ref_logp, rollouts.mask(device), beta)
 
 
 def draw_token_credit(examples, path, title=""):
@@ -308,22 +320,16 @@ def draw_token_credit(examples, path, title=""):
     return path
 
 
-def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
-    """The PRM of the train.py run in folder `run` (<run>/prm) crediting held-out responses: sampled
-    at temperature 1 from the model RL started from (the run's SFT model, where the careless
-    habit is common), the first n_wrong wrong and n_right right ones, each token's reward
-    beta * log(pi_phi / pi_ref) with the run's beta and reference (the SFT model, or the final
-    policy for reference=policy). On the products task each decision line is marked careful or
-    slip (data.toy_decisions), and every line's summed reward is written under it. Writes
-    <out_dir>/token_credit.png; returns its path."""
-    import data
+def load_run(run, flag):
+    """What a finished toy train.py run with process rewards left in folder `run`: (its config
+    dict, its toy settings, the tokenizer, the PRM, the SFT model it started from, the reference
+    of its implicit reward: the SFT model, or the final policy for reference=policy)."""
     import eval as evaluation
     import model as M
-    from rollout import generate
 
     for need in ("prm", "config.json", "summary.json"):
         if not os.path.exists(os.path.join(run, need)):
-            raise SystemExit(f"plot.py: {run} has no {need}: --token_rewards needs a finished train.py run "
+            raise SystemExit(f"plot.py: {run} has no {need}: {flag} needs a finished train.py run "
                              f"with process rewards (its exported PRM)")
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
@@ -336,6 +342,22 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
     prm = M.load_model(os.path.join(run, "prm"))
     sft = M.load_model(sft_path)
     ref = M.load_model(os.path.join(run, "policy")) if config.get("reference") == "policy" else sft
+    return config, toy, tokenizer, prm, sft, ref
+
+
+def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
+    """The PRM of the train.py run in folder `run` (<run>/prm) crediting held-out responses: sampled
+    at temperature 1 from the model RL started from (the run's SFT model, where the careless
+    habit is common), the first n_wrong wrong and n_right right ones, each token's reward
+    beta * log(pi_phi / pi_ref) with the run's beta and reference (the SFT model, or the final
+    policy for reference=policy). On the products task each decision line is marked careful or
+    slip (data.toy_decisions), and every line's summed reward is written under it. Writes
+    <out_dir>/token_credit.png; returns its path."""
+    import data
+    import eval as evaluation
+    from rollout import generate
+
+    config, toy, tokenizer, prm, sft, ref = load_run(run, "--token_rewards")
     rows = evaluation.toy_test_rows(toy)
     problems = evaluation.toy_problems(tokenizer, config=toy)
     chosen = []  # (problem, response ids, right)
@@ -377,18 +399,104 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
                                    f"(temperature 1); under each line: its summed reward")
 
 
+# ----------------------------------------------------------------------------------------------
+# how far the dense reward moves the advantage (--advantages RUN)
+# ----------------------------------------------------------------------------------------------
+
+def advantage_agreement(process, outcome, mask, cfg):
+    """PRIME's token advantages against outcome-only RLOO's on one batch (train.compute_advantages
+    with and without the process rewards [B, T]; outcome [B], mask [B, T], cfg a train.Config),
+    under each normaliser of the process rewards. For each process_norm, a dict:
+      r               Pearson correlation of the two advantages over every response token
+      same_sign       share of the tokens where both advantages have the same sign
+      wrong_pushed_up share of the wrong responses' tokens with a positive PRIME advantage (the
+                      dense reward crediting part of a wrong response; None without one)
+      within          PRIME's advantage spread inside a response (mean over responses of the std
+                      of its tokens' advantages); RLOO's is 0, one advantage per response
+      between         the spread of the responses' mean advantages"""
+    import dataclasses
+
+    import torch
+
+    import train
+
+    valid = mask.bool()
+    wrong = (outcome == 0)[:, None] & valid  # [B, T]
+    rloo = train.compute_advantages(None, outcome, mask, cfg)[valid]
+    result = {}
+    for norm in train.PROCESS_NORMS:
+        prime = train.compute_advantages(process, outcome, mask, dataclasses.replace(cfg, process_norm=norm))
+        rows = [prime[i][valid[i]] for i in range(len(prime))]
+        result[norm] = {
+            "r": float(torch.corrcoef(torch.stack([prime[valid], rloo]))[0, 1]),
+            "same_sign": float(((prime[valid] > 0) == (rloo > 0)).float().mean()),
+            "wrong_pushed_up": float((prime[wrong] > 0).float().mean()) if wrong.any() else None,
+            "within": float(torch.stack([row.std(unbiased=False) for row in rows]).mean()),
+            "between": float(torch.stack([row.mean() for row in rows]).std()),
+        }
+    return result
+
+
+def advantages_report(run, n_prompts=128, seed=0):
+    """The PRM of the train.py run in folder `run` on one batch like a training step's: K samples
+    at temperature 1 from the run's SFT model for each of n_prompts held-out problems, the groups
+    the run's accuracy filter keeps, their implicit process rewards, and advantage_agreement of
+    the advantages train.py computes from them. Prints a line per normaliser; returns the dict."""
+    import dataclasses
+
+    import torch
+
+    import data
+    import eval as evaluation
+    import train
+    from rollout import generate
+
+    config, toy, tokenizer, prm, sft, ref = load_run(run, "--advantages")
+    fields = {f.name for f in dataclasses.fields(train.Config)}
+    cfg = train.Config(**{k: v for k, v in config.items() if k in fields})
+    K = cfg.samples_per_prompt
+    rows = [p for p in evaluation.toy_problems(tokenizer, config=toy)[:n_prompts] for _ in range(K)]
+    responses = generate(sft, [p.prompt_ids for p in rows], toy["max_response_tokens"],
+                         data.stop_token_ids(tokenizer), temperature=1.0, seed=seed, vocab_size=len(tokenizer))
+    scores = torch.tensor(evaluation.score_responses(tokenizer, rows, responses)[1], dtype=torch.float32)
+    keep = train.kept_groups(scores, cfg).tolist()
+    kept = [g * K + k for g, kept_group in enumerate(keep) if kept_group for k in range(K)]
+    if not kept:
+        raise SystemExit(f"plot.py: none of {len(keep)} groups of {K} samples of the SFT model has a mean outcome "
+                         f"in [{cfg.filter_low}, {cfg.filter_high}]: no batch to compare")
+    rollouts = train.Rollouts(prompts=[rows[i].prompt_ids for i in kept], responses=[responses[i] for i in kept],
+                              outcome=scores[kept], truncated=[False] * len(kept))
+    mask = rollouts.mask("cpu")
+    result = advantage_agreement(process_rewards(prm, ref, rollouts, cfg.beta), rollouts.outcome, mask, cfg)
+    print(f"{run}: {sum(keep)} of {len(keep)} groups of {K} kept ({len(kept)} responses, {int(mask.sum())} "
+          f"tokens, outcome mean {float(rollouts.outcome.mean()):.3f}); PRIME's token advantages against "
+          f"outcome-only RLOO's:")
+    for norm, stats in result.items():
+        up = "-" if stats["wrong_pushed_up"] is None else f"{stats['wrong_pushed_up']:.1%}"
+        print(f"  process_norm={norm}{' (the run)' if norm == cfg.process_norm else ''}: r = {stats['r']:.3f}, "
+              f"same sign on {stats['same_sign']:.1%} of tokens, {up} of the wrong responses' tokens pushed up; "
+              f"spread within a response {stats['within']:.3f}, between responses {stats['between']:.3f}")
+    return result
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="*", help="metrics.jsonl files, or folders to search for them")
     parser.add_argument("--out", default="docs", help="folder for the PNGs (default docs)")
     parser.add_argument("--token_rewards", metavar="RUN", help="a train.py run folder: draw its PRM's token "
                         "credit on held-out responses to <out>/token_credit.png (instead of the curves)")
+    parser.add_argument("--advantages", metavar="RUN", help="a train.py run folder: print how far its PRM's "
+                        "process rewards move the advantages away from outcome-only RLOO's, on a batch of its SFT "
+                        "model's samples (instead of the curves)")
     args = parser.parse_args(argv)
     if args.token_rewards:
         print(f"wrote {token_rewards_picture(args.token_rewards, args.out)}")
         return
+    if args.advantages:
+        advantages_report(args.advantages)
+        return
     if not args.paths:
-        parser.error("give metrics.jsonl files or folders, or --token_rewards RUN")
+        parser.error("give metrics.jsonl files or folders, --token_rewards RUN or --advantages RUN")
     try:
         runs = load_runs(args.paths)
     except FileNotFoundError as error:

@@ -275,3 +275,62 @@ def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
     os.remove(run / "summary.json")  # not a finished run
     with pytest.raises(SystemExit, match="summary.json"):
         plot.main(["--token_rewards", str(run)])
+
+
+# ----------------------------------------------------------------------------------------------
+# plot.py --advantages: how far the dense reward moves the advantage
+# ----------------------------------------------------------------------------------------------
+
+def test_advantage_agreement_measures_what_the_process_rewards_change():
+    import torch
+
+    import train
+    K, T = 4, 6
+    outcome = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0])                     # [8]: two groups
+    lengths = torch.tensor([6, 4, 5, 6, 3, 6, 2, 6])
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()                          # [8, 6]
+    cfg = train.Config(samples_per_prompt=K)
+    # No process reward: PRIME's advantages are RLOO's, one value per response.
+    for stats in plot.advantage_agreement(torch.zeros_like(mask), outcome, mask, cfg).values():
+        assert stats["r"] == pytest.approx(1.0) and stats["same_sign"] == 1.0 and stats["within"] < 1e-6
+        assert stats["wrong_pushed_up"] == 0.0
+    # A reward at the first token of every wrong response and a penalty at the last token of every
+    # right one: the advantages now vary inside responses, and more so without the normaliser's
+    # division when the rewards are larger than 1 in return.
+    process = torch.zeros_like(mask)
+    process[outcome == 0, 0] = 3.0
+    process[outcome == 1, (lengths - 1)[outcome == 1]] = -3.0
+    stats = plot.advantage_agreement(process * mask, outcome, mask, cfg)
+    assert set(stats) == set(train.PROCESS_NORMS)
+    for norm in train.PROCESS_NORMS:
+        assert stats[norm]["r"] < 1.0 and stats[norm]["within"] > 0.0
+    assert stats["none"]["r"] < stats["batch_norm"]["r"]
+    assert stats["none"]["wrong_pushed_up"] > 0.0
+
+
+def test_advantages_report_from_a_run_folder(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    import data
+    import eval as evaluation
+    import train
+    from tests.tiny import save_toy_checkpoint, toy_network
+    run = tmp_path / "run"
+    cfg = train.parse_config(["--toy_task=products", "--toy_products=2", "--eval_problems=12",
+                              "--max_response_tokens=40", f"--out_dir={run}"])
+    os.makedirs(run)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
+    for name, seed in (("sft", 0), ("prm", 1), ("policy", 2)):
+        save_toy_checkpoint(run / name, toy_network(tokenizer, 160, seed=seed), tokenizer)
+    (run / "summary.json").write_text(json.dumps({"model_path": str(run / "sft")}))
+    # Random networks answer nothing right: every group would be dropped by the filter.
+    with pytest.raises(SystemExit, match="no batch to compare"):
+        plot.main(["--advantages", str(run)])
+    # Half of each group right (the scores only; the responses stay the networks' own).
+    monkeypatch.setattr(evaluation, "score_responses",
+                        lambda tokenizer, rows, responses: (None, [float(i % 2) for i in range(len(rows))]))
+    plot.main(["--advantages", str(run)])
+    out = capsys.readouterr().out
+    assert "12 of 12 groups of 4 kept (48 responses" in out
+    assert "process_norm=batch_norm (the run): r = " in out and "process_norm=none: r = " in out
