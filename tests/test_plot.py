@@ -251,8 +251,9 @@ def test_token_credit_is_beta_times_the_log_ratio_of_each_response_token(tmp_pat
     assert plot.token_credit(ref, ref, prompts, responses, beta=0.05) == [[0.0] * len(r) for r in responses]
 
 
-def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+def toy_run_folder(tmp_path):
+    """A finished products-toy train.py run as plot.py reads it: config.json (12 held-out
+    problems), random tiny sft/prm/policy models with the toy tokenizer, summary.json."""
     import dataclasses
 
     import data
@@ -267,6 +268,12 @@ def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
     for name, seed in (("sft", 0), ("prm", 1), ("policy", 2)):
         save_toy_checkpoint(run / name, toy_network(tokenizer, 160, seed=seed), tokenizer)
     (run / "summary.json").write_text(json.dumps({"model_path": str(run / "sft")}))
+    return run
+
+
+def test_token_rewards_picture_from_a_run_folder(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = toy_run_folder(tmp_path)
     plot.main(["--token_rewards", str(run), "--out", str(tmp_path / "docs")])
     with open(tmp_path / "docs" / "token_credit.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -309,21 +316,8 @@ def test_advantage_agreement_measures_what_the_process_rewards_change():
 
 
 def test_advantages_report_from_a_run_folder(tmp_path, capsys, monkeypatch):
-    import dataclasses
-
-    import data
     import eval as evaluation
-    import train
-    from tests.tiny import save_toy_checkpoint, toy_network
-    run = tmp_path / "run"
-    cfg = train.parse_config(["--toy_task=products", "--toy_products=2", "--eval_problems=12",
-                              "--max_response_tokens=40", f"--out_dir={run}"])
-    os.makedirs(run)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
-    for name, seed in (("sft", 0), ("prm", 1), ("policy", 2)):
-        save_toy_checkpoint(run / name, toy_network(tokenizer, 160, seed=seed), tokenizer)
-    (run / "summary.json").write_text(json.dumps({"model_path": str(run / "sft")}))
+    run = toy_run_folder(tmp_path)
     # Random networks answer nothing right: every group would be dropped by the filter.
     with pytest.raises(SystemExit, match="no batch to compare"):
         plot.main(["--advantages", str(run)])
