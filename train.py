@@ -601,18 +601,15 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
     eos = data.stop_token_ids(tokenizer)  # EOS and the chat end-of-turn token
     bar = tqdm(total=0, desc=f"step {step} sample", unit="response", leave=False, disable=rank != 0)
     for round_ in range(cfg.max_collect_rounds):
-        need = quota - len(kept)
-        if all_max(need, device) <= 0:  # every rank is full: the step's batch is complete
-            break
         # A rank that still needs prompts samples a full quota's worth (the filter keeps only
         # some); a full rank samples nothing but still enters generate, whose weight gathering
         # is collective.
-        batch = stream.take(quota) if need > 0 else []
+        batch = stream.take(quota) if len(kept) < quota else []
         rows = [problems[i] for i in batch for _ in range(K)]  # K contiguous copies of each prompt
         bar.total += len(rows)  # one bar for the step's rounds
         bar.refresh()
-        # How many rows' KV caches fit beside the training state: generate samples the rows in
-        # chunks of that size, and prefills their prompts a bounded number of tokens at a time.
+        # How many KV-cache slots fit beside the training state: generate samples the rows in
+        # chunks that fit them, and prefills their prompts a bounded number of tokens at a time.
         max_batch_tokens, max_prefill_tokens = sampling_memory(policy, cfg, device, len(rows))
         responses = rollout.generate(policy, [p.prompt_ids for p in rows], cfg.max_response_tokens, eos,
                                      cfg.temperature, cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
@@ -637,7 +634,9 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
                 else:
                     stream.buffer.append(i)
             counts["kept"] += sum(keep)
-    else:  # (for-else: the loop ran out of rounds without the `break` above, so the quota is unmet)
+        if all_max(quota - len(kept), device) <= 0:  # every rank is full: the step's batch is complete
+            break
+    else:  # (for-else: no round ended with every rank full, so some rank's quota is unmet)
         bar.close()
         raise SystemExit(f"train.py: {cfg.max_collect_rounds} sampling rounds could not fill step {step}: "
                          f"too few prompts have a mean outcome in [{cfg.filter_low}, {cfg.filter_high}] "
@@ -741,8 +740,8 @@ def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, de
     In words (rewards.ppo_clip_loss has the equation): each update raises the log-prob of the
     tokens whose advantage A is positive and lowers it where A is negative; a token whose ratio
     rho = pi_theta / pi_theta_old has already left [1 - eps, 1 + eps] in the direction A favours
-    gets no more gradient, so one batch of samples cannot move the policy far from the one that
-    drew them. With one epoch, the first mini-batch sees rho = 1 (up to rounding: its micro-batches
+    gets no more gradient, so the update has nothing to gain from moving the policy far from the
+    one that drew the samples. With one epoch, the first mini-batch sees rho = 1 (up to rounding: its micro-batches
     are packed otherwise than the old log-probs' were); later ones see the drift made by the
     step's earlier mini-batch updates."""
     B = len(rollouts.responses)  # this rank's responses
@@ -1202,8 +1201,8 @@ def main(argv):
         # lies in [0.2, 0.8]; repeat until this rank holds its share of the step's prompts.
         rollouts, counts = collect(policy, train_problems, stream, tokenizer, cfg, step, device)
         mask = rollouts.mask(device)  # [B, T]: 1 on each response's tokens
-        # Validate the batch once, here where it is built (groups of K, no empty response,
-        # outcomes in [0, 1]), so the reward math below reads as its equations, without checks.
+        # Validate the batch's values once, here where it is built (groups of K, no empty response,
+        # outcomes in [0, 1]); the reward functions below check only shapes and settings.
         rewards.check_batch(mask, rollouts.outcome, cfg.samples_per_prompt)
         seconds["collect"] = time.time()
 

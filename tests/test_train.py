@@ -124,8 +124,10 @@ def sft_model(tmp_path_factory):
 
 def test_two_ranks_two_iterations_end_to_end(sft_model, tmp_path):
     out = tmp_path / "run"
-    run = run_train([*TINY, *KEEP_ALL, f"--model_path={sft_model}", f"--out_dir={out}", "--steps=2"],
-                    tmp_path, ranks=2)
+    # KEEP_ALL's filter keeps every group, so one sampling round fills each step: a run allowed
+    # a single round must not report the step unfilled.
+    run = run_train([*TINY, *KEEP_ALL, f"--model_path={sft_model}", f"--out_dir={out}", "--steps=2",
+                     "--max_collect_rounds=1"], tmp_path, ranks=2)
     assert run.returncode == 0, run.describe()
     assert "batch: 4 prompts x 4 samples = 16 responses per step (8 per rank on 2 ranks)" in run.stdout, \
         run.describe()
