@@ -26,8 +26,9 @@ The configurations (train.py switches; docs/notes.md §8 for the paper's results
     double_forward  prm_update=double: re-score after the PRM update (§5.3 / App. B.2)
     policy_ref      reference=policy: pi_theta_old as pi_ref (§5.2 / App. B.1)
     no_filter       accuracy_filter=false: keep every prompt
-    no_norm         process_norm=none: no max-|return| normaliser, Eq. 5 as the paper writes it
-                    (the official code's default normalises; its prime_norm=none does not)
+    no_norm         process_norm=none: no max-|return| normaliser of the process rewards (ours,
+                    not the paper's; verl's prime_norm=none): they weigh against the outcome by
+                    beta alone
 
 --parallel N runs N trainings at once, each with cores/N torch threads.
 """

@@ -404,9 +404,11 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
 # ----------------------------------------------------------------------------------------------
 
 def advantage_agreement(process, outcome, mask, cfg):
-    """PRIME's token advantages against outcome-only RLOO's on one batch (train.compute_advantages
-    with and without the process rewards [B, T]; outcome [B], mask [B, T], cfg a train.Config),
-    under each normaliser of the process rewards. For each process_norm, a dict:
+    """PRIME's token advantages against outcome-only RLOO's (train.compute_advantages with and
+    without the process rewards [B, T]; outcome [B], mask [B, T], cfg a train.Config), under each
+    normaliser of the process rewards. The rows are taken a training step's batch at a time
+    (cfg.prompts_per_step groups of K, as one rank holds them), since the normaliser and the
+    whitening see one step's batch. For each process_norm, a dict:
       r               Pearson correlation of the two advantages over every response token
       same_sign       share of the tokens where both advantages have the same sign
       wrong_pushed_up share of the wrong responses' tokens with a positive PRIME advantage (the
@@ -420,28 +422,36 @@ def advantage_agreement(process, outcome, mask, cfg):
 
     import train
 
+    def advantages(rewards, norm):  # [B, T], one step's batch of rows at a time
+        step = cfg.prompts_per_step * cfg.samples_per_prompt
+        step_cfg = dataclasses.replace(cfg, process_norm=norm)
+        return torch.cat([train.compute_advantages(None if rewards is None else rewards[start:start + step],
+                                                   outcome[start:start + step], mask[start:start + step], step_cfg)
+                          for start in range(0, len(outcome), step)])
+
     valid = mask.bool()
     wrong = (outcome == 0)[:, None] & valid  # [B, T]
-    rloo = train.compute_advantages(None, outcome, mask, cfg)[valid]
+    rloo = advantages(None, cfg.process_norm)[valid]
     result = {}
     for norm in train.PROCESS_NORMS:
-        prime = train.compute_advantages(process, outcome, mask, dataclasses.replace(cfg, process_norm=norm))
+        prime = advantages(process, norm)
         rows = [prime[i][valid[i]] for i in range(len(prime))]
         result[norm] = {
             "r": float(torch.corrcoef(torch.stack([prime[valid], rloo]))[0, 1]),
             "same_sign": float(((prime[valid] > 0) == (rloo > 0)).float().mean()),
             "wrong_pushed_up": float((prime[wrong] > 0).float().mean()) if wrong.any() else None,
             "within": float(torch.stack([row.std(unbiased=False) for row in rows]).mean()),
-            "between": float(torch.stack([row.mean() for row in rows]).std()),
+            "between": float(torch.stack([row.mean() for row in rows]).std(unbiased=False)),
         }
     return result
 
 
 def advantages_report(run, n_prompts=128, seed=0):
-    """The PRM of the train.py run in folder `run` on one batch like a training step's: K samples
-    at temperature 1 from the run's SFT model for each of n_prompts held-out problems, the groups
-    the run's accuracy filter keeps, their implicit process rewards, and advantage_agreement of
-    the advantages train.py computes from them. Prints a line per normaliser; returns the dict."""
+    """The PRM of the train.py run in folder `run` on batches like the run's training steps: K
+    samples at temperature 1 from the run's SFT model for each of n_prompts held-out problems, the
+    groups the run's accuracy filter keeps, their implicit process rewards, and
+    advantage_agreement of the advantages train.py computes from them, a step's batch
+    (prompts_per_step groups) at a time. Prints a line per normaliser; returns the dict."""
     import dataclasses
 
     import torch
@@ -469,8 +479,8 @@ def advantages_report(run, n_prompts=128, seed=0):
     mask = rollouts.mask("cpu")
     result = advantage_agreement(process_rewards(prm, ref, rollouts, cfg.beta), rollouts.outcome, mask, cfg)
     print(f"{run}: {sum(keep)} of {len(keep)} groups of {K} kept ({len(kept)} responses, {int(mask.sum())} "
-          f"tokens, outcome mean {float(rollouts.outcome.mean()):.3f}); PRIME's token advantages against "
-          f"outcome-only RLOO's:")
+          f"tokens, outcome mean {float(rollouts.outcome.mean()):.3f}), in batches of {cfg.prompts_per_step} "
+          f"groups; PRIME's token advantages against outcome-only RLOO's:")
     for norm, stats in result.items():
         up = "-" if stats["wrong_pushed_up"] is None else f"{stats['wrong_pushed_up']:.1%}"
         print(f"  process_norm={norm}{' (the run)' if norm == cfg.process_norm else ''}: r = {stats['r']:.3f}, "

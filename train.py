@@ -32,9 +32,9 @@ that checkpoint with the same machinery, from chat files or, for the toy, worked
 The paper's ablations are Config switches (defaults: the recipe above): process_rewards=false is
 outcome-only RLOO (Fig. 4); prm_update=double|frozen re-scores after the PRM update, or never
 updates it (with --prm_path: an offline PRM, Fig. 6); reference=policy uses pi_theta_old as pi_ref;
-accuracy_filter=false keeps every prompt; process_norm=none leaves out the official code's
-max-|return| normaliser (Eq. 5 as the paper writes it). ablate.py runs them over seeds, plot.py
-draws the curves.
+accuracy_filter=false keeps every prompt. One switch is ours, not the paper's: process_norm=none
+leaves out the official code's max-|return| normaliser, so the process rewards enter the returns
+as the paper's beta*log(pi_phi/pi_ref). ablate.py runs them over seeds, plot.py draws the curves.
 
 Every step appends one JSON line to <out_dir>/metrics.jsonl; a checkpoint is written every
 `save_every` steps and a re-run with the same out_dir resumes from the last complete one.
@@ -158,8 +158,8 @@ class Config:
     accuracy_filter: bool = knob(True, "false: keep every prompt's group (filter_low/high ignored)")
     process_norm: str = knob("batch_norm", "batch_norm: divide the process rewards by the largest |process "
                                            "return| of the rank's batch (the official default, not in the "
-                                           "paper); none: Eq. 5 as written, beta*log(pi_phi/pi_ref) as it is "
-                                           "([VR] prime_norm=none)")
+                                           "paper); none: no normaliser, the rewards beta*log(pi_phi/pi_ref) "
+                                           "as they are ([VR] prime_norm=none; not an ablation of the paper)")
 
     # policy (Alg. 1 line 10): one PPO epoch over the step's mini-batches, so the ratio pi/pi_old
     # departs from 1 only through the step's earlier mini-batch updates

@@ -109,7 +109,7 @@ def test_process_rewards_on_keeps_the_recipe_advantages():
     assert not torch.allclose(got, train.compute_advantages(None, rollouts.outcome, mask, cfg))
 
 
-def test_process_norm_none_is_eq_5_as_written():
+def test_process_norm_none_leaves_the_rewards_unscaled():
     """process_norm=none: the returns of the rewards as they are (no max-|return| division), so
     the process term weighs against the outcome term by beta alone."""
     rollouts = random_rollouts()

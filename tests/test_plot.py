@@ -297,10 +297,12 @@ def test_advantage_agreement_measures_what_the_process_rewards_change():
     lengths = torch.tensor([6, 4, 5, 6, 3, 6, 2, 6])
     mask = (torch.arange(T)[None, :] < lengths[:, None]).float()                          # [8, 6]
     cfg = train.Config(samples_per_prompt=K)
-    # No process reward: PRIME's advantages are RLOO's, one value per response.
-    for stats in plot.advantage_agreement(torch.zeros_like(mask), outcome, mask, cfg).values():
-        assert stats["r"] == pytest.approx(1.0) and stats["same_sign"] == 1.0 and stats["within"] < 1e-6
-        assert stats["wrong_pushed_up"] == 0.0
+    # No process reward: PRIME's advantages are RLOO's, one value per response (also taken a
+    # one-group step at a time).
+    for step_cfg in (cfg, train.Config(samples_per_prompt=K, prompts_per_step=1)):
+        for stats in plot.advantage_agreement(torch.zeros_like(mask), outcome, mask, step_cfg).values():
+            assert stats["r"] == pytest.approx(1.0) and stats["same_sign"] == 1.0 and stats["within"] < 1e-6
+            assert stats["wrong_pushed_up"] == 0.0
     # A reward at the first token of every wrong response and a penalty at the last token of every
     # right one: the advantages now vary inside responses, and more so without the normaliser's
     # division when the rewards are larger than 1 in return.
@@ -326,5 +328,5 @@ def test_advantages_report_from_a_run_folder(tmp_path, capsys, monkeypatch):
                         lambda tokenizer, rows, responses: (None, [float(i % 2) for i in range(len(rows))]))
     plot.main(["--advantages", str(run)])
     out = capsys.readouterr().out
-    assert "12 of 12 groups of 4 kept (48 responses" in out
+    assert "12 of 12 groups of 4 kept (48 responses" in out and "in batches of 64 groups" in out
     assert "process_norm=batch_norm (the run): r = " in out and "process_norm=none: r = " in out
