@@ -164,7 +164,7 @@ class _FlashVarlenMemory(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        (N, H, D), padded = q.shape, q.shape[0] + 128 * ctx.n_seqs
+        (_, H, D), padded = q.shape, q.shape[0] + 128 * ctx.n_seqs
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         softmax_d = q.new_empty(H, padded, dtype=torch.float32)
         dq_accum = q.new_empty(padded, H, D, dtype=torch.float32)
