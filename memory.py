@@ -333,8 +333,9 @@ def _states_overflow(result, states, what):
     if states + NON_TORCH_BYTES <= result.limit:
         return False
     result.phases.append(Phase("model states", states, {"states": states}))
-    result.problem = (f"{what} alone need {(states + NON_TORCH_BYTES) / GIB:.1f} GiB per GPU on {result.world} "
-                      f"GPUs (limit {result.limit / GIB:.1f}); use more GPUs")
+    result.problem = (f"{what} alone need {states / GIB:.1f} GiB per GPU on {result.world} GPUs, "
+                      f"{(states + NON_TORCH_BYTES) / GIB:.1f} with what lies outside PyTorch (limit "
+                      f"{result.limit / GIB:.1f}); use more GPUs")
     return True
 
 
