@@ -482,12 +482,10 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
     if not plan["fits"] and not smoke:
         report.verdict("memory", False, "the plan says this machine cannot run the recipe; nothing measured")
         return None
-    # What this process itself holds on GPU 0 (its CUDA context, what earlier checks left): rank 0
-    # shares that GPU, and its reading of the memory outside PyTorch would count it too.
+    # What this process itself holds on GPU 0 (its CUDA context; main() freed what earlier checks
+    # left): rank 0 shares that GPU, and its reading of the memory outside PyTorch would count it too.
     parent_bytes = 0
     if not smoke:
-        gc.collect()
-        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(0)
         parent_bytes = total - free
     mp.spawn(_measure, args=(world, folder, overrides, os.path.join(workdir, "init"), workdir, smoke, gpu_gib),
