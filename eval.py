@@ -7,7 +7,8 @@ For each benchmark file: prompt every question the paper's way (the Eurus system
 math or code suffix, docs/notes.md §6/§8), sample responses with rollout.py (greedy unless the
 paper sampled), score each with verify.py, and report the mean score. With no --data, the toy
 task's held-out problems are evaluated: those train.py evaluated in the run that wrote the
-checkpoint (its config.json, in the folder above --model), prompted and cut off as train.py did.
+checkpoint (its config.json, in the folder above --model; toy/task.py), prompted and cut off as
+train.py did.
 
 Rank 0 prints a markdown table, with the paper's Eurus-2-7B-SFT and Eurus-2-7B-PRIME numbers
 beside ours for the paper's seven benchmarks, and writes into --out (default <model>/eval, next
@@ -36,13 +37,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 import data
-import memory
-from model import init_distributed, load_model
+from model import load_model
 from rollout import generate, truncated
-from verify import code_correct, default_workers, extract_answer, extract_program, score_batch
+from support import memory
+from support.distributed import init_distributed
+from toy import task as toy
+from verify import code_correct, default_workers, extract_answer, extract_program, score_responses
 
 
 # ==============================================================================================
@@ -83,7 +85,7 @@ PAPER_BENCHMARKS = [
 ]
 OTHER_MAX_NEW_TOKENS = 4096  # a benchmark the paper did not report: the math scripts' budget
 
-# The toy's greedy decoding; its token limit is the run's max_response_tokens (toy_config).
+# The toy's greedy decoding; its token limit is the run's max_response_tokens (toy.run_settings).
 TOY_SETTINGS = {"temperature": 0.0, "top_p": 1.0, "n_samples": 1}
 
 
@@ -106,16 +108,6 @@ def paper_settings(name):
 # ==============================================================================================
 # 2. evaluate(): sample, score, aggregate. Shared with train.py.
 # ==============================================================================================
-
-def score_responses(tokenizer, problems, responses):
-    """The outcome reward r_o of each response (token ids) to its problem: the decoded text
-    without special tokens, as the official reward code scored it (docs/notes.md §7: the
-    verifiers see what a reader sees), scored by verify.score_batch. Returns (texts, scores)."""
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    scores = score_batch([{"ability": p.ability, "response": text, "ground_truth": p.ground_truth, "id": p.id}
-                          for p, text in zip(problems, texts)])
-    return texts, scores
-
 
 def evaluate(model, tokenizer, problems, max_new_tokens, temperature=0.0, n_samples=1, top_p=1.0,
              seed=0, max_batch_tokens=None, max_prefill_tokens=None, progress=True):
@@ -230,87 +222,6 @@ def benchmark_problems(path, name, tokenizer):
             for row, text, ids in zip(rows, texts, all_ids)]
 
 
-# The toy's held-out problems are train.py's: the run's config.json says which. train.py writes
-# <out_dir>/config.json and exports its checkpoints into <out_dir> (policy, prm, sft), so the
-# folder above a checkpoint holds the settings its problems were drawn with. Without one, train.py's
-# defaults (tests/test_eval.py checks that these are Config's).
-TOY_DEFAULTS = {"toy_task": "expression", "toy_steps": 3, "toy_products": 3, "toy_max_operand": 6,
-                "eval_problems": 500, "max_prompt_tokens": 64, "max_response_tokens": 48}
-
-
-def toy_config(model_path):
-    """(the toy settings of the train.py run that wrote the checkpoint at model_path, the
-    config.json they come from or None): TOY_DEFAULTS's keys, read from the run's config.json
-    (<out_dir>/config.json beside <out_dir>/policy), else TOY_DEFAULTS."""
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
-    if not os.path.isfile(path):
-        return dict(TOY_DEFAULTS), None
-    with open(path) as f:
-        run = json.load(f)
-    if not isinstance(run, dict) or "toy_steps" not in run:  # another program's config.json
-        return dict(TOY_DEFAULTS), None
-    return {key: run.get(key, default) for key, default in TOY_DEFAULTS.items()}, path
-
-
-def toy_row_args(config):
-    """data.toy_rows's problem-shape keywords from a run's settings (toy_config's keys; a
-    train.Config as a dict has them too)."""
-    return dict(steps=config["toy_steps"], max_operand=config["toy_max_operand"], task=config["toy_task"],
-                products=config["toy_products"])
-
-
-def toy_test_rows(config, n=None):
-    """The rows of the toy's held-out split as train.py draws them for a run with these settings
-    (toy_config); the first n of them (default: the run's eval_problems)."""
-    return data.toy_rows("test", n or config["eval_problems"], seed=0, **toy_row_args(config))
-
-
-def toy_problems(tokenizer, n=None, config=None):
-    """The toy task's held-out problems, train.py's own (train._load_problems calls this): the
-    run's rows, the prompt-length filter, source "toy-test"; for the run of `config`
-    (toy_config; None: train.py's defaults); n as in toy_test_rows."""
-    config = config or TOY_DEFAULTS
-    problems, _ = data.rows_to_problems(toy_test_rows(config, n), tokenizer, config["max_prompt_tokens"],
-                                        source="toy-test")
-    return problems
-
-
-def _toy_row(record, rows):
-    """The toy row of a record (id "toy-test:<row>"; rows from toy_test_rows)."""
-    return rows[int(record["id"].rsplit(":", 1)[1])]
-
-
-def toy_openings(records, rows):
-    """The expression task (README, "The toy task"): how each answer opens (data.toy_first_step),
-    {kind: {"responses", "right"}}. Of the problems where the order of operations matters at
-    once, a careless SFT model opens most "careless"; RL's gain is mostly those turning "careful".
-    rows are the problems' toy rows (toy_test_rows)."""
-    counts = {}
-    for record in records:
-        kind = data.toy_first_step(_toy_row(record, rows)["prompt"][0]["content"], record["response"])
-        n, right = counts.get(kind, (0, 0))
-        counts[kind] = (n + 1, right + record["score"])
-    return {kind: {"responses": n, "right": right} for kind, (n, right) in sorted(counts.items())}
-
-
-def toy_decision_counts(records, rows):
-    """The products task: every decision of every response (data.toy_decisions) counted by kind,
-    {"careful" / "slip" / "neither": {"decisions"}}, and "all careful": {"responses", "right"},
-    the responses that took all their problem's decisions carefully and how many were right."""
-    decisions = {"careful": 0, "slip": 0, "neither": 0}
-    careful_throughout = right = 0
-    for record in records:
-        row = _toy_row(record, rows)
-        kinds = [kind for _, kind in data.toy_decisions(row["prompt"][0]["content"], record["response"])]
-        for kind in kinds:
-            decisions[kind] += 1
-        if kinds.count("careful") == len(row["extra_info"]["careless_decisions"]):
-            careful_throughout += 1
-            right += record["score"]
-    return {**{kind: {"decisions": n} for kind, n in decisions.items()},
-            "all careful": {"responses": careful_throughout, "right": right}}
-
-
 # ==============================================================================================
 # 4. The command line.
 # ==============================================================================================
@@ -341,27 +252,7 @@ def parse_args(argv):
     return args
 
 
-def load_tokenizer(path):
-    """The checkpoint's own tokenizer (train.py saves it into every checkpoint folder). Checked
-    by hand: transformers quietly builds an empty tokenizer from a folder without one."""
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise FileNotFoundError(f"no tokenizer in {path!r} (tokenizer.json / tokenizer_config.json); "
-                                f"save the model's tokenizer into the checkpoint folder")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"the tokenizer in {path!r} has no chat template; prompts are chat-formatted")
-    return tokenizer
-
-
 EVAL_PREFILL_TOKENS = 16384  # prompts prefilled per forward on a GPU (bounds the prefill's activations)
-
-
-def sampling_memory(model, device, rows):
-    """rollout.generate's memory bounds for `rows` rows of this unsharded model: on a GPU the KV
-    cache gets what is left under 90% of its memory (memory.sampling_limits, as train.py sizes its
-    own sampling); on the CPU, no bound."""
-    return memory.sampling_limits(model.config, device, rows, 0.9, EVAL_PREFILL_TOKENS,
-                                  next(model.parameters()).dtype, sharded=False)
 
 
 def response_room(problems, context, name):
@@ -415,7 +306,7 @@ def run(args, rank, world, device):
     # typo in the last --data file costs seconds, not hours; errors are one line, no traceback.
     try:
         model = load_model(args.model, device, dtype)
-        tokenizer = load_tokenizer(args.model)
+        tokenizer = data.load_tokenizer(args.model)
         if args.data:
             names = [benchmark_name(path) for path in args.data]
             duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -424,15 +315,15 @@ def run(args, rank, world, device):
                                  f"(a benchmark is named by its file, or its folder for a split name)")
             benchmarks = [(name, benchmark_problems(path, name, tokenizer)) for name, path in zip(names, args.data)]
         else:
-            toy, toy_path = toy_config(args.model)
+            toy_cfg, max_prompt_tokens, max_response_tokens, toy_path = toy.run_settings(args.model)
             if rank == 0:
                 print(f"eval.py: toy settings from {toy_path}" if toy_path else
-                      "eval.py: no train.py config.json above the checkpoint: the toy with train.py's defaults")
-            benchmarks = [("toy", toy_problems(tokenizer, args.toy_problems, toy))]
+                      "eval.py: no train.py config.json above the checkpoint: the toy preset's settings")
+            benchmarks = [("toy", toy.held_out_problems(toy_cfg, tokenizer, max_prompt_tokens, args.toy_problems))]
         plans = []
         for name, problems in benchmarks:
             settings = paper_settings(name) if args.data else \
-                {**TOY_SETTINGS, "max_new_tokens": toy["max_response_tokens"]}
+                {**TOY_SETTINGS, "max_new_tokens": max_response_tokens}
             settings.update({key: getattr(args, key) for key in settings if getattr(args, key) is not None})
             room = response_room(problems, model.config.max_position_embeddings, name)
             if settings["max_new_tokens"] > room:
@@ -451,8 +342,11 @@ def run(args, rank, world, device):
             print(f"eval.py: {name}: {len(problems)} problems, {metric_name(settings)}, "
                   f"temperature {settings['temperature']}, top_p {settings['top_p']}, "
                   f"max_new_tokens {settings['max_new_tokens']}", flush=True)
-        max_batch_tokens, max_prefill_tokens = sampling_memory(
-            model, device, math.ceil(len(problems) / world) * settings["n_samples"])
+        # rollout.generate's memory bounds on a GPU: the KV cache gets what is left under 90% of its
+        # memory (memory.sampling_limits, as train.py sizes its own sampling); none on the CPU
+        max_batch_tokens, max_prefill_tokens = memory.sampling_limits(
+            model.config, device, math.ceil(len(problems) / world) * settings["n_samples"], 0.9,
+            EVAL_PREFILL_TOKENS, dtype, sharded=False)
         result = evaluate(model, tokenizer, problems, settings["max_new_tokens"],
                           temperature=settings["temperature"], n_samples=settings["n_samples"],
                           top_p=settings["top_p"], seed=0, max_batch_tokens=args.max_batch_tokens or max_batch_tokens,
@@ -460,17 +354,7 @@ def run(args, rank, world, device):
         paper = paper_benchmark(name)
         extra = {}
         if not args.data:  # the toy: where its careless habit strikes
-            toy_rows = toy_test_rows(toy, args.toy_problems)
-            if toy["toy_task"] == "expression":
-                habits = extra["toy_openings"] = toy_openings(result["records"], toy_rows)
-                line = "toy first lines: " + ", ".join(
-                    f"{kind} {o['responses']} ({o['right']:g} right)" for kind, o in habits.items())
-            else:
-                habits = extra["toy_decisions"] = toy_decision_counts(result["records"], toy_rows)
-                every = habits["all careful"]
-                line = ("toy decisions: " + ", ".join(f"{kind} {habits[kind]['decisions']}"
-                                                       for kind in ("careful", "slip", "neither"))
-                        + f"; every decision careful in {every['responses']} responses ({every['right']:g} right)")
+            extra, line = toy.habits(result["records"], toy_cfg, args.toy_problems)
             if rank == 0:
                 print("eval.py: " + line)
         rows.append({"benchmark": name, "paper_benchmark": paper.title if paper else None,

@@ -23,8 +23,8 @@ Attention has two backends behind one function, `attention()`:
     equivalent masks.
 
 Also here: `KVCache` (the preallocated cache the sampler in rollout.py fills), memory-frugal
-token log-probs (`chunked_logprobs`), checkpoint I/O (`load_model`, `save_model`) and FSDP2
-(`init_distributed`, `fsdp_wrap`, `full_tensors`, `gathered_params`).
+token log-probs (`chunked_logprobs`, `packed_logprobs`), checkpoint I/O (`load_model`,
+`save_model`) and FSDP2 (`fsdp_wrap`, `full_tensors`, `gathered_params`).
 
 Shapes: N packed tokens, S sequences, H query heads, Hkv key/value heads, D head dim,
 C hidden size, V vocabulary.
@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import tempfile
 from collections import Counter
 from contextlib import contextmanager
@@ -91,7 +90,7 @@ class Layout:
     def from_cu_seqlens(cu_seqlens, n_tokens, max_seqlen=None):
         """The layout of `n_tokens` packed tokens. Every size is given, so nothing here waits for
         the device: callers know their lengths on the host and pass max_seqlen (None computes it,
-        one host sync). That also lets the memory plan run this on fake tensors (memory.py)."""
+        one host sync). That also lets the memory plan run this on fake tensors (support/memory.py)."""
         cu_seqlens = cu_seqlens.to(torch.int32)
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [S]
         if max_seqlen is None:
@@ -535,6 +534,24 @@ def chunked_logprobs(hidden, weight, targets, temperature=1.0):
     return _TokenLogProbs.apply(hidden, weight, targets, temperature)
 
 
+def packed_logprobs(net, sequences, device, temperature=1.0):
+    """log pi and the entropy of chosen tokens of several sequences, packed into one forward in
+    score mode. sequences: (token ids, the indices k of the tokens to score) each; packed position
+    k-1 predicts token k. Returns (logp [M], entropy [M]) in that order. Every index is built here
+    on the host, so the forward waits for nothing on the device."""
+    # The packed token ids, the sequence boundaries (cu_seqlens), which packed positions to
+    # score and the token each should predict.
+    ids, cu, scored, targets = [], [0], [], []
+    for seq, ks in sequences:
+        scored += [cu[-1] + k - 1 for k in ks]
+        targets += [seq[k] for k in ks]
+        ids += seq
+        cu.append(cu[-1] + len(seq))
+    return net(torch.tensor(ids, device=device), torch.tensor(cu, dtype=torch.int32, device=device),
+               max_seqlen=max(b - a for a, b in zip(cu, cu[1:])), scored=torch.tensor(scored, device=device),
+               targets=torch.tensor(targets, device=device), temperature=temperature)
+
+
 # ----------------------------------------------------------------------------------------------
 # Hugging Face checkpoint folders in and out.
 
@@ -668,39 +685,7 @@ def _shard_names(shapes, max_shard_bytes):
 
 
 # ----------------------------------------------------------------------------------------------
-# Processes and FSDP2: each decoder layer is one sharding unit, the root (embedding, norm, head)
-# another.
-
-def init_distributed(timeout):
-    """Join (or, for a plain `python script.py`, create) the process group: NCCL on GPUs, gloo on
-    CPUs. One process is a group of one, so the same code runs everywhere. Returns (rank, world,
-    device, mesh): `mesh` is the 1-D device mesh FSDP2 shards every model over.
-
-    `timeout` (a timedelta) bounds how long a rank waits at a collective while another works
-    alone (rank 0 writing a Hugging Face export, a slow verifier): NCCL's default of 10 minutes
-    is short for a 7B export."""
-    from torch.distributed.device_mesh import init_device_mesh
-    if "RANK" in os.environ:  # torchrun: rank, world size and rendezvous come from the environment
-        where, local_rank = {}, int(os.environ["LOCAL_RANK"])
-    else:
-        with socket.socket() as s:  # a free local port for a group of one
-            s.bind(("127.0.0.1", 0))
-            where, local_rank = dict(init_method=f"tcp://127.0.0.1:{s.getsockname()[1]}", rank=0, world_size=1), 0
-    # The sampler's KV cache and the training activations take turns with very different block
-    # sizes; expandable segments let the CUDA allocator reuse freed memory across them instead of
-    # fragmenting it (the memory plan counts allocated bytes, not fragments). Set before any
-    # CUDA allocation.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device, timeout=timeout, **where)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo", timeout=timeout, **where)
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    return dist.get_rank(), dist.get_world_size(), device, mesh
-
+# FSDP2: each decoder layer is one sharding unit, the root (embedding, norm, head) another.
 
 def fsdp_wrap(model, mesh, mixed_precision, activation_checkpointing=False):
     """Shard `model` over the ranks of `mesh` (a 1-D DeviceMesh) with FSDP2's `fully_shard`.

@@ -20,6 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's files
 
 import verify
+from support import sandbox
 
 
 SYMBOLIC = [  # (response answer, ground truth, correct?)
@@ -72,14 +73,14 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(0)
     maths, codes = math_samples(256, rng), code_samples(64, rng)
-    jail = verify._jail_works()
+    jail = sandbox.jail_works()
     print(f"{os.cpu_count()} CPUs, workers={args.workers}, bwrap jail {'works' if jail else 'unavailable'}")
     rows = [("math, cold", maths, jail), ("math, warm", maths, jail), ("code, jail", codes, True),
             ("code, no jail", codes, False), ("code, jail", codes, True)]
     for label, samples, jailed in rows:
         if jailed and not jail:
             continue
-        verify._jail_state = jailed  # the probe's verdict, or the unjailed fallback for this row
+        sandbox._jail_state = jailed  # the probe's verdict, or the unjailed fallback for this row
         seconds, mean = timed(samples, args.workers)
         print(f"{label:13s} {len(samples):4d} samples  {seconds:6.2f} s  "
               f"{len(samples) / seconds:7.1f} responses/s  (mean reward {mean:.2f})")

@@ -10,6 +10,7 @@ inside a gloo process group of one.
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ from torch.distributed.device_mesh import init_device_mesh
 import model as M
 import rewards
 import train
-from tiny import random_checkpoint, tiny_config
+from support.distributed import adamw
+from tests.tiny import random_checkpoint, tiny_config, toy_config
 
 K = 4
 
@@ -62,7 +64,11 @@ def config(**overrides):
     """A toy Config for 16 responses: PRM mini-batches of 8 (two PRM optimizer steps), micro-batches
     small enough that each mini-batch spans several (gradient accumulation runs)."""
     base = dict(prm_mini_batch=8, policy_mini_batch=8, micro_batch_tokens=40, prm_lr=1e-2, beta=0.05)
-    return train.Config(**{**base, **overrides})
+    return toy_config(**{**base, **overrides})
+
+
+def parse(argv):
+    return train.settings(argv)[0]
 
 
 def logprobs(net, rollouts, cfg):
@@ -193,7 +199,7 @@ def updating_prm_step(mode):
     prm, ref = tiny_net(1), tiny_net(2)
     before = state(prm)
     initial = implicit(logprobs(prm, rollouts, cfg), logprobs(ref, rollouts, cfg), rollouts, cfg)
-    optimizer = train.adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
+    optimizer = adamw(prm, cfg.prm_lr, cfg.prm_weight_decay)
     process, loss = train.prm_step(prm, ref, optimizer, rollouts, cfg, "cpu", mode=mode)
     assert not same_weights(before, state(prm)), "the PRM was not updated"
     return rollouts, cfg, prm, ref, initial, process, loss
@@ -221,7 +227,7 @@ def test_double_and_single_update_the_prm_identically():
     weights = {}
     for mode in ("single", "double"):
         prm, ref = tiny_net(1), tiny_net(2)
-        train.prm_step(prm, ref, train.adamw(prm, cfg.prm_lr, 0.0), rollouts, cfg, "cpu", mode=mode)
+        train.prm_step(prm, ref, adamw(prm, cfg.prm_lr, 0.0), rollouts, cfg, "cpu", mode=mode)
         weights[mode] = state(prm)
     assert same_weights(weights["single"], weights["double"])
 
@@ -266,21 +272,21 @@ def test_accuracy_filter_off_keeps_every_group():
 
 def test_switch_defaults_are_the_recipe_in_every_preset():
     for preset in train.PRESETS:
-        cfg = train.parse_config([f"--preset={preset}", "--train_files=train.parquet"])
+        cfg = parse([f"--preset={preset}", "--train_files=train.parquet"])
         assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter, cfg.process_norm) == \
             (True, "single", "sft", True, "batch_norm"), preset
 
 
 def test_switches_parse():
-    cfg = train.parse_config(["--process_rewards=false", "--prm_update=double", "--reference=policy",
+    cfg = parse(["--process_rewards=false", "--prm_update=double", "--reference=policy",
                               "--accuracy_filter=0", "--process_norm=none"])
     assert (cfg.process_rewards, cfg.prm_update, cfg.reference, cfg.accuracy_filter, cfg.process_norm) == \
         (False, "double", "policy", False, "none")
-    assert train.parse_config(["--prm_update=frozen", "--prm_path=x"]).prm_update == "frozen"
+    assert parse(["--prm_update=frozen", "--prm_path=x"]).prm_update == "frozen"
 
 
 def test_every_switch_has_a_help_line():
-    fields = {f.name: f for f in train.dataclasses.fields(train.Config)}
+    fields = {f.name: f for f in dataclasses.fields(train.Config)}
     for name in ("process_rewards", "prm_update", "reference", "accuracy_filter", "process_norm"):
         assert fields[name].metadata.get("help"), name
 
@@ -289,7 +295,7 @@ def test_official_first_iteration_updates_at_learning_rate_zero():
     """--official_first_iteration: iteration 1 runs at lr 0 (the official schedule's first factor),
     so the weights stay put while AdamW's moments advance; from iteration 2 the configured rates."""
     net = tiny_net(0)
-    opt = train.adamw(net, 1e-2, 0.01)
+    opt = adamw(net, 1e-2, 0.01)
     cfg = config(official_first_iteration=True, policy_lr=1e-2)
     before = state(net)
     train.set_learning_rates({"policy": opt}, cfg, step=1)

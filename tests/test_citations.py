@@ -4,12 +4,12 @@ The code cites the project's notes as `docs/notes.md §N` (also as ranges and li
 `§5-§7`, `§2, §10`, `§6/§8`, `§6 and §8`) and its sources with short tags such as [PR] or
 [P1 §4.2]. This test reads every tracked *.py and *.md file and fails, naming file and line,
 when
-  (a) a cited notes file is not in the repository,
+  (a) a cited notes file (any `*notes.md`, in any case) is not in the repository,
   (b) a cited section number has no `§N` heading in that file,
-  (c) a citation tag is not defined in the key of docs/notes.md §0,
-and also when any file still points at the notes file that used to live outside the
-repository. Inside docs/notes.md, bare cross-references (`see §7`, outside [...] and `code`)
-must name one of its own headings.
+  (c) a citation tag is not defined in the key of docs/notes.md §0.
+Inside docs/notes.md, bare cross-references (`see §7`, outside [...] and `code`) must name one
+of its own headings. This file itself is not scanned: its self-tests feed the checker made-up
+citations, broken on purpose.
 
 A tag is an opening bracket, an upper-case letter and one more upper-case letter or digit,
 then `]`, a space, a comma or a slash ([PR], [P1 §4.2], [P1/P2 Eq. 3]); longer words in
@@ -22,15 +22,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES_REL = "docs/notes.md"
-# The old out-of-repository notes file, spelled in two pieces so this file does not cite it.
-OLD_NOTES = "PRIME" + "_NOTES"
-# Tags the brief requires the key to define, whether or not the code uses them today.
+SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
+# Tags the key must define, whether or not the code uses them today: the two versions of the
+# paper, the official code, its veRL port and the implicit-PRM code.
 REQUIRED_TAGS = {"P1", "P2", "PR", "VR", "IP"}
 
 # A notes file, optionally followed by sections: `§3`, `§5-§7` (a range), `§2, §10`, `§6/§8`,
 # `§6 and §8`, `§6 & §8`.
 NOTES_CITE = re.compile(
-    r"(?P<path>[\w./-]*notes\.md)"
+    r"(?P<path>[\w./-]*(?i:notes)\.md)"
     r"(?P<secs>[ \t]+§\d+(?:[ \t]*(?:[-–][ \t]*§?|(?:,|/|and|&)[ \t]*§)\d+)*)?")
 SECTION_TOKEN = re.compile(r"(?P<dash>[-–])?[ \t]*§?(?P<num>\d+)")
 HEADING = re.compile(r"^#{1,6}[ \t]+§(\d+)\b")
@@ -103,9 +103,6 @@ def check_text(rel, text, files, read, defined_tags):
     problems = []
     for lineno, line in enumerate(text.splitlines(), 1):
         where = f"{rel}:{lineno}"
-        if OLD_NOTES in line:
-            problems.append(f"{where}: cites {OLD_NOTES}, which is not in the repository "
-                            f"(cite {NOTES_REL} §N)")
         for m in NOTES_CITE.finditer(line):
             target = resolve(rel, m.group("path"), files)
             if target is None:
@@ -150,7 +147,7 @@ def repository_problems():
     defined = key_tags(read(NOTES_REL)) if NOTES_REL in fileset else {}
     problems = []
     for rel in files:
-        if rel.endswith((".py", ".md")) and (ROOT / rel).is_file():
+        if rel.endswith((".py", ".md")) and rel != SELF and (ROOT / rel).is_file():
             problems += check_text(rel, read(rel), fileset, read, defined)
     return problems
 
@@ -181,7 +178,7 @@ def test_cross_references_inside_the_notes_resolve():
 
 
 # ----------------------------------------------------------------------------------------------
-# The checker itself, on made-up files (strings are assembled so this file cites nothing).
+# The checker itself, on made-up files.
 # ----------------------------------------------------------------------------------------------
 
 NOTES_TEXT = ("# notes\n## §0. Key\n| tag | x |\n|---|---|\n| [PR] | code https://x |\n"
@@ -202,29 +199,27 @@ def test_section_forms():
 
 
 def test_checker_accepts_good_citations():
-    cite = NOTES_REL + " §"
-    assert check("a.py", f"# x ({cite}1-§3, [PR] and [PR]/x)\n") == []
-    assert check("docs/other.md", "see notes" + ".md §2 or ./notes" + ".md §1, §3\n") == []
+    assert check("a.py", "# x (docs/notes.md §1-§3, [PR] and [PR]/x)\n") == []
+    assert check("docs/other.md", "see notes.md §2 or ./notes.md §1, §3\n") == []
 
 
 def test_checker_names_file_and_line_of_each_problem():
-    cite = NOTES_REL + " §"
     text = ("ok\n"
-            f"bad section {cite}2-§4\n"                 # §4 has no heading
-            "bad file docs/nowhere/notes" + ".md §1\n"  # no such file
-            "bad tag [Z" "Z §3] and [P" "R/Q" "Q]\n"    # tags ZZ and QQ are not in the key
-            f"old {OLD_NOTES}.md §1\n"
+            "bad section docs/notes.md §2-§4\n"   # §4 has no heading
+            "bad file docs/nowhere/notes.md §1\n"  # no such file
+            "bad tag [ZZ §3] and [PR/QQ]\n"        # tags ZZ and QQ are not in the key
+            "outside the repository: ../shared/PRIME_NOTES.md §1\n"
             "not tags: [ASSESS] [SFT] [B, T] [T] x[:, 0]\n")
     problems = check("a.py", text)
     assert problems == [
         "a.py:2: cites docs/notes.md §4, which has no '## §4' heading",
-        "a.py:3: cites docs/nowhere/notes" ".md, which is not a tracked file",
-        "a.py:4: tag [Z" "Z] is not defined in the key of docs/notes.md §0",
-        "a.py:4: tag [Q" "Q] is not defined in the key of docs/notes.md §0",
-        f"a.py:5: cites {OLD_NOTES}, which is not in the repository (cite docs/notes.md §N)",
+        "a.py:3: cites docs/nowhere/notes.md, which is not a tracked file",
+        "a.py:4: tag [ZZ] is not defined in the key of docs/notes.md §0",
+        "a.py:4: tag [QQ] is not defined in the key of docs/notes.md §0",
+        "a.py:5: cites ../shared/PRIME_NOTES.md, which is not a tracked file",
     ]
 
 
 def test_internal_refs_checker():
-    text = NOTES_TEXT + "see §2 and §3, [P" "1 §9.1] is the paper, `§7` is code; §9 is not\n"
+    text = NOTES_TEXT + "see §2 and §3, [P1 §9.1] is the paper, `§7` is code; §9 is not\n"
     assert internal_ref_problems("n.md", text) == ["n.md:9: refers to §9, which has no heading"]

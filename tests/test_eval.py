@@ -4,7 +4,6 @@ errors), and a 2-rank gloo run that must equal one process."""
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import data
 import eval as ev
 import model as M
 from tests.tiny import save_toy_checkpoint, toy_network
+from toy import task as toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITIONS = 1024  # room for a benchmark prompt (~560 characters with the system prompt) and more
@@ -26,7 +26,7 @@ POSITIONS = 1024  # room for a benchmark prompt (~560 characters with the system
 def make_checkpoint(path, with_tokenizer=True):
     """A tiny random model for the toy tokenizer, saved as train.py saves a checkpoint: the model
     folder first (save_model replaces the folder), then the tokenizer into it."""
-    tokenizer = data.build_toy_tokenizer(str(path) + "-tokenizer")
+    tokenizer = toy.build_toy_tokenizer(str(path) + "-tokenizer")
     return save_toy_checkpoint(path, toy_network(tokenizer, POSITIONS), tokenizer if with_tokenizer else None)
 
 
@@ -45,6 +45,11 @@ def write_jsonl(path, rows):
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return str(path)
+
+
+def held_out(tok, n):
+    """The toy's first n held-out problems, as train.py builds them under the toy preset."""
+    return toy.held_out_problems(toy.ToyConfig(), tok, toy.PRESET["max_prompt_tokens"], n)
 
 
 def read_jsonl(path):
@@ -95,7 +100,7 @@ def test_stop_token_ids_are_eos_im_end_and_endoftext_once(tok):
 
 
 def test_evaluate_scores_and_averages_known_responses(tok, monkeypatch):
-    problems = ev.toy_problems(tok, 5)
+    problems = held_out(tok, 5)
     im_end, endoftext, im_start = (tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>"))
     limit = 20
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -135,7 +140,7 @@ def test_evaluate_scores_and_averages_known_responses(tok, monkeypatch):
 
 
 def test_evaluate_n_samples_is_avg_at_k_over_adjacent_samples(tok, monkeypatch):
-    problems = ev.toy_problems(tok, 2)
+    problems = held_out(tok, 2)
     im_end = tok.eos_token_id
     seen = []
 
@@ -177,7 +182,7 @@ def test_evaluate_rejects_nothing_to_do(tok):
     with pytest.raises(ValueError, match="no problems"):
         ev.evaluate("model", tok, [], 8)
     with pytest.raises(ValueError, match="n_samples"):
-        ev.evaluate("model", tok, ev.toy_problems(tok, 1), 8, n_samples=0)
+        ev.evaluate("model", tok, held_out(tok, 1), 8, n_samples=0)
 
 
 # --- evaluate: a real run -------------------------------------------------------------------------
@@ -185,7 +190,7 @@ def test_evaluate_rejects_nothing_to_do(tok):
 
 def test_evaluate_real_tiny_model(ckpt, tok):
     network = M.load_model(ckpt)
-    problems = ev.toy_problems(tok, 3)
+    problems = held_out(tok, 3)
     result = ev.evaluate(network, tok, problems, 6, progress=False)
     assert result["n"] == 3 and len(result["records"]) == 3
     assert 0.0 <= result["accuracy"] <= 1.0 and 0 < result["mean_response_tokens"] <= 6
@@ -208,86 +213,41 @@ def test_cli_toy_default(ckpt, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     [row] = results["benchmarks"]
     assert row["benchmark"] == "toy" and row["n"] == 3 and row["metric"] == "pass@1"
-    assert row["max_new_tokens"] == ev.TOY_DEFAULTS["max_response_tokens"] and row["temperature"] == 0.0
+    assert row["max_new_tokens"] == toy.PRESET["max_response_tokens"] and row["temperature"] == 0.0
     assert "| toy | 3 | pass@1 |" in printed and "Eurus" not in printed  # no paper benchmark: no reference columns
     samples = read_jsonl(out / "samples_toy.jsonl")
     # the toy prompts are the training prompts: the user turn alone, no system prompt
-    assert [s["prompt"] for s in samples] == [p.prompt_text for p in ev.toy_problems(AutoTokenizer.from_pretrained(ckpt), 3)]
+    assert [s["prompt"] for s in samples] == [p.prompt_text for p in held_out(AutoTokenizer.from_pretrained(ckpt), 3)]
     assert "system" not in samples[0]["prompt"]
     assert sum(o["responses"] for o in row["toy_openings"].values()) == 3
     assert "eval.py: toy first lines: " in printed
 
 
-def test_toy_openings_count_first_lines_and_their_scores(tok):
-    problems = ev.toy_problems(tok, 40)
-    rows = data.toy_rows("test", 40, seed=0)
-    records, expected = [], {}
-    for problem, row in zip(problems, rows):
-        question = row["prompt"][0]["content"]
-        numbers, ops = [int(n) for n in re.findall(r"\d+", question)], re.findall(r"[+\-*]", question)
-        for careless in (False, True):
-            response, answer = data.toy_solution(numbers, ops, careless=careless)
-            score = int(answer == int(row["reward_model"]["ground_truth"]))
-            records.append({"id": problem.id, "response": response, "score": score})
-            kind = data.toy_first_step(question, response)
-            n, right = expected.get(kind, (0, 0))
-            expected[kind] = (n + 1, right + score)
-    openings = ev.toy_openings(records, rows)
-    assert {k: (o["responses"], o["right"]) for k, o in openings.items()} == expected
-    assert set(openings) == {"either", "careful", "careless"}  # 40 problems hold both kinds
-    assert openings["careful"]["responses"] == openings["careless"]["responses"]
-    assert openings["careful"]["right"] == openings["careful"]["responses"]  # the careful teacher is right
-
-
-def test_toy_decision_counts_count_every_decision(tok):
-    config = {**ev.TOY_DEFAULTS, "toy_task": "products", "toy_products": 3}
-    rows = ev.toy_test_rows(config, 30)
-    problems = ev.toy_problems(tok, 30, config)
-    records = []
-    for problem, row in zip(problems, rows):
-        question = row["prompt"][0]["content"]
-        numbers = [int(n) for n in re.findall(r"\d+", question)]
-        ops = re.findall(r"[+\-*]", question)
-        for slips in ([], [False, True], [True, True, True]):  # 3, 2 and 0 careful decisions
-            response, answer = data.toy_solution(numbers, ops, slips=slips)
-            records.append({"id": problem.id, "response": response,
-                            "score": int(answer == int(row["reward_model"]["ground_truth"]))})
-        records.append({"id": problem.id, "response": "nonsense", "score": 0})  # meets its first decision
-    habits = ev.toy_decision_counts(records, rows)
-    assert habits["careful"] == {"decisions": 30 * (3 + 2)} and habits["slip"] == {"decisions": 30 * (1 + 3)}
-    assert habits["neither"] == {"decisions": 30}
-    assert habits["all careful"] == {"responses": 30, "right": 30}
-
-
-def test_toy_defaults_are_train_configs():
-    import train
-    defaults = train.Config()
-    assert ev.TOY_DEFAULTS == {key: getattr(defaults, key) for key in ev.TOY_DEFAULTS}
-
-
 def test_toy_problems_are_the_runs_held_out_problems(ckpt, tmp_path, capsys):
     """eval.py --model <out_dir>/policy reads <out_dir>/config.json and scores exactly the held-out
     problems train.py built for that run (rows, prompt filter, ids), with its response limit."""
-    import dataclasses
     import train
+    from support import cli
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     runs = {"products": ["--toy_task=products", "--toy_products=2", "--toy_max_operand=4", "--eval_problems=7",
                          "--toy_train_problems=50",
                          "--max_response_tokens=40"],
-            "expression": ["--toy_steps=2", "--eval_problems=5", "--max_prompt_tokens=22", "--toy_train_problems=50"]}  # drops long prompts
+            "expression": ["--toy_steps=2", "--toy_max_operand=12", "--eval_problems=5", "--max_prompt_tokens=24",
+                           "--toy_train_problems=50"]}  # two-digit operands make some prompts too long
     for name, argv in runs.items():
-        cfg = train.parse_config(argv)
+        settings = train.settings(argv)
+        cfg, toy_cfg = settings[:2]
         out_dir = tmp_path / name
         os.makedirs(out_dir / "policy")
-        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-        settings, path = ev.toy_config(str(out_dir / "policy") + "/")
-        assert path == str(out_dir / "config.json")
-        _, held_out = train._load_problems(cfg, tokenizer)
-        ours = ev.toy_problems(tokenizer, config=settings)
+        (out_dir / "config.json").write_text(json.dumps(cli.flat(settings)))  # as train.py writes it
+        run_toy, max_prompt, max_response, path = toy.run_settings(str(out_dir / "policy") + "/")
+        assert path == str(out_dir / "config.json") and run_toy == toy_cfg
+        _, train_held_out = train.load_problems(cfg, toy_cfg, tokenizer)
+        ours = toy.held_out_problems(run_toy, tokenizer, max_prompt)
         assert [(p.id, p.prompt_ids, p.ground_truth) for p in ours] == \
-            [(p.id, p.prompt_ids, p.ground_truth) for p in held_out]
-        assert settings["max_response_tokens"] == cfg.max_response_tokens
-    assert len(held_out) < 5  # the expression run's prompt limit dropped some: eval drops the same
+            [(p.id, p.prompt_ids, p.ground_truth) for p in train_held_out]
+        assert max_response == cfg.max_response_tokens
+    assert 0 < len(train_held_out) < 5  # the expression run's prompt limit dropped some: eval drops the same
 
     # the command line: the policy folder of the products run
     policy = tmp_path / "products" / "policy"
@@ -300,11 +260,12 @@ def test_toy_problems_are_the_runs_held_out_problems(ckpt, tmp_path, capsys):
     assert "toy settings from" in printed and "eval.py: toy decisions: careful" in printed
     assert sum(row["toy_decisions"][k]["decisions"] for k in ("careful", "slip", "neither")) <= 7 * 2
 
-    # no config.json above the checkpoint (or another program's): train.py's defaults
-    assert ev.toy_config(ckpt) == (ev.TOY_DEFAULTS, None)
+    # no config.json above the checkpoint (or another program's): the toy preset's settings
+    preset = (toy.ToyConfig(), toy.PRESET["max_prompt_tokens"], toy.PRESET["max_response_tokens"], None)
+    assert toy.run_settings(ckpt) == preset
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    assert ev.toy_config(str(tmp_path / "other" / "policy")) == (ev.TOY_DEFAULTS, None)
+    assert toy.run_settings(str(tmp_path / "other" / "policy")) == preset
 
 
 def test_cli_files_and_columns_table_lists_every_benchmark(ckpt, tmp_path, capsys):
@@ -427,7 +388,7 @@ def _two_rank_worker(rank, init_file, tokenizer_dir, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-        problems = ev.toy_problems(tok, 5)
+        problems = held_out(tok, 5)
         calls = []
         ev.generate = _fake_generate_by_content(tok, problems, calls)  # this child process only
         five = ev.evaluate(None, tok, problems, 16, progress=False)         # shares of 2 and 3
@@ -441,7 +402,7 @@ def _two_rank_worker(rank, init_file, tokenizer_dir, out_dir):
 def test_two_rank_gloo_evaluate_equals_one_process(ckpt, tok, tmp_path, monkeypatch):
     mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), ckpt, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    problems = ev.toy_problems(tok, 5)
+    problems = held_out(tok, 5)
     monkeypatch.setattr(ev, "generate", _fake_generate_by_content(tok, problems, []))
     alone = ev.evaluate(None, tok, problems, 16, progress=False)
     assert 0 < alone["accuracy"] < 1 and 0 < alone["truncation_rate"] < 1  # the comparison can fail

@@ -1,5 +1,5 @@
-"""memory.py: the memory plan against the memory the real code uses, the recipe's plan, and the
-GPU acceptance script (gpu_check.py) run on the CPU.
+"""support/memory.py: the memory plan against the memory the real code uses, the recipe's plan, and the
+GPU acceptance script (support/gpu_check.py) run on the CPU.
 
 The plan simulates each phase of a step on fake tensors (memory.py). gpu_check.py's memory check
 runs train.py's own functions on real tensors at the same sizes and measures their peaks; with
@@ -12,9 +12,8 @@ import json
 
 import torch
 
-import gpu_check
-import memory
 import model as M
+from support import gpu_check, memory
 from test_train import run_train
 from tiny import tiny_config
 
@@ -29,10 +28,10 @@ def test_gpu_check_smoke_plan_matches_the_measured_peaks_of_the_real_phases(tmp_
     the sampler chunked by the plan's sizing: within 15% either way. Its prime check runs train.py
     in bf16 with activation checkpointing on one and two ranks: exact-zero process rewards at
     step 1, finite losses, resume, a bf16 export."""
-    smoke = run_train(["--smoke"], tmp_path, timeout=TIMEOUT, script="gpu_check.py")
+    smoke = run_train(["--smoke"], tmp_path, timeout=TIMEOUT, script="support/gpu_check.py")
     out = smoke.stdout
     assert smoke.returncode == 0, out + smoke.stderr
-    assert out.strip().splitlines()[-1] == "gpu_check.py: 4 passed, 0 failed, 2 skipped", out
+    assert out.strip().splitlines()[-1] == "support/gpu_check.py: 4 passed, 0 failed, 2 skipped", out
     ratios = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.split("|")]
@@ -45,7 +44,7 @@ def test_gpu_check_smoke_plan_matches_the_measured_peaks_of_the_real_phases(tmp_
     assert 1 < planned < 16 and chunk.endswith(f"run [{planned}, {planned}]"), chunk
     assert out.count("[prime] PASS") == 2, out
 
-    nothing = run_train([], tmp_path, timeout=TIMEOUT, script="gpu_check.py")
+    nothing = run_train([], tmp_path, timeout=TIMEOUT, script="support/gpu_check.py")
     assert nothing.returncode == 0 and "no CUDA device here: nothing to check" in nothing.stdout
 
 

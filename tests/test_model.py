@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-import gpu_check
 import model as M
+from support import gpu_check
 from tests.tiny import random_checkpoint, seven_b_attention
 
 

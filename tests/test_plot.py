@@ -1,4 +1,4 @@
-"""plot.py on synthetic runs (grouping, curves, the table's numbers, the PNGs) and ablate.py's
+"""toy/plot.py on synthetic runs (grouping, curves, the table's numbers, the PNGs) and toy/ablate.py's
 plan (which train.py runs, in which order, with which overrides; finished runs skipped) and its
 runner (parallel subprocesses, failures reported), without training anything."""
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import ablate
-import plot
+from toy import ablate, plot
+from toy import task as toy
 
 # ----------------------------------------------------------------------------------------------
 # synthetic runs: <root>/<config>/seed<k>/{metrics.jsonl, summary.json}
@@ -233,7 +233,7 @@ def test_token_credit_is_beta_times_the_log_ratio_of_each_response_token(tmp_pat
 
     import data
     from tests.tiny import toy_network
-    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
+    tokenizer = toy.build_toy_tokenizer(str(tmp_path / "tok"))
     prm, ref = toy_network(tokenizer, 160, seed=0), toy_network(tokenizer, 160, seed=1)
     prompts = [data.tokenize_prompt(tokenizer, [{"role": "user", "content": q}]) for q in ("5+4*6", "1+2*3+4*5")]
     responses = [tokenizer("5+24\n\\boxed{29}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
@@ -254,17 +254,15 @@ def test_token_credit_is_beta_times_the_log_ratio_of_each_response_token(tmp_pat
 def toy_run_folder(tmp_path):
     """A finished products-toy train.py run as plot.py reads it: config.json (12 held-out
     problems), random tiny sft/prm/policy models with the toy tokenizer, summary.json."""
-    import dataclasses
-
-    import data
     import train
+    from support import cli
     from tests.tiny import save_toy_checkpoint, toy_network
     run = tmp_path / "run"
-    cfg = train.parse_config(["--toy_task=products", "--toy_products=2", "--eval_problems=12",
-                              "--max_response_tokens=40", f"--out_dir={run}"])
+    settings = train.settings(["--toy_task=products", "--toy_products=2", "--eval_problems=12",
+                               "--max_response_tokens=40", f"--out_dir={run}"])
     os.makedirs(run)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    tokenizer = data.build_toy_tokenizer(str(tmp_path / "tok"))
+    (run / "config.json").write_text(json.dumps(cli.flat(settings)))
+    tokenizer = toy.build_toy_tokenizer(str(tmp_path / "tok"))
     for name, seed in (("sft", 0), ("prm", 1), ("policy", 2)):
         save_toy_checkpoint(run / name, toy_network(tokenizer, 160, seed=seed), tokenizer)
     (run / "summary.json").write_text(json.dumps({"model_path": str(run / "sft")}))
@@ -292,14 +290,15 @@ def test_advantage_agreement_measures_what_the_process_rewards_change():
     import torch
 
     import train
+    from tests.tiny import toy_config
     K, T = 4, 6
     outcome = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0])                     # [8]: two groups
     lengths = torch.tensor([6, 4, 5, 6, 3, 6, 2, 6])
     mask = (torch.arange(T)[None, :] < lengths[:, None]).float()                          # [8, 6]
-    cfg = train.Config(samples_per_prompt=K)
+    cfg = toy_config(samples_per_prompt=K)
     # No process reward: PRIME's advantages are RLOO's, one value per response (also taken a
     # one-group step at a time).
-    for step_cfg in (cfg, train.Config(samples_per_prompt=K, prompts_per_step=1)):
+    for step_cfg in (cfg, toy_config(samples_per_prompt=K, prompts_per_step=1)):
         for stats in plot.advantage_agreement(torch.zeros_like(mask), outcome, mask, step_cfg).values():
             assert stats["r"] == pytest.approx(1.0) and stats["same_sign"] == 1.0 and stats["within"] < 1e-6
             assert stats["wrong_pushed_up"] == 0.0
@@ -318,13 +317,13 @@ def test_advantage_agreement_measures_what_the_process_rewards_change():
 
 
 def test_advantages_report_from_a_run_folder(tmp_path, capsys, monkeypatch):
-    import eval as evaluation
+    import verify
     run = toy_run_folder(tmp_path)
     # Random networks answer nothing right: every group would be dropped by the filter.
     with pytest.raises(SystemExit, match="no batch to compare"):
         plot.main(["--advantages", str(run)])
     # Half of each group right (the scores only; the responses stay the networks' own).
-    monkeypatch.setattr(evaluation, "score_responses",
+    monkeypatch.setattr(verify, "score_responses",
                         lambda tokenizer, rows, responses: (None, [float(i % 2) for i in range(len(rows))]))
     plot.main(["--advantages", str(run)])
     out = capsys.readouterr().out

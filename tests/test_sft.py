@@ -13,8 +13,10 @@ import torch
 
 import data
 import model as M
-from test_train import run_train
+from support import sft
+from tests.test_train import run_train
 from tests.tiny import save_toy_checkpoint, toy_network
+from toy import task as toy
 
 CHATS = [  # (question, answer): answers the tiny model can learn to repeat
     ("What is 2+3?", "2+3 = 5"), ("What is 4*4?", "4*4 = 16"), ("Say hi.", "hi"), ("What is 9-2?", "9-2 = 7"),
@@ -24,14 +26,14 @@ CHATS = [  # (question, answer): answers the tiny model can learn to repeat
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    return data.build_toy_tokenizer(str(tmp_path_factory.mktemp("tok")))
+    return toy.build_toy_tokenizer(str(tmp_path_factory.mktemp("tok")))
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny random base model (a Hugging Face folder with the toy tokenizer)."""
     folder = tmp_path_factory.mktemp("base")
-    tokenizer = data.build_toy_tokenizer(str(folder / "tokenizer"))
+    tokenizer = toy.build_toy_tokenizer(str(folder / "tokenizer"))
     return save_toy_checkpoint(folder / "base", toy_network(tokenizer, 256, heads=4, kv_heads=2, std=0.02), tokenizer)
 
 
@@ -51,9 +53,9 @@ def chat_files(tmp_path_factory):
 
 
 def test_both_conventions_give_the_same_chat(tok):
-    messages = data.chat_messages({"messages": [{"role": "user", "content": "hi"},
+    messages = sft.chat_messages({"messages": [{"role": "user", "content": "hi"},
                                                 {"role": "assistant", "content": "yo"}]}, "f: row 0")
-    sharegpt = data.chat_messages({"system": "Be brief.", "conversations": [{"from": "human", "value": "hi"},
+    sharegpt = sft.chat_messages({"system": "Be brief.", "conversations": [{"from": "human", "value": "hi"},
                                                                             {"from": "gpt", "value": "yo"}]}, "f: row 0")
     assert messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert sharegpt == [{"role": "system", "content": "Be brief."}, *messages]
@@ -68,7 +70,7 @@ def test_only_the_assistants_tokens_carry_loss_checked_by_hand(tok):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
                 {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
                 {"role": "assistant", "content": "A2"}]
-    ids, loss = data.tokenize_chat(tok, messages, set(data.stop_token_ids(tok)))
+    ids, loss = sft.tokenize_chat(tok, messages, set(data.stop_token_ids(tok)))
     pieces = ["<|im_start|>", "s", "y", "s", "t", "e", "m", "\n", "S", "<|im_end|>", "\n",
               "<|im_start|>", "u", "s", "e", "r", "\n", "Q", "1", "<|im_end|>", "\n",
               "<|im_start|>", "a", "s", "s", "i", "s", "t", "a", "n", "t", "\n", "A", "1", "<|im_end|>", "\n",
@@ -95,7 +97,7 @@ def test_a_malformed_row_names_file_row_and_field(tmp_path, tok, row, field, why
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(ValueError) as error:
-        data.load_sft_data([str(path)], tok, 256)
+        sft.load_sft_data([str(path)], tok, 256)
     message = str(error.value)
     assert f"{path}: row 1" in message and why in message and (field is None or f"field {field!r}" in message)
 
@@ -118,10 +120,10 @@ def test_sft_learns_resumes_exactly_and_exports_a_model_prime_can_start_from(bas
     assert rows[-1]["loss"] < 0.7 * rows[0]["loss"], [r["loss"] for r in rows]
 
     # The export: a Hugging Face folder with the tokenizer; transformers computes our logits.
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     export = out / "sft"
     ours, theirs = M.load_model(str(export)), AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32)
-    x = torch.tensor([data.tokenize_prompt(data.AutoTokenizer.from_pretrained(str(export)),
+    x = torch.tensor([data.tokenize_prompt(AutoTokenizer.from_pretrained(str(export)),
                                            [{"role": "user", "content": "What is 2+3?"}])])
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x).logits, atol=1e-4, rtol=1e-4)
@@ -150,7 +152,7 @@ def test_sft_learns_resumes_exactly_and_exports_a_model_prime_can_start_from(bas
 
 def test_sft_counts_over_long_chats_and_rejects_bad_input(base, chat_files, tok, tmp_path):
     # the parquet chats carry a system turn: a limit between the two files' lengths drops them all
-    plain, with_system = ([len(ids) for ids, _ in data.load_sft_data([f], tok, 10 ** 6)[0]] for f in chat_files)
+    plain, with_system = ([len(ids) for ids, _ in sft.load_sft_data([f], tok, 10 ** 6)[0]] for f in chat_files)
     limit = max(plain)
     assert limit < min(with_system)
     out = tmp_path / "run"

@@ -10,6 +10,7 @@ file takes well under a few minutes on a 2-core machine. One toy SFT checkpoint 
 module and passed to every run with --model_path.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -26,6 +27,8 @@ import torch
 import data
 import model as M
 import train
+from support import batches
+from toy import task as toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300  # seconds per subprocess: a hang fails the test instead of blocking CI
@@ -37,16 +40,21 @@ TINY = ["--toy_hidden=32", "--toy_layers=1", "--sft_problems=64", "--sft_epochs=
         "--policy_mini_batch=8", "--max_response_tokens=16", "--micro_batch_tokens=512"]
 KEEP_ALL = ["--filter_low=0", "--filter_high=1"]  # an untrained model scores ~0: keep every group
 
-# What the issue promises per step in metrics.jsonl, under train.py's names.
+# The keys of every metrics.jsonl line (support/metrics.py).
 METRIC_KEYS = ["step", "outcome_accuracy", "kept_share", "prm_loss", "prm_accuracy", "process_reward_mean",
                "process_reward_std", "advantage_abs_mean", "policy_loss", "clip_frac", "approx_kl", "entropy",
                "response_length_mean", "response_length_max", "truncation_rate", "seconds_collect",
-               "seconds_prm", "seconds_policy", "tokens_per_second"]
+               "seconds_old_logprobs", "seconds_prm", "seconds_policy", "tokens_per_second"]
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
+def parse(argv):
+    """train.Config from a command line, as train.py resolves it."""
+    return train.settings(argv)[0]
+
 
 class Run:
     def __init__(self, cmd, returncode, stdout, stderr):
@@ -150,7 +158,7 @@ def test_two_ranks_two_iterations_end_to_end(sft_model, tmp_path):
     assert summary["steps"] == 2, summary
     for key in ("eval_accuracy_start", "eval_accuracy_end"):
         assert isinstance(summary[key], float) and 0.0 <= summary[key] <= 1.0, summary
-    assert summary.get("world_size", 2) == 2, summary
+    assert summary["world_size"] == 2, summary
 
     # the exported policy: a Hugging Face folder with its tokenizer, the trained weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -249,8 +257,8 @@ def constant_answer_checkpoint(path, answer="7", hidden=64):
     depend only on the current token) with "\\n" (the end of the generation prompt) -> `answer`
     -> EOS at logit 160 vs 0 for everything else, so sampling at temperature 1 is deterministic.
     Its gradients underflow to 0, so PRIME's updates do not change what it says."""
-    tokenizer = data.build_toy_tokenizer(path)
-    config = data.toy_model_config(tokenizer, hidden_size=hidden, num_layers=1, intermediate_size=hidden,
+    tokenizer = toy.build_toy_tokenizer(path)
+    config = toy.toy_model_config(tokenizer, hidden_size=hidden, num_layers=1, intermediate_size=hidden,
                                    max_position_embeddings=128)
     net = M.Qwen2ForCausalLM(config)
     newline, token = tokenizer.convert_tokens_to_ids(["Ċ", answer])  # byte-level BPE spells "\n" "Ċ"
@@ -272,8 +280,8 @@ def constant_answer_checkpoint(path, answer="7", hidden=64):
 def simulate_collect(score_of, n, steps, world, quota, K, seed, filter_low, filter_high):
     """What collect() must do with known per-prompt scores (every one of a prompt's K samples
     scores score_of[i]): per step the kept share, the accuracy before filtering, and the rounds
-    each rank needed. Uses train.PromptStream, so only the round/quota/buffer logic is restated."""
-    streams = [train.PromptStream(n, seed, r, world) for r in range(world)]
+    each rank needed. Uses data.PromptStream, so only the round/quota/buffer logic is restated."""
+    streams = [data.PromptStream(n, seed, r, world) for r in range(world)]
     result = []
     for _ in range(steps):
         kept = [0] * world
@@ -310,8 +318,8 @@ def test_uneven_refill_across_ranks_does_not_hang(tmp_path):
     ckpt = constant_answer_checkpoint(tmp_path / "says7")
     n, seed, world, quota, K = 40, 0, 2, 2, 4
     # Which prompts each rank is served first (PromptStream: seeded shuffle, rank r every 2nd).
-    first0 = train.PromptStream(n, seed, 0, world).take(quota)
-    first1 = train.PromptStream(n, seed, 1, world).take(6)
+    first0 = data.PromptStream(n, seed, 0, world).take(quota)
+    first1 = data.PromptStream(n, seed, 1, world).take(6)
     wrong = set(first0) | {first1[0], first1[4], first1[5]}  # ground truth 8: the model is wrong
     wrong |= {i for i in range(n) if i % 3 == 0 and i not in first1[:6]}
     truths = ["8" if i in wrong else "7" for i in range(n)]
@@ -341,7 +349,7 @@ def test_uneven_refill_across_ranks_does_not_hang(tmp_path):
 
 def test_a_step_that_cannot_be_filled_stops_with_a_message(sft_model, tmp_path):
     """An untrained toy model scores ~0, so no group reaches a mean outcome of 0.9: after
-    max_collect_rounds the run must exit non-zero with the promised message, on every rank."""
+    max_collect_rounds the run must exit non-zero with a message that names the cause, on every rank."""
     out = tmp_path / "run"
     run = run_train([*TINY, f"--model_path={sft_model}", f"--out_dir={out}", "--steps=2",
                      "--filter_low=0.9", "--filter_high=1", "--max_collect_rounds=3"], tmp_path, ranks=2)
@@ -406,7 +414,7 @@ def test_the_eurus_presets_are_the_recipes_of_the_notes(tmp_path):
         except json.JSONDecodeError:
             pytest.fail("--print_config did not print (only) JSON on stdout\n" + run.describe())
     config = configs["eurus2-7b-prime"]
-    assert set(config) == {f.name for f in train.dataclasses.fields(train.Config)}
+    assert set(config) == {f.name for section in train.SECTIONS for f in dataclasses.fields(section)}
     with open(os.path.join(ROOT, "docs/notes.md")) as f:
         notes = f.read()
     recipe = notes.split("## §6.")[1].split("## §7.")[0]
@@ -428,29 +436,30 @@ def test_the_eurus_presets_are_the_recipes_of_the_notes(tmp_path):
 
 def test_help_lists_every_field_with_each_presets_value(capsys):
     with pytest.raises(SystemExit) as done:
-        train.parse_config(["--help"])
+        parse(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for f in train.dataclasses.fields(train.Config):
+    for f in (f for section in train.SECTIONS for f in dataclasses.fields(section)):
         assert f"--{f.name}=" in out and f.metadata["help"] in out, f.name
-    assert "--max_response_tokens=<int>  [toy 48, eurus2-7b-prime 3072, eurus2-7b-sft 48]" in out
+    assert "--max_response_tokens=<int>  [toy 48, eurus2-7b-prime 3072, eurus2-7b-sft 3072]" in out
+    assert "--sft_lr=<float>  [toy 0.001, eurus2-7b-prime 1e-05, eurus2-7b-sft 1e-05]" in out
 
 
 def test_the_eurus_preset_needs_its_data_and_settings_are_checked():
     with pytest.raises(SystemExit, match="pass --train_files"):
-        train.parse_config(["--preset=eurus2-7b-prime"])
+        parse(["--preset=eurus2-7b-prime"])
     with pytest.raises(SystemExit, match="beta=0.0: must be positive.*top_p=2.0"):
-        train.parse_config(["--beta=0", "--top_p=2"])
+        parse(["--beta=0", "--top_p=2"])
 
 
 def test_overrides_apply_on_top_of_a_preset(capsys):
     with pytest.raises(SystemExit) as done:
-        train.parse_config(["--preset=eurus2-7b-prime", "--steps=10", "--bf16=false", "--print_config"])
+        parse(["--preset=eurus2-7b-prime", "--steps=10", "--bf16=false", "--print_config"])
     assert done.value.code == 0
     config = json.loads(capsys.readouterr().out)
     assert config["steps"] == 10 and config["bf16"] is False and config["policy_lr"] == 5e-7
-    cfg = train.parse_config(["--beta=0.1", "--out_dir=x"])
-    assert cfg.preset == "toy" and cfg.beta == 0.1 and cfg.out_dir == "x" and cfg.steps == train.Config().steps
+    cfg = parse(["--beta=0.1", "--out_dir=x"])
+    assert cfg.preset == "toy" and cfg.beta == 0.1 and cfg.out_dir == "x" and cfg.steps == toy.PRESET["steps"]
 
 
 def test_unknown_key_exits_non_zero_with_a_message(tmp_path):
@@ -482,7 +491,7 @@ def test_badly_typed_value_exits_non_zero_with_a_message(tmp_path):
 ])
 def test_config_errors_in_process(argv, message):
     with pytest.raises(SystemExit) as done:
-        train.parse_config(argv)
+        parse(argv)
     code = done.value.code
     assert isinstance(code, str) and message in code, code  # a string code: exit status 1 + message
 
@@ -493,7 +502,7 @@ def test_config_errors_in_process(argv, message):
 
 def test_prompt_stream_serves_every_problem_once_per_epoch_across_ranks():
     n, world, seed = 11, 3, 5
-    streams = [train.PromptStream(n, seed, r, world) for r in range(world)]
+    streams = [data.PromptStream(n, seed, r, world) for r in range(world)]
     sizes = [len(range(r, n, world)) for r in range(world)]  # 4, 4, 3
     rng = random.Random(0)
     epochs = []
@@ -509,15 +518,15 @@ def test_prompt_stream_serves_every_problem_once_per_epoch_across_ranks():
         epochs.append(served)
     assert epochs[0] != epochs[1], "each epoch should be reshuffled"
     # the same seed gives the same order (every rank must agree on the permutation)
-    again = [train.PromptStream(n, seed, r, world).take(sizes[r]) for r in range(world)]
+    again = [data.PromptStream(n, seed, r, world).take(sizes[r]) for r in range(world)]
     assert sum(again, []) == epochs[0]
 
 
 def test_prompt_stream_crosses_epochs_serves_the_buffer_first_and_resumes():
-    s = train.PromptStream(5, seed=1, rank=0, world=1)
+    s = data.PromptStream(5, seed=1, rank=0, world=1)
     epoch0 = s.take(5)
     assert sorted(epoch0) == list(range(5))
-    s2 = train.PromptStream(5, seed=1, rank=0, world=1)
+    s2 = data.PromptStream(5, seed=1, rank=0, world=1)
     crossing = s2.take(7)  # a take across the epoch boundary
     assert crossing[:5] == epoch0 and len(set(crossing[5:])) == 2 and s2.epoch == 1 and s2.cursor == 2
 
@@ -525,26 +534,26 @@ def test_prompt_stream_crosses_epochs_serves_the_buffer_first_and_resumes():
     first = s.take(2)
     assert first == [3, 1] and s.buffer == [4]
     state = json.loads(json.dumps(s.state()))  # what the checkpoint stores
-    restored = train.PromptStream(5, seed=1, rank=0, world=1)
+    restored = data.PromptStream(5, seed=1, rank=0, world=1)
     restored.load(state)
     assert restored.take(8) == s.take(8)
     assert restored.state() == s.state()
 
 
 def test_micro_batches_respect_the_token_budget_and_split_to_the_ranks_count(monkeypatch):
-    rollouts = train.Rollouts(prompts=[[1] * 3] * 5, responses=[[2] * 2, [2] * 5, [2] * 1, [2] * 20, [2] * 2],
+    rollouts = batches.Rollouts(prompts=[[1] * 3] * 5, responses=[[2] * 2, [2] * 5, [2] * 1, [2] * 20, [2] * 2],
                               outcome=torch.zeros(5), truncated=[False] * 5)
     # lengths (prompt + response): 5, 8, 4, 23, 5
-    monkeypatch.setattr(train, "all_max", lambda value, device: value)  # one rank
-    assert train.micro_batches(range(5), rollouts.lengths, 13, "cpu") == [[0, 1], [2], [3], [4]]
-    assert train.micro_batches([4, 2, 0], rollouts.lengths, 100, "cpu") == [[4, 2, 0]]
+    monkeypatch.setattr(batches, "all_max", lambda value, device: value)  # one rank
+    assert batches.micro_batches(range(5), rollouts.lengths, 13, "cpu") == [[0, 1], [2], [3], [4]]
+    assert batches.micro_batches([4, 2, 0], rollouts.lengths, 100, "cpu") == [[4, 2, 0]]
     # another rank needs 4 micro-batches: this one splits its largest until it runs as many
     # forwards (the collectives match), every one non-empty, in order
-    monkeypatch.setattr(train, "all_max", lambda value, device: 4)
-    assert train.micro_batches([0, 1, 2, 3], rollouts.lengths, 100, "cpu") == [[0], [1], [2], [3]]
-    assert train.micro_batches([3, 0, 1, 2, 4], rollouts.lengths, 100, "cpu") == [[3], [0], [1], [2, 4]]
+    monkeypatch.setattr(batches, "all_max", lambda value, device: 4)
+    assert batches.micro_batches([0, 1, 2, 3], rollouts.lengths, 100, "cpu") == [[0], [1], [2], [3]]
+    assert batches.micro_batches([3, 0, 1, 2, 4], rollouts.lengths, 100, "cpu") == [[3], [0], [1], [2, 4]]
     with pytest.raises(RuntimeError, match="as many rows"):
-        train.micro_batches([0, 2], rollouts.lengths, 100, "cpu")
+        batches.micro_batches([0, 2], rollouts.lengths, 100, "cpu")
 
 
 # ----------------------------------------------------------------------------------------------

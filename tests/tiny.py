@@ -2,12 +2,14 @@
 networks of ours for the toy tokenizer; and a network of ours with Qwen2.5-7B's attention geometry."""
 
 import copy
+import dataclasses
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import data
 import model as M
+import train
+from toy import task as toy
 
 
 def tiny_config(vocab_size=97, hidden_size=64, layers=2, heads=4, kv_heads=2, tie=False, intermediate_size=None,
@@ -41,10 +43,10 @@ def random_checkpoint(path, seed=0, **config_kwargs):
 
 
 def toy_network(tokenizer, max_position_embeddings, seed=0, heads=2, kv_heads=1, std=0.5):
-    """Our network for the toy tokenizer (data.toy_model_config): hidden 32, one layer, MLP 64,
+    """Our network for the toy tokenizer (toy.task.toy_model_config): hidden 32, one layer, MLP 64,
     `heads` query and `kv_heads` KV heads, normal(0, std) weights (model.init_weights) drawn
     after torch.manual_seed(seed)."""
-    config = data.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=heads, num_kv_heads=kv_heads,
+    config = toy.toy_model_config(tokenizer, hidden_size=32, num_layers=1, num_heads=heads, num_kv_heads=kv_heads,
                                    intermediate_size=64, max_position_embeddings=max_position_embeddings)
     torch.manual_seed(seed)
     network = M.Qwen2ForCausalLM(config)
@@ -66,8 +68,13 @@ def seven_b_attention():
     of dim 128; a small MLP and vocabulary keep it fast): random weights, norms and biases
     (gpu_check.random_model, which the GPU check uses at the same geometry), fp32.
     Returns (fp32 network, the same in bf16)."""
-    import gpu_check
+    from support import gpu_check
     config = tiny_config(vocab_size=128, hidden_size=3584, layers=2, heads=28, kv_heads=4,
                          intermediate_size=256)
     net = gpu_check.random_model(config, "cpu", torch.float32)
     return net, copy.deepcopy(net).to(torch.bfloat16)
+
+
+def toy_config(**overrides):
+    """train.Config as `python train.py` resolves it (the toy preset), with `overrides`."""
+    return dataclasses.replace(train.settings([])[0], **overrides)

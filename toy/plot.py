@@ -1,9 +1,9 @@
-"""plot.py: curves and a table from train.py runs, grouped into configurations over seeds.
+"""toy/plot.py: curves and a table from train.py runs, grouped into configurations over seeds.
 
-    python plot.py runs/ablate --out docs/          # what ablate.py wrote
-    python plot.py runs/a/metrics.jsonl runs/b      # any metrics.jsonl files or folders
-    python plot.py --token_rewards RUN --out docs/  # a run's PRM crediting tokens (a picture)
-    python plot.py --advantages RUN                 # how far its dense reward moves the advantage
+    python toy/plot.py runs/ablate --out docs/          # what toy/ablate.py wrote
+    python toy/plot.py runs/a/metrics.jsonl runs/b      # any metrics.jsonl files or folders
+    python toy/plot.py --token_rewards RUN --out docs/  # a run's PRM crediting tokens (a picture)
+    python toy/plot.py --advantages RUN                 # how far its dense reward moves the advantage
 
 Each metrics.jsonl is one run. Its label (the configuration) is the name of the folder above a
 `seed<k>` folder (ablate.py's <root>/<config>/seed<k>/), else the name of its own folder; runs
@@ -28,6 +28,9 @@ import re
 import statistics
 import sys
 
+if not __package__:  # run as `python toy/plot.py`: it starts in toy/, train.py's modules are one folder up
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 WINDOW = 10      # steps: the "final" reward is the mean of the last WINDOW; the smoothing window
 BASELINE = "rloo"
 PLOTS = {  # file -> (metrics.jsonl key, y-axis label)
@@ -35,7 +38,7 @@ PLOTS = {  # file -> (metrics.jsonl key, y-axis label)
     "prm_accuracy.png": ("prm_accuracy", "PRM pairwise accuracy"),
     "response_length.png": ("response_length_mean", "mean response length (tokens)"),
 }
-ORDER = ["prime", "rloo", "offline_prm", "double_forward", "policy_ref", "no_filter", "no_norm"]  # ablate.py's
+ORDER = ["prime", "rloo", "offline_prm", "double_forward", "policy_ref", "no_filter", "no_norm"]  # toy/ablate.py's
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,16 +142,19 @@ def held_out(runs):
 
 
 STEP_SECONDS = ("seconds_collect", "seconds_prm", "seconds_policy")  # a step's phases in metrics.jsonl
+# (and seconds_old_logprobs, which runs before late 2026 counted in seconds_prm)
 
 
 def step_seconds(runs):
     """Per step over the seeds of one label: (steps, mean seconds of the step), the step's time
-    being its phases' (sampling, PRM, policy) sum; empty lists for runs that logged no times."""
+    being its phases' (sampling, old log-probs, PRM, policy) sum; empty lists for runs that logged
+    no times."""
     values = {}
     for run in runs:
         for row in run["rows"]:
             if all(row.get(key) is not None for key in STEP_SECONDS):
-                values.setdefault(row["step"], []).append(sum(row[key] for key in STEP_SECONDS))
+                values.setdefault(row["step"], []).append(sum(row[key] for key in STEP_SECONDS)
+                                                          + row.get("seconds_old_logprobs", 0.0))
     steps = sorted(values)
     return steps, [statistics.fmean(values[s]) for s in steps]
 
@@ -218,7 +224,7 @@ def draw(runs_by_label, out_dir):
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("plot.py: the PNGs need matplotlib: python -m pip install -r requirements-plot.txt "
+        raise SystemExit("toy/plot.py: the PNGs need matplotlib: python -m pip install -r requirements-plot.txt "
                          "(the table above needs nothing)") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -256,29 +262,29 @@ def token_credit(prm, ref, prompts, responses, beta):
     """Each response token's implicit process reward beta * log(pi_phi / pi_ref) (rewards.py,
     Eq. 3) under the PRM `prm` and the reference `ref` (model.py networks): a list of float lists,
     one per response. prompts and responses are token id lists; the numbers are train.py's own,
-    from its packed log-probs (train.response_logprobs) and rewards.implicit_process_rewards."""
+    from its packed log-probs (support.batches.response_logprobs) and rewards.implicit_process_rewards."""
     import torch
 
-    import train
+    from support.batches import Rollouts
 
-    rollouts = train.Rollouts(prompts=prompts, responses=responses, outcome=torch.zeros(len(responses)),
+    rollouts = Rollouts(prompts=prompts, responses=responses, outcome=torch.zeros(len(responses)),
                               truncated=[False] * len(responses))
     process = process_rewards(prm, ref, rollouts, beta)  # [B, T]
     return [row[:len(response)].tolist() for row, response in zip(process, responses)]
 
 
 def process_rewards(prm, ref, rollouts, beta):
-    """[B, T] implicit process rewards of every response of `rollouts` (a train.Rollouts), as
+    """[B, T] implicit process rewards of every response of `rollouts` (support.batches.Rollouts), as
     train.py computes them, in one packed forward per model."""
     import torch
 
     import rewards
-    import train
+    from support.batches import response_logprobs
 
     device, rows = next(prm.parameters()).device, range(len(rollouts.responses))
     with torch.no_grad():
-        prm_logp, _ = train.response_logprobs(prm, rollouts, rows, device)  # [B, T]
-        ref_logp, _ = train.response_logprobs(ref, rollouts, rows, device)
+        prm_logp, _ = response_logprobs(prm, rollouts, rows, device)  # [B, T]
+        ref_logp, _ = response_logprobs(ref, rollouts, rows, device)
     return rewards.implicit_process_rewards(prm_logp, ref_logp, rollouts.mask(device), beta)
 
 
@@ -290,7 +296,7 @@ def draw_token_credit(examples, path, title=""):
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("plot.py: the picture needs matplotlib: python -m pip install -r requirements-plot.txt") \
+        raise SystemExit("toy/plot.py: the picture needs matplotlib: python -m pip install -r requirements-plot.txt") \
             from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -322,14 +328,16 @@ def draw_token_credit(examples, path, title=""):
 
 def load_run(run, flag):
     """What a finished toy train.py run with process rewards left in folder `run`: (its config
-    dict, its toy settings, the tokenizer, the PRM, the SFT model it started from, the reference
-    of its implicit reward: the SFT model, or the final policy for reference=policy)."""
-    import eval as evaluation
+    dict, its toy settings (toy.task.ToyConfig), the tokenizer, the PRM, the SFT model it started
+    from, the reference of its implicit reward: the SFT model, or the final policy for
+    reference=policy)."""
+    import data
     import model as M
+    from toy import task
 
     for need in ("prm", "config.json", "summary.json"):
         if not os.path.exists(os.path.join(run, need)):
-            raise SystemExit(f"plot.py: {run} has no {need}: {flag} needs a finished train.py run "
+            raise SystemExit(f"toy/plot.py: {run} has no {need}: {flag} needs a finished train.py run "
                              f"with process rewards (its exported PRM)")
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
@@ -337,8 +345,8 @@ def load_run(run, flag):
     if not os.path.isdir(sft_path):
         with open(os.path.join(run, "summary.json")) as f:
             sft_path = json.load(f)["model_path"]
-    toy, _ = evaluation.toy_config(os.path.join(run, "policy"))
-    tokenizer = evaluation.load_tokenizer(os.path.join(run, "prm"))
+    toy = task.run_settings(os.path.join(run, "policy"))[0]
+    tokenizer = data.load_tokenizer(os.path.join(run, "prm"))
     prm = M.load_model(os.path.join(run, "prm"))
     sft = M.load_model(sft_path)
     ref = M.load_model(os.path.join(run, "policy")) if config.get("reference") == "policy" else sft
@@ -351,23 +359,24 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
     habit is common), the first n_wrong wrong and n_right right ones, each token's reward
     beta * log(pi_phi / pi_ref) with the run's beta and reference (the SFT model, or the final
     policy for reference=policy). On the products task each decision line is marked careful or
-    slip (data.toy_decisions), and every line's summed reward is written under it. Writes
+    slip (toy.task.toy_decisions), and every line's summed reward is written under it. Writes
     <out_dir>/token_credit.png; returns its path."""
     import data
-    import eval as evaluation
+    import verify
     from rollout import generate
+    from toy import task
 
     config, toy, tokenizer, prm, sft, ref = load_run(run, "--token_rewards")
-    rows = evaluation.toy_test_rows(toy)
-    problems = evaluation.toy_problems(tokenizer, config=toy)
+    rows = task.test_rows(toy)
+    problems = task.held_out_problems(toy, tokenizer, config["max_prompt_tokens"])
     chosen = []  # (problem, response ids, right)
     wanted = {False: n_wrong, True: n_right}
     for start in range(0, len(problems), 64):
         batch = problems[start:start + 64]
-        responses = generate(sft, [p.prompt_ids for p in batch], toy["max_response_tokens"],
+        responses = generate(sft, [p.prompt_ids for p in batch], config["max_response_tokens"],
                              data.stop_token_ids(tokenizer), temperature=1.0, seed=seed + start,
                              vocab_size=len(tokenizer))
-        _, scores = evaluation.score_responses(tokenizer, batch, responses)  # as train.py scored them
+        _, scores = verify.score_responses(tokenizer, batch, responses)  # as train.py scored them
         for problem, ids, score in zip(batch, responses, scores):
             right = score == 1.0
             if wanted[right] > 0:
@@ -387,7 +396,7 @@ def token_rewards_picture(run, out_dir, n_wrong=4, n_right=2, seed=0):
         text = tokenizer.decode(ids, skip_special_tokens=True)
         starts = [0] + [k + 1 for k, t in enumerate(tokens) if t == "⏎"]  # token index of each line
         ends = starts[1:] + [len(tokens)]
-        decisions = dict(data.toy_decisions(question, text)) if toy["toy_task"] == "products" else {}
+        decisions = dict(task.toy_decisions(question, text)) if toy.toy_task == "products" else {}
         marks = [(a, f"{decisions[i] + ' ' if i in decisions else ''}{sum(rewards[a:b]):+.2f}")
                  for i, (a, b) in enumerate(zip(starts, ends))]
         examples.append({"tokens": tokens, "rewards": rewards, "marks": marks,
@@ -457,24 +466,26 @@ def advantages_report(run, n_prompts=128, seed=0):
     import torch
 
     import data
-    import eval as evaluation
     import train
+    import verify
     from rollout import generate
+    from support.batches import Rollouts
+    from toy import task
 
     config, toy, tokenizer, prm, sft, ref = load_run(run, "--advantages")
     fields = {f.name for f in dataclasses.fields(train.Config)}
     cfg = train.Config(**{k: v for k, v in config.items() if k in fields})
     K = cfg.samples_per_prompt
-    rows = [p for p in evaluation.toy_problems(tokenizer, config=toy)[:n_prompts] for _ in range(K)]
-    responses = generate(sft, [p.prompt_ids for p in rows], toy["max_response_tokens"],
+    rows = [p for p in task.held_out_problems(toy, tokenizer, cfg.max_prompt_tokens)[:n_prompts] for _ in range(K)]
+    responses = generate(sft, [p.prompt_ids for p in rows], cfg.max_response_tokens,
                          data.stop_token_ids(tokenizer), temperature=1.0, seed=seed, vocab_size=len(tokenizer))
-    scores = torch.tensor(evaluation.score_responses(tokenizer, rows, responses)[1], dtype=torch.float32)
+    scores = torch.tensor(verify.score_responses(tokenizer, rows, responses)[1], dtype=torch.float32)
     keep = train.kept_groups(scores, cfg).tolist()
     kept = [g * K + k for g, kept_group in enumerate(keep) if kept_group for k in range(K)]
     if not kept:
-        raise SystemExit(f"plot.py: none of {len(keep)} groups of {K} samples of the SFT model has a mean outcome "
+        raise SystemExit(f"toy/plot.py: none of {len(keep)} groups of {K} samples of the SFT model has a mean outcome "
                          f"in [{cfg.filter_low}, {cfg.filter_high}]: no batch to compare")
-    rollouts = train.Rollouts(prompts=[rows[i].prompt_ids for i in kept], responses=[responses[i] for i in kept],
+    rollouts = Rollouts(prompts=[rows[i].prompt_ids for i in kept], responses=[responses[i] for i in kept],
                               outcome=scores[kept], truncated=[False] * len(kept))
     mask = rollouts.mask("cpu")
     result = advantage_agreement(process_rewards(prm, ref, rollouts, cfg.beta), rollouts.outcome, mask, cfg)
@@ -514,7 +525,7 @@ def main(argv):
     runs = {label: [run for run in members if run["rows"]] for label, members in runs.items()}
     runs = {label: members for label, members in runs.items() if members}
     if not runs:
-        raise SystemExit(f"plot.py: no metrics.jsonl with any step under {' '.join(args.paths)}")
+        raise SystemExit(f"toy/plot.py: no metrics.jsonl with any step under {' '.join(args.paths)}")
     print(table(runs), flush=True)
     for path in draw(runs, args.out):
         print(f"wrote {path}")

@@ -1,8 +1,8 @@
-"""gpu_check.py: the GPU acceptance check. One command, about ten minutes, nothing downloaded.
+"""support/gpu_check.py: the GPU acceptance check. One command, about ten minutes, nothing downloaded.
 
-    python gpu_check.py            # on a machine with one or more CUDA GPUs (install
-                                   # requirements.txt and requirements-gpu.txt first)
-    python gpu_check.py --smoke    # the same code on the CPU at tiny sizes (the test suite runs it)
+    python support/gpu_check.py          # on a machine with one or more CUDA GPUs (install
+                                         # requirements.txt and requirements-gpu.txt first)
+    python support/gpu_check.py --smoke  # the same code on the CPU at tiny sizes (the test suite runs it)
 
 Weights are random, at the shapes that matter (Qwen2.5-0.5B's and Qwen2.5-Math-7B's). Each check
 prints lines tagged with its name and a verdict (PASS, FAIL or SKIP with the reason); the last
@@ -44,13 +44,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import Qwen2Config
 
-import data
-import memory
-import model as M
-import rollout
-import train
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py's folder
+if not __package__:  # run as `python support/gpu_check.py`: it starts in support/, the modules are one up
+    sys.path[0] = ROOT
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+import model as M  # noqa: E402  (after the path)
+import rollout  # noqa: E402
+import train  # noqa: E402
+from support import memory  # noqa: E402
+from support.batches import Rollouts, all_logprobs  # noqa: E402
+from support.distributed import adamw  # noqa: E402
+from toy import task as toy  # noqa: E402
 
 # Public configs of the two models whose shapes are checked (their config.json, the fields that
 # matter here). Qwen2.5-Math-7B is Eurus-2-7B-SFT's base; Qwen2.5-0.5B fits any GPU.
@@ -309,8 +313,8 @@ def run_train(args, ranks, env, timeout=1200):
 def check_prime(report, world, shape, workdir, env):
     """Two bf16 PRIME steps + a resumed third with train.py on one rank, then on `world`."""
     folder = os.path.join(workdir, "prime_model")
-    tokenizer = data.build_toy_tokenizer(folder)
-    config = data.toy_model_config(tokenizer, hidden_size=shape["hidden_size"], num_layers=shape["num_hidden_layers"],
+    tokenizer = toy.build_toy_tokenizer(folder)
+    config = toy.toy_model_config(tokenizer, hidden_size=shape["hidden_size"], num_layers=shape["num_hidden_layers"],
                                    num_heads=shape["num_attention_heads"], num_kv_heads=shape["num_key_value_heads"],
                                    intermediate_size=shape["intermediate_size"], max_position_embeddings=256)
     M.save_model(random_model(config, "cpu", torch.float32), folder)
@@ -377,7 +381,7 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     from torch.distributed.device_mesh import init_device_mesh
     mesh = init_device_mesh(device.type, (world,))
-    cfg = train.Config(**{**train.PRESETS["eurus2-7b-prime"], **overrides, "gpu_memory_gib": gpu_gib})
+    cfg = train.Config(**{**train.PRESETS["eurus2-7b-prime"], **overrides})
     config = M.load_config(folder)
     compute = memory.compute_dtype(cfg)
     torch.manual_seed(rank)
@@ -389,13 +393,13 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
         net.attn_backend = None  # flash-attn where it runs, as in train.py
         with torch.no_grad():
             M.init_weights(net)
-    opts = {"policy": train.adamw(policy, cfg.policy_lr, 0.01), "prm": train.adamw(prm, cfg.prm_lr, 0.0)}
+    opts = {"policy": adamw(policy, cfg.policy_lr, 0.01), "prm": adamw(prm, cfg.prm_lr, 0.0)}
     V = config.vocab_size
     rows = cfg.prompts_per_step * cfg.samples_per_prompt // world
     mini = cfg.prm_mini_batch // world  # the peak of a training phase comes within one mini-batch
 
     def rollouts(n, prompt, response):
-        return train.Rollouts(prompts=[[5] * prompt] * n, responses=[[6] * response] * n,
+        return Rollouts(prompts=[[5] * prompt] * n, responses=[[6] * response] * n,
                               outcome=torch.tensor([1.0, 0.0] * (n // 2), device=device), truncated=[True] * n)
 
     small, worst = rollouts(mini, 8, 8), rollouts(mini, cfg.max_prompt_tokens, cfg.max_response_tokens)
@@ -421,9 +425,9 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
     # Sampling: prompts of max_prompt_tokens; at temperature 1 about a tenth of the vocabulary
     # ends a row, so rows stop early and the batch shrinks, while the cache is allocated full-size.
     if cuda:
-        max_batch_tokens, max_prefill_tokens = train.sampling_memory(policy, cfg, device, rows)
+        max_batch_tokens, max_prefill_tokens = train.sampling_bounds(policy, cfg, device, rows)
     else:  # the CPU has no free-memory reading: the plan's own limit
-        limit = int(cfg.gpu_memory_gib * memory.GIB * cfg.gpu_memory_utilization)
+        limit = int(gpu_gib * memory.GIB * cfg.gpu_memory_utilization)
         max_batch_tokens = int(memory.planned_cache_slots(limit, meter.now(), config, compute,
                                                           cfg.micro_batch_tokens, rows))
         max_prefill_tokens = cfg.micro_batch_tokens
@@ -434,7 +438,7 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
         "sampling": measure(lambda: rollout.generate(policy, prompts, cfg.max_response_tokens, eos, seed=rank,
                                                      max_batch_tokens=max_batch_tokens,
                                                      max_prefill_tokens=max_prefill_tokens)),
-        "old log-probs": measure(lambda: old.update(lp=train.all_logprobs(policy, worst, cfg, device)[0])),
+        "old log-probs": measure(lambda: old.update(lp=all_logprobs(policy, worst, cfg, device)[0])),
         "PRM update": measure(lambda: train.prm_step(prm, ref, opts["prm"], worst, cfg, device)),
         "policy update": measure(lambda: train.policy_step(policy, opts["policy"], worst, old["lp"],
                                                            torch.randn_like(old["lp"]), cfg, 1, device)),
@@ -538,7 +542,7 @@ def main(argv=None):
     report = Report()
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
-        print("gpu_check.py: no CUDA device here: nothing to check (--smoke runs the checks on the CPU "
+        print("support/gpu_check.py: no CUDA device here: nothing to check (--smoke runs the checks on the CPU "
               "at tiny sizes)")
         return 0
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -569,7 +573,7 @@ def main(argv=None):
                 gc.collect()
                 torch.cuda.empty_cache()
     counts = {word: report.verdicts.count(word) for word in ("PASS", "FAIL", "SKIP")}
-    print(f"gpu_check.py: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped", flush=True)
+    print(f"support/gpu_check.py: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped", flush=True)
     return 1 if counts["FAIL"] else 0
 
 

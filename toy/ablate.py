@@ -1,10 +1,10 @@
-"""ablate.py: the paper's ablations in miniature, on the toy task, over several seeds.
+"""toy/ablate.py: the paper's ablations in miniature, on the toy task, over several seeds.
 
-    python ablate.py                                    # prime, rloo, offline_prm x 3 seeds (products toy)
-    python ablate.py --setting=expression               # the same on train.py's default toy
-    python ablate.py --configs prime,rloo --seeds 5 --steps 60 --parallel 2 --root runs/ablate
-    python ablate.py --steps 2 --toy_hidden=32 ...      # any other --key=value goes to train.py
-    python plot.py runs/ablate --out docs/              # then the curves and the table
+    python toy/ablate.py                                # prime, rloo, offline_prm x 3 seeds (products toy)
+    python toy/ablate.py --setting=expression           # the same on train.py's default toy
+    python toy/ablate.py --configs prime,rloo --seeds 5 --steps 60 --parallel 2 --root runs/ablate
+    python toy/ablate.py --steps 2 --toy_hidden=32 ...  # any other --key=value goes to train.py
+    python toy/plot.py runs/ablate --out docs/          # then the curves and the table
 
 Every run starts from ONE shared SFT checkpoint, as the paper's ablations start from one SFT
 model: `train.py --stage=sft --out_dir=<root>/sft` makes it once, and each run gets it as
@@ -22,7 +22,7 @@ The configurations (train.py switches; docs/notes.md §8 for the paper's results
                     decays while the online one's rises): the PRM of a run whose policy was held
                     fixed (policy_lr=0, so every sample came from the SFT policy, not the policy
                     being trained), trained for as many steps; made once, in
-                    <root>/_offline_prm_source (plot.py skips folders starting with "_")
+                    <root>/_offline_prm_source (toy/plot.py skips folders starting with "_")
     double_forward  prm_update=double: re-score after the PRM update (§5.3 / App. B.2)
     policy_ref      reference=policy: pi_theta_old as pi_ref (§5.2 / App. B.1)
     no_filter       accuracy_filter=false: keep every prompt
@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # train.py's folder
 
 CONFIGS = {  # name -> train.py overrides; {offline_prm} is the offline PRM's folder
     "prime": [],
@@ -55,7 +55,7 @@ DEFAULT_CONFIGS = "prime,rloo,offline_prm"
 
 # The toy setting every run of an ablation shares: train.py overrides that come before the user's
 # own (so a --key=value given to ablate.py wins). "products" is the task with several independent
-# places to slip (README, "Does the dense reward help?"), sized to run 3 seeds of prime and rloo in
+# places to slip (docs/toy.md), sized to run 3 seeds of prime and rloo in
 # well under an hour on 2 cores: 16 prompts x 4 samples per step, one PRM and one policy update
 # per step. "expression" is train.py's default toy as it is.
 SETTINGS = {
@@ -175,9 +175,9 @@ def main(argv):
     for phase in phases:
         failed = run_jobs(phase, args.parallel)
         if failed:  # a later phase needs this one's output (the SFT model, the offline PRM)
-            raise SystemExit(f"ablate.py: failed: {', '.join(failed)}; see their train.log. Re-run the same "
+            raise SystemExit(f"toy/ablate.py: failed: {', '.join(failed)}; see their train.log. Re-run the same "
                              f"command to retry (finished runs are skipped)")
-    print(f"ablate: all runs done. Plots and table: python plot.py {args.root} --out docs/", flush=True)
+    print(f"ablate: all runs done. Plots and table: python toy/plot.py {args.root} --out docs/", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""memory.py: will a config fit its GPUs? The per-GPU memory of every phase of a PRIME step,
+"""support/memory.py: will a config fit its GPUs? The per-GPU memory of every phase of a PRIME step,
 planned on any machine, and the sampling chunk sizes the run derives from the same numbers.
 
     python train.py --preset=eurus2-7b-prime --model_path=DIR --memory_plan=true \
@@ -40,7 +40,9 @@ The SFT stage (--stage=sft, preset eurus2-7b-sft) is planned as it runs: one mod
 the SFT update of a micro-batch of the longest chats, checkpoint save, export.
 """
 
+import json
 import math
+import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -48,9 +50,20 @@ import torch
 
 import model as M
 import rollout
+from support.cli import knob
 
 GIB = 2 ** 30
 NON_TORCH_BYTES = 2 * GIB  # CUDA context + cuBLAS workspaces + NCCL buffers, per GPU (an assumption)
+
+
+@dataclass
+class PlanConfig:
+    """the memory plan (--memory_plan=true: plan and exit, on any machine)."""
+    memory_plan: bool = knob(False, "print the per-GPU memory plan of this config (and write it to "
+                                    "<out_dir>/memory_plan.json) and exit: runs on a CPU, --model_path needs only "
+                                    "config.json; exit 1 if it does not fit")
+    world_size: int = knob(0, "memory plan: GPUs to plan for (0: this machine's, or 8 without GPUs)")
+    gpu_memory_gib: float = knob(0.0, "memory plan: GiB per GPU (0: this machine's GPU, or 80 without GPUs)")
 
 
 # ==============================================================================================
@@ -278,7 +291,7 @@ def compute_dtype(cfg):
 
 
 def meta_model(config, mesh, dtype, trainable, mixed_precision, activation_checkpointing):
-    """A model as train.load_for_training builds it (dtype, train mode, FSDP2 over `mesh`), on
+    """A model as support.distributed.load_for_training builds it (dtype, train mode, FSDP2 over `mesh`), on
     the meta device: shapes only. `to_empty` under fake mode then gives it fake storage."""
     with torch.device("meta"):
         net = M.Qwen2ForCausalLM(config).to(dtype)
@@ -382,10 +395,11 @@ def _sampling_phases(plan, meter, states, policy, config, cfg, device, rows, max
     return chunk
 
 
-def plan(cfg, config, world, gpu_gib):
+def plan(cfg, config, world, gpu_gib, sft_max_tokens=None):
     """The memory plan of `cfg` (a train.Config) for the network `config` on `world` GPUs of
-    `gpu_gib` GiB each. Runs in this process on fake tensors: call it once, in a process that has
-    no process group of its own (train.py --memory_plan=true)."""
+    `gpu_gib` GiB each: of a PRIME step, or with `sft_max_tokens` (0: the model's context) of the
+    SFT stage. Runs in this process on fake tensors: call it once, in a process that has no process
+    group of its own (run_plan)."""
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed.device_mesh import init_device_mesh
@@ -400,8 +414,8 @@ def plan(cfg, config, world, gpu_gib):
     K = cfg.samples_per_prompt
     responses = cfg.prompts_per_step * K // world  # this rank's rows per step (and per sampling round)
     try:
-        if cfg.stage == "sft":
-            return _plan_sft(result, cfg, config, mesh, device)
+        if sft_max_tokens is not None:
+            return _plan_sft(result, cfg, config, mesh, device, sft_max_tokens)
         # The models and optimizers as train.build_models makes them (default switches).
         policy = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
         prm = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
@@ -466,21 +480,21 @@ def plan(cfg, config, world, gpu_gib):
 
 
 def to_json(result):
-    """The plan as plain data (train.py writes it to <out_dir>/memory_plan.json)."""
+    """The plan as plain data (run_plan writes it to <out_dir>/memory_plan.json)."""
     return {"world_size": result.world, "gpu_bytes": result.gpu_bytes, "limit_bytes": result.limit,
             "non_torch_bytes": NON_TORCH_BYTES, "fits": result.fits(), "problem": result.problem,
             "sizes": result.sizes,
             "phases": [{"name": p.name, "peak_bytes": p.peak, "parts": p.parts} for p in result.phases]}
 
 
-def _plan_sft(result, cfg, config, mesh, device):
-    """The SFT stage (train.sft): one trainable model and its AdamW; each optimizer step runs
+def _plan_sft(result, cfg, config, mesh, device, sft_max_tokens):
+    """The SFT stage (support.sft.sft): one trainable model and its AdamW; each optimizer step runs
     micro-batches of chats of sft_max_tokens (or the model's context) packed up to
     micro_batch_tokens, every token trained (the worst case); then checkpoints and the export."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     compute = compute_dtype(cfg)
     net = meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
-    seq = min(cfg.sft_max_tokens or config.max_position_embeddings, cfg.micro_batch_tokens)
+    seq = min(sft_max_tokens or config.max_position_embeddings, cfg.micro_batch_tokens)
     n_seqs = max(1, cfg.micro_batch_tokens // seq)
     with FakeTensorMode(allow_non_fake_inputs=True), flash_memory_model():
         net.to_empty(device=device)
@@ -535,7 +549,7 @@ def _save_and_export_phases(result, meter, net, optimizer, base, compute):
 # 4. The report.
 # ==============================================================================================
 
-def report(result, cfg, config):
+def report(result, cfg, config, sft=False):
     """The plan as lines of text; the last says whether it fits."""
     gib = lambda x: f"{x / GIB:.1f}"  # noqa: E731
     lines = [f"memory plan: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab "
@@ -555,7 +569,7 @@ def report(result, cfg, config):
                 gib(parts[key]) if key in parts else "-"
                 for key in ("states", "gradients", "gathered weights", "KV cache")] + [gib(rest)]
             lines.append(f"| {phase.name} | " + " | ".join(cells) + " |")
-        states = "the model's shards and its AdamW state" if cfg.stage == "sft" else \
+        states = "the model's shards and its AdamW state" if sft else \
             "the three models' shards and the two AdamW states"
         lines.append(f"(peak = tensors + {NON_TORCH_BYTES / GIB:.1f} GiB outside PyTorch; states = {states})")
     worst = result.worst
@@ -567,3 +581,36 @@ def report(result, cfg, config):
         verdict = f"does not fit: {result.problem or f'over the limit of {gib(result.limit)} GiB'}"
     lines += ["", f"memory plan: {peak}: {verdict}"]
     return lines
+
+
+# ==============================================================================================
+# 5. The command: train.py --memory_plan=true.
+# ==============================================================================================
+
+def machine(plan_cfg):
+    """(GPUs, GiB per GPU) to plan for: --world_size / --gpu_memory_gib, else this machine's GPUs,
+    else 8 x 80 GiB."""
+    cuda = torch.cuda.is_available()
+    world = plan_cfg.world_size or (torch.cuda.device_count() if cuda else 8)
+    gib = plan_cfg.gpu_memory_gib or (torch.cuda.get_device_properties(0).total_memory / GIB if cuda else 80)
+    return world, gib
+
+
+def run_plan(cfg, sft_cfg, world, gib):
+    """The plan of this config (the SFT stage's under --stage=sft), printed and written to
+    <out_dir>/memory_plan.json. Returns the exit status: 0 if every phase fits, 1 if not."""
+    if not cfg.model_path:
+        raise SystemExit("train.py: --memory_plan needs --model_path (a folder with the model's config.json)")
+    try:
+        config = M.load_config(cfg.model_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"train.py: {error}") from None
+    sft = sft_cfg.stage == "sft"
+    if sft and sft_cfg.sft_batch % world:
+        raise SystemExit(f"train.py: sft_batch={sft_cfg.sft_batch} is not divisible by {world} ranks")
+    result = plan(cfg, config, world, gib, sft_max_tokens=sft_cfg.sft_max_tokens if sft else None)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "memory_plan.json"), "w") as f:
+        json.dump(to_json(result), f, indent=2)
+    print("\n".join(report(result, cfg, config, sft)), flush=True)
+    return 0 if result.fits() else 1
