@@ -333,7 +333,7 @@ def _parse_expr(text: str):
 _ANTLR_CLASSES = None
 
 
-def _sympy_parse_latex(text: str):
+def _sympy_parse_latex(text: str, strict: bool = False):
     """sympy.parsing.latex.parse_latex (ANTLR backend, non-strict), run under antlr4 4.13.
 
     sympy refuses to run its parser unless antlr4-python3-runtime is 4.11 (an ImportError
@@ -341,7 +341,12 @@ def _sympy_parse_latex(text: str):
     serialization), so we build the lexer and parser ourselves from sympy's own generated
     classes and converter, with its error listener, skipping only that gate and the runtime's
     version warning. Like sympy's (and unlike strict=True), it reads the longest valid prefix
-    and ignores the rest: "1,7" parses as 1, "(3,4]" raises. Raises on invalid LaTeX."""
+    and ignores the rest: "1,7" parses as 1, "(3,4]" raises. Raises on invalid LaTeX.
+
+    sympy's converter calls its module's parse_latex again for a differential fraction
+    ("\\frac{dx}{dt}"), which would hit the gate; so on first use this function takes that
+    name's place in sympy.parsing.latex._parse_latex_antlr (a process-wide change that only
+    matters where sympy would otherwise raise ImportError)."""
     global _ANTLR_CLASSES
     if _ANTLR_CLASSES is None:
         from sympy.parsing.latex import _parse_latex_antlr as backend
@@ -354,6 +359,7 @@ def _sympy_parse_latex(text: str):
             def checkVersion(self, toolVersion):  # noqa: N803
                 pass
 
+        backend.parse_latex = _sympy_parse_latex
         _ANTLR_CLASSES = backend, Lexer, Parser
     backend, lexer_class, parser_class = _ANTLR_CLASSES
     import antlr4
@@ -364,7 +370,10 @@ def _sympy_parse_latex(text: str):
     parser = parser_class(antlr4.CommonTokenStream(lexer))
     parser.removeErrorListeners()
     parser.addErrorListener(errors)
-    return backend.convert_relation(parser.math().relation())
+    relation = parser.math().relation()
+    if strict and (relation.start.start != 0 or relation.stop.stop != len(text) - 1):
+        raise backend.LaTeXParsingError("Invalid LaTeX")
+    return backend.convert_relation(relation)
 
 
 def _latex2sympy(text: str):

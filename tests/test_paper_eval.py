@@ -180,6 +180,8 @@ def test_qwen_extraction():
     ("minerva", "5m", "5", False),
     ("minerva", "4.5\\times10^{33}", "4.5e33", False),        # parse_latex reads "4.5e33" as 4.5*e*33
     ("olympiadbench", "2x+1-0", "2x+1", True),
+    # a differential fraction makes sympy's converter call its own parse_latex again
+    ("minerva", "\\frac{dx}{dt}=kx-a.0", "\\frac{dx}{dt}=kx-a", True),
 ])
 def test_official_verdicts(bench, prediction, gold, official):
     assert P.paper_math_equal(bench, prediction, gold) is official
@@ -202,6 +204,16 @@ def test_python_eval_is_arithmetic_only():
     assert P._prime_handle_pi("10**10**10 + \\pi", 3.14) == "10**10**10 + 1*3.14"
     with pytest.raises(ValueError):
         P._parse_expr("().__class__")
+
+
+def test_sympy_latex_parser_runs_under_antlr_4_13():
+    assert str(P._sympy_parse_latex("\\frac{1}{2}")) == "1/2"
+    assert str(P._sympy_parse_latex("1,7")) == "1"                          # a prefix is enough
+    assert str(P._sympy_parse_latex("\\frac{d}{dx} x^2")) == "Derivative(x**2, x)"
+    with pytest.raises(Exception):
+        P._sympy_parse_latex("(3,4]")
+    with pytest.raises(Exception):
+        P._sympy_parse_latex("1,7", strict=True)
 
 
 def test_word_to_num():
