@@ -34,8 +34,10 @@ docs/eval_protocol.md lists every such difference. The main ones:
   * sympy 1.14 and antlr4 4.13 here, sympy 1.12 and antlr4 4.11 there ([PR]
     eval/requirements_prime.txt, requirements_qwen_math.txt). sympy refuses its ANTLR LaTeX
     parser under antlr4 4.13; we run that same parser (sympy's own generated grammar and
-    converter) by skipping the version gate (_sympy_parse_latex). The grammar and converter
-    are unchanged between 1.12 and 1.14 apart from an added `strict` flag that defaults off.
+    converter) by skipping the version gate (_sympy_parse_latex, which also takes the place
+    of sympy's module-level parse_latex for the converter's own recursive calls). The
+    grammar, generated parser and converter are unchanged between 1.12 and 1.14 apart from
+    an added `strict` flag that defaults off.
   * The Qwen harness's third parser, its bundled latex2sympy2, is replaced by
     latex2sympy2_extended (Math-Verify's fork), which also reads intervals; it is reached only
     when sympy's LaTeX parser and parse_expr both fail on an answer.
