@@ -1,7 +1,8 @@
 """The official evaluation protocol of PRIME's Table 2, benchmark by benchmark.
 
-eval.py grades with verify.math_correct, which is stricter and more careful than the
-official graders; this module reproduces how the paper's numbers were measured instead, so
+eval.py grades with verify.math_correct, whose verdicts differ from the official graders'
+in both directions (tests/test_paper_eval.py shows cases of each); this module reproduces
+how the paper's numbers were measured instead, so
 that `eval.py --protocol=paper` can be compared with Table 2 ([P1 Table 2]: Eurus-2-7B-PRIME
 43.9 on average, Eurus-2-7B-SFT 28.8). It is a reimplementation written from reading the
 official code, not a copy of it; every rule cites where it comes from.
