@@ -6,41 +6,19 @@ harness in eval/Math/Qwen25-Math/evaluation) under sympy 1.12 and antlr4 4.11, a
 requirements pin them; they are facts about that code, not outputs of ours. Where our own
 grader (verify.math_correct) decides otherwise the test says so, in both directions.
 """
-import ast
 import math
-import os
 
 import pytest
 
+import data
+from support import benchmark_files
 from support import paper_eval as P
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def data_constant(name):
-    """A constant of data.py, read from its source (importing data.py pulls in transformers)."""
-    with open(os.path.join(ROOT, "data.py"), encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise KeyError(name)
-
-
-def data_function(name):
-    """A self-contained function of data.py, compiled from its source."""
-    with open(os.path.join(ROOT, "data.py"), encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-    namespace = {}
-    exec(compile(ast.Module([node], []), "data.py", "exec"), namespace)
-    return namespace[name]
 
 
 # ----- the prompt -----------------------------------------------------------------------
 
 def test_system_prompt_is_the_training_prompt_with_backslash_n():
-    training = data_constant("SYSTEM_PROMPT")
+    training = data.SYSTEM_PROMPT
     assert P.official_system_prompt(training) == P.EVAL_SYSTEM_PROMPT
     # eval/system_prompt.md: 414 characters on one line, literal backslash-n, no real newline
     assert len(P.EVAL_SYSTEM_PROMPT) == 414
@@ -52,8 +30,8 @@ def test_system_prompt_is_the_training_prompt_with_backslash_n():
 
 
 def test_suffixes_are_ours():
-    assert P.MATH_SUFFIX == data_constant("MATH_SUFFIX")
-    assert P.CODE_SUFFIX == data_constant("CODE_SUFFIX")
+    assert P.MATH_SUFFIX == data.MATH_SUFFIX
+    assert P.CODE_SUFFIX == data.CODE_SUFFIX
 
 
 def test_user_turns():
@@ -68,7 +46,7 @@ def test_user_turns():
 
 
 def test_livecodebench_question_matches_our_loader():
-    lcb_question = data_function("_lcb_question")
+    lcb_question = benchmark_files._lcb_question
     for starter in ("", "class Solution:\n    def f(self):\n        "):
         record = {"question_content": "Add two numbers.", "starter_code": starter}
         assert P.paper_user_turn("livecodebench", record) == lcb_question("Add two numbers.", starter) + P.CODE_SUFFIX
