@@ -25,7 +25,10 @@ logger = logging.getLogger(__name__)
 # (e.g. MATH-500 has both `answer` and `solution`: `answer` is taken).
 
 QUESTION_COLUMNS = ("problem", "question", "prompt")
-ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "reward_model.ground_truth", "solution")
+# `expected_answer`: PRIME's MATH-500 file (eval/data/math500/math_test_cleaned.json), the gold its
+# evaluation graded against (in 86 of its 500 rows a string other than the solution's last \boxed{}).
+ANSWER_COLUMNS = ("answer", "expected_answer", "final_answer", "ground_truth", "reward_model.ground_truth",
+                  "solution")
 TESTS_COLUMNS = ("tests", "input_output", "test_cases")
 ID_COLUMNS = ("id", "idx", "problem_id", "unique_id")
 
@@ -91,9 +94,10 @@ def load_benchmark(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"benchmark file {path!r} does not exist")
-    records = data.read_records(path)
+    records, orientation = _as_rows(data.read_records(path), path)
     if not records:
         raise ValueError(f"{path}: the file holds no problems")
+    logger.info("%s: %d rows, JSON in the %r orientation", path, len(records), orientation)
     if any("prompt_sft" in r and "test" in r for r in records):
         return _leetcode_problems(path, records)
     if any("public_test_cases" in r for r in records):
@@ -135,6 +139,24 @@ def load_benchmark(path):
         logger.info("%s: AIME file with several years: kept the %d problems of 2024 of %d",
                     path, len(problems), len(records))
     return problems
+
+
+def _as_rows(records, path):
+    """(rows, orientation): a file of rows (JSON Lines, a JSON array of objects, parquet) is read
+    as it is ("records"); a file holding one JSON object whose every value is an object keyed by
+    row ({"problem": {"0": ..., "1": ...}, "expected_answer": {...}, ...}), the layout pandas'
+    DataFrame.to_json writes by default and PRIME's MATH-500 file has ("columns"), is turned into
+    rows, in the order of its first column's keys."""
+    if len(records) != 1 or not records[0] or not all(isinstance(v, dict) for v in records[0].values()):
+        return records, "records"
+    columns = records[0]
+    first, index = next(iter(columns)), list(next(iter(columns.values())))
+    for name, column in columns.items():
+        if column.keys() != set(index):
+            raise ValueError(f"{path}: a JSON object of columns (pandas' 'columns' orientation), but column "
+                             f"{name!r} has {len(column)} rows where column {first!r} has {len(index)} "
+                             f"(row keys differ: {sorted(column.keys() ^ set(index))[:5]})")
+    return [{name: column[key] for name, column in columns.items()} for key in index], "columns"
 
 
 def _required_text(record, field, where):

@@ -3,6 +3,7 @@ import base64
 import collections
 import itertools
 import json
+import logging
 import pickle
 import zlib
 
@@ -97,6 +98,45 @@ def test_load_benchmark_errors(tmp_path):
     csv.write_text("question,answer\nq,1\n")
     with pytest.raises(ValueError, match="unknown file type"):
         data.load_benchmark(str(csv))
+
+
+def prime_math500_file(path, rows):
+    """A file in the shape of PRIME's eval/data/math500/math_test_cleaned.json: one line, one JSON
+    object of columns keyed by row number (pandas' default to_json, the "columns" orientation)."""
+    columns = ("problem", "level", "type", "solution", "expected_answer", "id")
+    path.write_text(json.dumps({c: {str(i): row[c] for i, row in enumerate(rows)} for c in columns}))
+    return str(path)
+
+
+def test_load_benchmark_reads_prime_math500_columns_file(tmp_path, caplog):
+    # 500 rows, as released; the gold is `expected_answer`, which may be written otherwise than
+    # the solution's box (as in 86 of PRIME's 500)
+    rows = [{"problem": f"What is {i}+{i}?", "level": "Level 1", "type": "Algebra",
+             "solution": f"So $\\boxed{{{2 * i}}}$.", "expected_answer": str(2 * i), "id": f"test/algebra/{i}.json"}
+            for i in range(500)]
+    rows[7].update(solution="Hence $x \\in \\boxed{[2,5)}$.", expected_answer="[2, 5)")
+    rows[9].update(solution="It is $\\boxed{\\text{(C)}}$.", expected_answer="\\text{(C)}")
+    path = prime_math500_file(tmp_path / "math_test_cleaned.json", rows)
+    with caplog.at_level(logging.INFO, logger="support.benchmark_files"):
+        problems = data.load_benchmark(path)
+    assert "500 rows, JSON in the 'columns' orientation" in caplog.text
+    assert len(problems) == 500
+    assert problems[3] == {"id": "test/algebra/3.json", "question": "What is 3+3?", "ability": "math",
+                           "ground_truth": "6"}
+    assert [problems[i]["ground_truth"] for i in (7, 9)] == ["[2, 5)", "\\text{(C)}"]
+    samples = [{"ability": "math", "response": r, "ground_truth": problems[7]["ground_truth"]}
+               for r in ("\\boxed{[2,5)}", "\\boxed{[2,5]}")]
+    assert verify.score_batch(samples, workers=1) == [1.0, 0.0]
+
+    ragged = json.loads(open(path).read())
+    del ragged["expected_answer"]["499"]
+    (tmp_path / "ragged.json").write_text(json.dumps(ragged))
+    with pytest.raises(ValueError, match="column 'expected_answer' has 499 rows where column 'problem' has 500"):
+        data.load_benchmark(str(tmp_path / "ragged.json"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="support.benchmark_files"):
+        data.load_benchmark(write_jsonl(tmp_path / "rows.jsonl", rows[:2]))
+    assert "2 rows, JSON in the 'records' orientation" in caplog.text
 
 
 def test_load_benchmark_reads_olympiadbench_final_answer(tmp_path):
