@@ -44,13 +44,17 @@ _INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]"
 _TRAILING_DISPLAY = re.compile(r"(?:\\\[(.+?)\\\]|\$\$(.+?)\$\$)[\s.]*$", re.DOTALL)
 # What may stand between the boxes of one answer split over several boxes, as in
 # "\boxed{(2, 2)} \text{ and } \boxed{(6, 2)}", "\boxed{1}, \boxed{2}", "\boxed{k=45} \quad
-# \boxed{n=2}" or "x = \boxed{-2} or x = \boxed{5}": spaces, commas, math delimiters, LaTeX
-# spacing and line breaks, "and"/"or" (bare or in \text{}), and a variable's "x =".
-_BOX_GAP = re.compile(r"(?:\s|[,;&$]|\\[,;:! ]|\\q?quad|\\\\|\\text\{\s*(?:and|or|,)?\s*\}"
+# \boxed{n=2}", "x = \boxed{-2} or x = \boxed{5}" or "\[\boxed{x=1}\]\n\[\boxed{y=2}\]": spaces,
+# commas, math delimiters, LaTeX spacing and line breaks, "and"/"or" (bare or in \text{}), and a
+# variable's "x =".
+_BOX_GAP = re.compile(r"(?:\s|[,;&$]|\\[,;:! ()\[\]]|\\q?quad|\\\\|\\text\{\s*(?:and|or|,)?\s*\}"
                       r"|\b(?:and|or)\b|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*")
 _CONCLUSION = re.compile(r"^\W*(?:therefore|thus|hence|so|finally|in conclusion)\b", re.IGNORECASE)
 _COPULA = re.compile(r"\s(?:is|are|equals|be)\s", re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:\s*\\?%)?")
+# Where a response that ran past its turn stops being the model's answer: the chat template's
+# end of turn, or the start of a turn it made up (text decoded with its special tokens kept).
+_END_OF_TURN = re.compile(r"<\|im_end\|>|<\|endoftext\|>|<\|im_start\|>(?:user|system)\b")
 
 
 def _boxes(text: str) -> list[tuple[int, int, str]]:
@@ -104,8 +108,10 @@ def extract_answer(response: str) -> str | None:
     the last number of a finished last sentence without a formula that opens with
     "Therefore" / "Thus" / "Hence" / "So"; the last $...$, \\(...\\) or \\[...\\] on the
     last non-empty line. A one-line response is taken to be a bare answer (ground truths
-    and hand-written tests look like that; model responses never do).
+    and hand-written tests look like that; model responses never do). Only the text before an
+    end of turn (or a user turn the model went on to write) is read.
     """
+    response = _END_OF_TURN.split(response, maxsplit=1)[0]
     boxed = _final_boxed(response)
     if boxed is not None:
         return boxed
@@ -177,12 +183,23 @@ def _answer_in_sentence(tail: str) -> str | None:
 # matrices, equations) to Math-Verify, the field's LaTeX-to-sympy grader.
 
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
-# A number followed by a unit in \text{...} (optionally squared/cubed): "5\text{ cm}^2",
-# "72\text{ km/h}".
-_TRAILING_UNIT = re.compile(r"^(.*\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z ./]*\}(?:\^\{?\d\}?)?$")
+# A number, a fraction or a power of ten followed by a unit in \text{...} (optionally
+# squared/cubed): "5\text{ cm}^2", "72\text{ km/h}", "\frac{600}{7}\text{ km/h}",
+# "4.5 \times 10^{33}\text{ ergs}".
+_TRAILING_UNIT = re.compile(r"^(.*[\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z ./]*\}(?:\^\{?\d\}?)?$")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}([, ]\d{3})+(\.\d+)?")
 _ASSIGNMENT = re.compile(r"^\\?[a-zA-Z]+(?:_\{?\w+\}?)?\s*=\s*([^=]+)$")
 _CHOICE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:])")
+# A choice's label before its value, as AMC solutions write it: "\textbf{(C)}\ 142" -> "(C) 142".
+_LABELLED_VALUE = re.compile(r"^\([A-E]\)\s*(.+)$")
+# A number in scientific notation (after spaces are removed): "4.5e33" (written without spaces:
+# "2e - 1" is 2e-1 with Euler's e), "3.89 \times 10^{-10}", "2\cdot10^5", "10^{-3}".
+_E_NOTATION = re.compile(r"(\d+\.?\d*|\.\d+)[eE]([+-]?\d+)")
+_TIMES_TEN = re.compile(r"(?:(\d+\.?\d*|\.\d+)\\(?:times|cdot))?10\^\{?([+-]?\d+)\}?")
+_MAX_EXPONENT = 400  # 10^{9999999999} is left to Math-Verify's killable worker
+_NUMBER_WORDS = {word: str(n) for n, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty".split())}
 _WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
 ELLIPSIS = "\\ldots"  # \dots, \cdots and "..." are spelled this way
 
@@ -221,16 +238,23 @@ def _normalize(answer: str) -> tuple[str, bool]:
     s = " ".join(s.split()).rstrip(".").strip()
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "").replace(" ", "")
-    return s, percent
+    return _NUMBER_WORDS.get(s.casefold(), s), percent
 
 
 def _as_number(s: str) -> tuple[Fraction, bool] | None:
     """A plain number (integer, decimal, a/b, \\frac{a}{b}, \\frac12, a mixed number
-    2\\frac{1}{2} as MATH writes them) as an exact Fraction plus whether it was written
-    as a decimal; None for anything else."""
-    s = s.replace(" ", "")
+    2\\frac{1}{2} as MATH writes them, scientific notation as Minerva's answers and models
+    write it) as an exact Fraction plus whether it was written as a decimal (scientific
+    notation with a mantissa counts as one: a measured value); None for anything else."""
+    spaced, s = " " in s, s.replace(" ", "")
     sign = -1 if s.startswith("-") else 1
     body = s.lstrip("+-") if s[:1] in "+-" and s[1:2] not in "+-" else s
+    scientific = (None if spaced else _E_NOTATION.fullmatch(body)) or _TIMES_TEN.fullmatch(body)
+    if scientific:
+        mantissa, exponent = scientific.groups()
+        if abs(int(exponent)) > _MAX_EXPONENT:
+            return None
+        return sign * Fraction(mantissa or 1) * Fraction(10) ** int(exponent), mantissa is not None
     if re.fullmatch(r"\d+", body):
         return sign * Fraction(int(body)), False
     if re.fullmatch(r"\d*\.\d+|\d+\.", body):
@@ -248,12 +272,15 @@ def _as_number(s: str) -> tuple[Fraction, bool] | None:
 
 def _numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
     """Exact numbers compare exactly (1000100 != 1000000). Only when one side is written
-    as a decimal may they differ, by at most 1e-6 (Math-Verify rounds floats to 6 places),
-    so 1/3 == 0.333333 but 1/3 != 0.33."""
+    as a decimal may they differ: by at most 1e-6 (six decimal places, as Math-Verify rounds
+    floats) and by at most 5e-6 of the larger (six significant digits, so tiny numbers are
+    not all equal: 0.0000009 != 0.0000002, 3.89e-10 != 3.88e-10). So 1/3 == 0.333333 but
+    1/3 != 0.33, and 1/81 == 0.0123457."""
     (x, x_decimal), (y, y_decimal) = a, b
     if x == y:
         return True
-    return (x_decimal or y_decimal) and abs(x - y) <= Fraction(1, 10**6)
+    tolerance = min(Fraction(1, 10**6), Fraction(5, 10**6) * max(abs(x), abs(y)))
+    return (x_decimal or y_decimal) and abs(x - y) <= tolerance
 
 
 def _quick_verdict(pred: str, gold: str) -> bool | None:
@@ -272,6 +299,9 @@ def _quick_verdict(pred: str, gold: str) -> bool | None:
     if _WORDS.fullmatch(g):
         return p.casefold() == g.casefold()
     # "x = 3" against "3": compare the right-hand side (but "x=3" vs "y=3" goes to sympy).
+    # "(C) 142" against "142": the value after the label.
+    if _LABELLED_VALUE.match(p) and not _LABELLED_VALUE.match(g):
+        p = _LABELLED_VALUE.match(p).group(1)
     if "=" in p and "=" not in g and _ASSIGNMENT.match(p):
         p = _ASSIGNMENT.match(p).group(1)
     if "=" in g and "=" not in p and _ASSIGNMENT.match(g):
@@ -461,9 +491,10 @@ def answers_equal(pred: str, gold: str, timeout: float) -> bool:
     verdict = _quick_verdict(pred, gold)
     if verdict is not None:
         return verdict
-    # A pattern such as "1, 3, 5, \ldots, 2n-1" is compared term by term, an "\ldots" only
-    # with an "\ldots" in the same place: Math-Verify reads such a list as something else
-    # entirely (it credited "1, 3, 5, \ldots, 2n-1" for "1, 2, \ldots, n").
+    # A pattern such as "1, 3, 5, \ldots, 2n-1" or "1:2:3:\ldots" is compared term by term, an
+    # "\ldots" only with an "\ldots" in the same place: Math-Verify reads such a list as something
+    # else entirely (it credited "1, 3, 5, \ldots, 2n-1" for "1, 2, \ldots, n", and "1:4:9:\ldots"
+    # for "1:2:3:\ldots").
     p, g = (_split_top_level(_normalize(x)[0]) for x in (pred, gold))
     if ELLIPSIS in p or ELLIPSIS in g:
         return len(p) == len(g) and all(
@@ -473,11 +504,12 @@ def answers_equal(pred: str, gold: str, timeout: float) -> bool:
 
 
 def _split_top_level(s: str) -> list[str]:
-    """`s` split at the commas that are not inside (), [] or {}: "1, f(2, 3), \\ldots"."""
+    """`s` split at the commas and colons that are not inside (), [] or {}: "1, f(2, 3),
+    \\ldots", "1:2:\\ldots"."""
     parts, depth, start = [], 0, 0
     for i, c in enumerate(s):
         depth += (c in "([{") - (c in ")]}")
-        if c == "," and depth == 0:
+        if c in ",:" and depth == 0:
             parts.append(s[start:i].strip())
             start = i + 1
     return [*parts, s[start:].strip()]

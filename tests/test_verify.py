@@ -155,8 +155,53 @@ ISSUE_15_CASES = [
      "\\begin{pmatrix}\\frac13\\\\2\\end{pmatrix}", True),
 ]
 
+# The kinds of issue 23 (each with true and false cases): scientific notation (Minerva's golds
+# are written "4.5e33"), a unit after a fraction, tiny decimals, a response that ran past its
+# turn, one answer in two display blocks, AMC's labelled choices and number words, a ratio
+# pattern, percent signs.
+RAN_ON = ("So the answer is $\\boxed{5}$.<|im_end|>\n<|im_start|>user\nAnd 2+2?<|im_end|>\n"
+          "<|im_start|>assistant\n$\\boxed{4}$")
+ISSUE_23_CASES = [
+    ("\\boxed{4.5 \\times 10^{33}}", "4.5e33", True),
+    ("\\boxed{4.5 \\cdot 10^{33}}", "4.5e33", True),
+    ("\\boxed{4.5e33}", "4.5 \\times 10^{33}", True),
+    ("\\boxed{4.50 \\times 10^{33}}", "4.5 \\cdot 10^{33}", True),
+    ("\\boxed{4.6 \\times 10^{33}}", "4.5e33", False),
+    ("\\boxed{4.5 \\times 10^{32}}", "4.5e33", False),
+    ("\\boxed{3.89 \\times 10^{-10}}", "3.89e-10", True),
+    ("\\boxed{3.88 \\times 10^{-10}}", "3.89e-10", False),
+    ("\\boxed{0.001}", "1e-3", True),
+    ("\\boxed{10^{-3}}", "1e-3", True),
+    ("\\boxed{0.01}", "1e-3", False),
+    ("\\boxed{5\\times10^{-3}}", "0.005", True),
+    ("\\boxed{4.5 \\times 10^{33}\\text{ ergs}}", "4.5e33", True),
+    ("\\boxed{2e - 1}", "0.2", False),                                  # 2e - 1 with Euler's e
+    ("\\boxed{\\frac{600}{7}\\text{ km/h}}", "\\frac{600}{7}", True),
+    ("\\boxed{\\frac{600}{7}\\text{ km/h}}", "\\frac{700}{6}", False),
+    ("\\boxed{0.0000009}", "0.0000002", False),                         # relative, not 1e-6 absolute
+    ("\\boxed{.000067}", ".0000672", False),
+    ("\\boxed{0.0000672}", ".0000672", True),
+    ("\\boxed{0.0123457}", "\\frac{1}{81}", True),                     # six significant digits
+    ("\\boxed{0.012346}", "\\frac{1}{81}", False),
+    (RAN_ON, "5", True),
+    (RAN_ON, "4", False),
+    ("Final Answer: 12.\n<|im_start|>user\nNow 3+4?\n<|im_start|>assistant\nThe answer is 7.", "12", True),
+    ("\\[\\boxed{x = 2}\\]\n\\[\\boxed{y = 3}\\]", "x = 2, y = 3", True),
+    ("\\[\\boxed{x = 2}\\]\n\\[\\boxed{y = 4}\\]", "x = 2, y = 3", False),
+    ("\\boxed{\\textbf{(C)}\\ 142}", "142", True),
+    ("\\boxed{\\textbf{(C)}\\ 141}", "142", False),
+    ("\\boxed{four}", "4", True),
+    ("\\boxed{five}", "4", False),
+    ("\\boxed{1:4:9:\\ldots}", "1:2:3:\\ldots", False),
+    ("\\boxed{1 : 2 : 3 : \\dots}", "1:2:3:\\ldots", True),
+    ("\\boxed{100%}", "100\\%", True),
+    ("\\boxed{100\\%}", "100%", True),
+    ("\\boxed{10%}", "100\\%", False),
+]
 
-@pytest.mark.parametrize("response, ground_truth, expected", MATH_CASES + ISSUE_15_CASES)
+
+@pytest.mark.parametrize("response, ground_truth, expected", MATH_CASES + ISSUE_15_CASES + ISSUE_23_CASES)
+
 def test_math_correct(response, ground_truth, expected):
     assert verify.math_correct(response, ground_truth) is expected
 
