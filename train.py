@@ -50,11 +50,12 @@ import eval as evaluation
 import rewards
 import rollout
 import verify
-from support import cli, memory, metrics, sft
+from support import cli, memory, metrics, sandbox, sft
 from support.batches import Rollouts, all_logprobs, micro_batches, response_logprobs
 from support.checkpoint import export, resume_from, save_checkpoint
 from support.cli import knob, out_of
-from support.distributed import adamw, all_max, clip_and_step, init_distributed, load_for_training, log, seed_for
+from support.distributed import (adamw, all_max, all_sum, clip_and_step, init_distributed, load_for_training, log,
+                                 seed_for)
 from toy import task as toy
 
 PRM_UPDATES = ("single", "double", "frozen")  # Config.prm_update
@@ -93,6 +94,10 @@ class Config:
     filter_low: float = knob(0.2, "keep a prompt when its mean outcome is >= this")
     filter_high: float = knob(0.8, "... and <= this")
     max_collect_rounds: int = knob(20, "stop with an error when this many sampling rounds cannot fill a step")
+    max_unscored_share: float = knob(0.1, "stop when more than this share of a sampling round's responses could not "
+                                          "be scored (verifier timeouts, crashes, malformed rows): not train on zeros")
+    allow_unjailed_code: bool = knob(False, "true: train on code problems even where the bwrap jail cannot run, "
+                                            "accepting untrusted programs under a tripwire only (docs/sandbox.md)")
 
     # implicit PRM (Alg. 1 lines 7-8): beta scales log(pi_phi/pi_ref) into a reward. The PRM's
     # learning rate is the larger one (1e-6 against the policy's 5e-7): an online PRM has to
@@ -156,6 +161,7 @@ class Config:
                 ("top_p", 0 < self.top_p <= 1, "must lie in (0, 1]"),
                 ("filter_low", 0 <= self.filter_low <= self.filter_high <= 1,
                  "need 0 <= filter_low <= filter_high <= 1"),
+                ("max_unscored_share", 0 <= self.max_unscored_share <= 1, "must lie in [0, 1]"),
                 ("gpu_memory_utilization", 0 < self.gpu_memory_utilization <= 1, "must lie in (0, 1]")) if not ok]
 
 
@@ -323,11 +329,12 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
     and so the batch's mix within a step, differs.
 
     Returns (Rollouts with rows in groups of K, counts): counts holds the step's totals before
-    filtering, "sampled" responses, "correct" (the sum of their outcomes), "groups" and "kept"."""
+    filtering, "sampled" responses, "correct" (the sum of their outcomes), "groups" and "kept",
+    and "unscored_<kind>": responses the verifier failed to score, per kind of verify.FAILURES."""
     world, rank, K = dist.get_world_size(), dist.get_rank(), cfg.samples_per_prompt
     quota = cfg.prompts_per_step // world
     kept = []  # (problem index, [K responses], [K scores], [K truncated])
-    counts = {"sampled": 0, "correct": 0.0, "groups": 0, "kept": 0}
+    counts = {"sampled": 0, "correct": 0.0, "groups": 0, "kept": 0, **{f"unscored_{k}": 0 for k in verify.FAILURES}}
     eos = data.stop_token_ids(tokenizer)  # EOS and the chat end-of-turn token
     bar = tqdm(total=0, desc=f"step {step} sample", unit="response", leave=False, disable=rank != 0)
     for round_ in range(cfg.max_collect_rounds):
@@ -345,8 +352,20 @@ def collect(policy, problems, stream, tokenizer, cfg, step, device):
                                      cfg.temperature, cfg.top_p, seed=seed_for(cfg.seed, step, round_, rank),
                                      vocab_size=len(tokenizer), max_batch_tokens=max_batch_tokens,
                                      max_prefill_tokens=max_prefill_tokens, progress=bar)
-        # Alg. 1 line 5: the outcome reward r_o of every response, [len(rows)] in [0, 1]
-        scores = torch.tensor(verify.score_responses(tokenizer, rows, responses)[1], dtype=torch.float32)
+        # Alg. 1 line 5: the outcome reward r_o of every response, [len(rows)] in [0, 1]. A response
+        # the verifier failed to score reads 0; if too many did (all ranks together), stop rather
+        # than train on zeros.
+        failures = dict.fromkeys(verify.FAILURES, 0)
+        scores = torch.tensor(verify.score_responses(tokenizer, rows, responses, failures)[1], dtype=torch.float32)
+        *failed, scored = all_sum([*failures.values(), len(rows)], device)
+        if sum(failed) > cfg.max_unscored_share * scored:
+            bar.close()
+            raise SystemExit(f"train.py: step {step}: the verifier could not score {sum(failed):.0f} of {scored:.0f} "
+                             f"responses ({', '.join(f'{k} {n:.0f}' for k, n in zip(verify.FAILURES, failed))}), "
+                             f"more than --max_unscored_share={cfg.max_unscored_share} (the warnings above say "
+                             f"why); stopping before training on them")
+        for kind, n in failures.items():
+            counts[f"unscored_{kind}"] += n
         counts["sampled"] += len(scores)
         counts["correct"] += float(scores.sum())
         counts["groups"] += len(batch)
@@ -591,6 +610,11 @@ def load_problems(cfg, toy_cfg, tokenizer):
         raise SystemExit(f"train.py: {error}") from None
     if not train:
         raise SystemExit("train.py: no training prompts left after the length filter")
+    if any(p.ability == "code" for p in train + held_out) and not (cfg.allow_unjailed_code or sandbox.jail_works()):
+        raise SystemExit("train.py: the data has code problems, and the bwrap jail cannot run here (the warning "
+                         "above says why): their tests would run the policy's programs under an audit hook only, a "
+                         "tripwire that a hostile program gets past. Install bubblewrap (docs/sandbox.md), or pass "
+                         "--allow_unjailed_code=true to accept running untrusted code unjailed")
     return train, held_out
 
 

@@ -21,6 +21,7 @@ test of a program in a jail (docs/sandbox.md: what it stops and what it does not
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 
 from support import math_grader, sandbox
-from support.math_grader import MATH_TIMEOUT, extract_answer, require_text
+from support.math_grader import MATH_TIMEOUT, NoVerdict, extract_answer, require_text
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +54,26 @@ def math_correct(response: str, ground_truth: str, timeout: float = MATH_TIMEOUT
     `ground_truth` (a dataset answer string, or a solution with a \\boxed{})? Raises
     ValueError/TypeError on a missing ground truth; a response without an answer is simply
     wrong. Symbolic comparisons run in a worker process killed after `timeout` seconds (then:
-    False)."""
+    False, with a warning; score_batch counts such failures instead)."""
+    return _or_wrong(_math_verdict, response, ground_truth, timeout)
+
+
+def _math_verdict(response, ground_truth, timeout) -> bool:
     gold = math_grader.gold_answer(ground_truth)
     pred = extract_answer(require_text(response, "response"))
     if pred is None or not pred.strip():
         return False
-    return math_grader.answers_equal(pred, gold, timeout)
+    return math_grader.answers_equal(pred, gold, timeout)  # NoVerdict when the verifier failed
+
+
+def _or_wrong(verdict, *args):
+    """verdict(*args), or False (wrong, a score of 0) when the verifier failed to decide: the
+    rule of the single-sample functions, which must return a verdict."""
+    try:
+        return verdict(*args)
+    except NoVerdict as error:
+        logger.warning("verify: no verdict (%s); scored as wrong", error)
+        return False
 
 
 # =========================================================================================
@@ -73,7 +88,9 @@ def math_correct(response: str, ground_truth: str, timeout: float = MATH_TIMEOUT
 #   "leetcode"       [PR]'s LeetCode judge (eval/Coding/leetcode/evaluate_leetcode.py and
 #                    eval/utils/execution_leetcode.py): the program followed by the problem's
 #                    own test code (asserts on a Solution()) must run without an error.
-# Each runs programs in our sandbox; the official judges exec'd them in a forked process.
+# Each runs programs in our sandbox; the official judges exec'd them in a forked process, the
+# LeetCode one with its asserts in the program's own process, where a returned object whose
+# __eq__ is always true passes them. Ours decide outside it: see _leetcode_script.
 JUDGES = ("apps", "livecodebench", "leetcode")
 
 
@@ -110,7 +127,7 @@ def _parse_tests(tests) -> tuple[str, list[tuple[str, str | None, bytes, object]
     is then a list of arguments (TACO/APPS) or a string of newline-separated JSON arguments
     (LiveCodeBench), whose output is a JSON string too. The arguments travel to the child
     as JSON on stdin. Optional "judge": one of JUDGES (default "apps"); "leetcode" tests are
-    {"judge": "leetcode", "test_code": str}, one case whose code travels on stdin.
+    {"judge": "leetcode", "test_code": str}, one case (_leetcode_script).
     Raises ValueError naming what is wrong."""
     if isinstance(tests, (str, bytes)):
         try:
@@ -126,7 +143,8 @@ def _parse_tests(tests) -> tuple[str, list[tuple[str, str | None, bytes, object]
         test_code = tests.get("test_code")
         if not isinstance(test_code, str) or not test_code.strip():
             raise ValueError("leetcode tests need a non-empty string field 'test_code'")
-        return judge, [("script", None, test_code.encode(), None)]
+        script, expected = _leetcode_script(test_code)
+        return judge, [("script", None, script.encode(), expected)]
     inputs, outputs = tests.get("inputs"), tests.get("outputs")
     if not isinstance(inputs, list) or not isinstance(outputs, list):
         raise ValueError("tests needs list fields 'inputs' and 'outputs'")
@@ -160,6 +178,39 @@ def _parse_tests(tests) -> tuple[str, list[tuple[str, str | None, bytes, object]
             raise ValueError(f"test {index}: bad JSON in call-based test: {error}") from None
         cases.append(("call", fn_name, json.dumps(arguments).encode(), (expected, unwrap)))
     return judge, cases
+
+
+def _leetcode_script(test_code: str) -> tuple[str, list]:
+    """A LeetCode problem's test code -> (the script the sandbox runs after the program, the
+    values it must produce). Every line of [PR]'s test code is a setup statement
+    (`my_solution = Solution()`, `test_input = {...}`, helpers such as a list-to-ListNode
+    lambda) or `assert <expression> == <literal>`. Each assert becomes `__report__(<expression>)`,
+    which sends the value back as a literal of builtin types; its literal stays here, and
+    _passes compares the two with Python's ==, as the assert did. So the expected values never
+    reach the program, and no object of its own takes part in the comparison. Raises
+    ValueError for test code of another shape."""
+    try:
+        tree = ast.parse(test_code)
+    except SyntaxError as error:
+        raise ValueError(f"leetcode test_code is not valid Python: {error}") from None
+    expected = []
+    for index, node in enumerate(tree.body):
+        if not isinstance(node, ast.Assert):
+            continue
+        test = node.test
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+            raise ValueError(f"leetcode test_code line {node.lineno}: expected `assert <expression> == <literal>`")
+        try:
+            expected.append(ast.literal_eval(test.comparators[0]))
+        except ValueError:
+            raise ValueError(f"leetcode test_code line {node.lineno}: the expected value is not a literal") from None
+        report = ast.Call(ast.Name("__report__", ast.Load()), [test.left], [])
+        tree.body[index] = ast.copy_location(ast.Expr(report), node)
+    if any(isinstance(node, ast.Assert) for node in ast.walk(tree)):
+        raise ValueError("leetcode test_code: an assert inside a block (only top-level asserts are judged)")
+    if not expected:
+        raise ValueError("leetcode test_code has no asserts")
+    return ast.unparse(ast.fix_missing_locations(tree)), expected
 
 
 # =========================================================================================
@@ -222,15 +273,23 @@ def _values_equal(got, want) -> bool:
     return type(got) is type(want) and got == want
 
 
-
 def _passes(source: str, judge: str, case, timeout: float) -> bool:
     mode, fn_name, stdin, expected = case
     status, output = sandbox.run(source, mode, fn_name, stdin, timeout, sandbox.PREAMBLES[judge])
+    if status in ("start_timeout", "start_failed"):  # the sandbox's failure, not the program's
+        raise NoVerdict("timeout" if status == "start_timeout" else "crash",
+                        f"the code sandbox did not start the program ({status})")
     if status != "ok":
         return False
-    if mode == "script":
-        return output == b"passed"
     text = output.decode("utf-8", errors="replace")
+    if mode == "script":  # one literal per assert, in order; every assert must hold
+        values = text.split("\n")
+        if values.pop() != "" or len(values) != len(expected):
+            return False
+        try:
+            return all(ast.literal_eval(got) == want for got, want in zip(values, expected))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return False
     if mode == "stdio":
         return _lcb_lines_equal(text, expected) if judge == "livecodebench" else _tokens_equal(text, expected)
     try:
@@ -258,7 +317,14 @@ def code_score(program: str, tests, timeout: float = CODE_TIMEOUT) -> float:
     one-test dict from "inputs" and "outputs" only, dropping "fn_name", so that each test
     then runs the program as a stdin/stdout script, which prints nothing and fails: a
     call-based problem scores 1.0 or (almost always) 0.0 there. We give it the fraction
-    passed, as [PR] gives stdin/stdout problems (docs/results.md, differences from the official code)."""
+    passed, as [PR] gives stdin/stdout problems (docs/results.md, differences from the official code).
+
+    When the sandbox could not start a test the score is 0, with a warning (score_batch counts
+    such failures instead)."""
+    return float(_or_wrong(_code_score, program, tests, timeout))
+
+
+def _code_score(program, tests, timeout) -> float:
     judge, cases = _parse_tests(tests)
     source = _program(program, judge)
     cases = cases[:MAX_SCORED_TESTS]
@@ -267,10 +333,11 @@ def code_score(program: str, tests, timeout: float = CODE_TIMEOUT) -> float:
 
 def code_correct(program: str, tests, timeout: float = CODE_TIMEOUT) -> bool:
     """Does `program` pass every test (all of them, not only the first 10)? Stops at the
-    first failure. Raises ValueError on malformed `tests`."""
+    first failure. Raises ValueError on malformed `tests`; False when the sandbox could not
+    start a test."""
     judge, cases = _parse_tests(tests)
     source = _program(program, judge)
-    return all(_passes(source, judge, case, timeout) for case in cases)
+    return bool(_or_wrong(lambda: all(_passes(source, judge, case, timeout) for case in cases)))
 
 
 def _program(response: str, judge: str) -> str:
@@ -282,15 +349,23 @@ def _program(response: str, judge: str) -> str:
 # =========================================================================================
 
 def default_workers() -> int:
-    """How many samples one process scores at once: the node's CPUs shared among the
-    processes torchrun started on it (LOCAL_WORLD_SIZE), at least 1. Each sample in flight
-    keeps a CPU busy (a test program or a Math-Verify worker), and with 8 ranks each taking
-    os.cpu_count() the node would be oversubscribed eightfold while other ranks still decode."""
-    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    """How many samples one process scores at once: the CPUs this process may use (its
+    affinity mask and cgroup CPU quota: sandbox.usable_cpus) shared among the processes
+    torchrun started on the node (LOCAL_WORLD_SIZE), at least 1. Each sample in flight keeps
+    a CPU busy (a test program or a Math-Verify worker), and with 8 ranks each taking every
+    CPU the node would be oversubscribed eightfold while other ranks still decode."""
+    return max(1, sandbox.usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def score_batch(samples: list[dict], workers: int | None = None,
-                math_timeout: float = MATH_TIMEOUT, code_timeout: float = CODE_TIMEOUT) -> list[float]:
+# Why a sample could not be scored (the verifier's failure, not the response's): it ran out of
+# time (a symbolic comparison past its deadline, a sandbox not up before the test's), it
+# crashed (a Math-Verify worker or the sandbox died or could not start), or the row is malformed.
+FAILURES = ("timeout", "crash", "malformed")
+
+
+def score_batch(samples: list[dict], workers: int | None = None, math_timeout: float = MATH_TIMEOUT,
+                code_timeout: float = CODE_TIMEOUT, failures: dict | None = None) -> list[float]:
+
     """Outcome rewards r_o for a batch, in input order, each in [0, 1].
 
     Each sample is a dict in the spirit of an Eurus-2-RL-Data row:
@@ -305,13 +380,16 @@ def score_batch(samples: list[dict], workers: int | None = None,
     `workers` (default: default_workers()) samples are scored at once by threads; each symbolic
     math comparison runs in a worker process killed after `math_timeout` s, and each code
     test in its own sandboxed process killed after `code_timeout` s, so no sample can hang
-    the batch. A malformed row (unknown ability, missing or bad fields, bad tests) scores 0
-    and logs a warning naming its id: one bad row must not crash training. Unlike [PR]
-    (which set every score to 0.5 when anything failed globally) nothing else is affected.
+    the batch. A sample that cannot be scored scores 0 and logs a warning naming its id: a
+    malformed row (unknown ability, missing or bad fields, bad tests), or a verifier that
+    failed (see FAILURES); one bad row must not crash training. Unlike [PR] (which set every
+    score to 0.5 when anything failed globally) nothing else is affected. Given a dict
+    `failures`, the count of each kind in FAILURES is added to it, so that a caller can tell
+    a broken verifier from wrong answers (train.py stops when too many fail).
     """
     workers = workers or default_workers()
 
-    def score(index: int, sample) -> float:
+    def score(index: int, sample) -> tuple[float, str | None]:
         row_id = sample.get("id", index) if isinstance(sample, dict) else index
         try:
             if not isinstance(sample, dict):
@@ -319,25 +397,33 @@ def score_batch(samples: list[dict], workers: int | None = None,
             ability, response = sample.get("ability"), sample.get("response")
             ground_truth = sample.get("ground_truth")
             if ability == "math":
-                return float(math_correct(response, ground_truth, math_timeout))
+                return float(_math_verdict(response, ground_truth, math_timeout)), None
             if ability == "code":
-                return code_score(require_text(response, "response"), ground_truth, code_timeout)
+                return _code_score(require_text(response, "response"), ground_truth, code_timeout), None
             raise ValueError(f"unknown ability {ability!r} (expected 'math' or 'code')")
         except Exception as error:  # never let one row take down a training step
-            logger.warning("score_batch: row id=%r scored 0: %s: %s",
-                           row_id, type(error).__name__, error)
-            return 0.0
+            kind = (error.kind if isinstance(error, NoVerdict)
+                    else "malformed" if isinstance(error, (ValueError, TypeError)) else "crash")
+            logger.warning("score_batch: row id=%r scored 0 (%s): %s: %s",
+                           row_id, kind, type(error).__name__, error)
+            return 0.0, kind
 
     with ThreadPoolExecutor(max_workers=workers) as executor:
-        return list(executor.map(score, range(len(samples)), samples))
+        results = list(executor.map(score, range(len(samples)), samples))
+    if failures is not None:
+        for _, kind in results:
+            if kind is not None:
+                failures[kind] = failures.get(kind, 0) + 1
+    return [value for value, _ in results]
 
 
-def score_responses(tokenizer, problems, responses):
+def score_responses(tokenizer, problems, responses, failures: dict | None = None):
     """The outcome reward r_o of each response (token ids) to its problem (a data.Problem), as
     train.py and eval.py score them: the text decoded without special tokens, as the official
     reward code scored it (docs/notes.md §7: the verifiers see what a reader sees), scored by
-    score_batch. Returns (texts, scores)."""
+    score_batch (which adds the counts of samples it could not score to `failures`).
+    Returns (texts, scores)."""
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     scores = score_batch([{"ability": p.ability, "response": text, "ground_truth": p.ground_truth, "id": p.id}
-                          for p, text in zip(problems, texts)])
+                          for p, text in zip(problems, texts)], failures=failures)
     return texts, scores

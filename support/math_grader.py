@@ -391,7 +391,8 @@ def _symbolic_worker() -> None:
 
 
 def _read_line(process: subprocess.Popen, deadline: float) -> str | None:
-    """One line from a worker's stdout, or None if it did not come before `deadline`."""
+    """One line from a worker's stdout; None if it did not come before `deadline`, "" if the
+    worker died first."""
     fd = process.stdout.fileno()
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -402,9 +403,19 @@ def _read_line(process: subprocess.Popen, deadline: float) -> str | None:
             return None
         chunk = os.read(fd, 4096)
         if not chunk:  # the worker died (e.g. out of memory)
-            return None
+            return ""
         data += chunk
     return data.decode()
+
+
+class NoVerdict(Exception):
+    """A verifier that failed to decide (not a wrong answer): `kind` "timeout" (it ran out of
+    time) or "crash" (a worker or a sandbox died or never started). verify.score_batch counts
+    these per kind; the single-sample functions score them as wrong."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 class _SymbolicPool:
@@ -417,16 +428,18 @@ class _SymbolicPool:
         self._lock = threading.Lock()
         self._live: set = set()
 
-    def _start(self) -> subprocess.Popen | None:
+    def _start(self) -> subprocess.Popen:
         worker = subprocess.Popen(
             [sys.executable, "-I", "-c", _WORKER_BOOT, ROOT, __name__],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True)  # a Ctrl-C meant for us does not kill it mid-reply
         with self._lock:
             self._live.add(worker)
-        if _read_line(worker, time.monotonic() + _WORKER_START_TIMEOUT) != "ready\n":
+        reply = _read_line(worker, time.monotonic() + _WORKER_START_TIMEOUT)
+        if reply != "ready\n":
             self._kill(worker)
-            return None
+            raise NoVerdict("timeout" if reply is None else "crash", "a Math-Verify worker " + (
+                f"did not start in {_WORKER_START_TIMEOUT:.0f} s" if reply is None else "died while starting"))
         return worker
 
     def _kill(self, worker: subprocess.Popen) -> None:
@@ -438,23 +451,22 @@ class _SymbolicPool:
             self._live.discard(worker)
 
     def equal(self, pred: str, gold: str, timeout: float) -> bool:
+        """Math-Verify's verdict; NoVerdict when none came (the worker was killed at the
+        deadline, or died)."""
         try:
             worker = self._idle.get_nowait()
         except queue.Empty:
             worker = self._start()
-            if worker is None:
-                logger.warning("math: a Math-Verify worker failed to start; scored as wrong")
-                return False
         try:
             worker.stdin.write((json.dumps([pred, gold]) + "\n").encode())
             worker.stdin.flush()
             reply = _read_line(worker, time.monotonic() + timeout)
         except OSError:  # BrokenPipeError: the worker had died
-            reply = None
-        if reply is None:
-            logger.info("math: symbolic comparison gave no verdict in %.1f s; wrong", timeout)
+            reply = ""
+        if not reply:
             self._kill(worker)
-            return False
+            raise NoVerdict("timeout" if reply is None else "crash", "a Math-Verify worker " + (
+                f"gave no verdict in {timeout:.1f} s" if reply is None else "died"))
         self._idle.put(worker)
         return reply == "1\n"
 
@@ -487,7 +499,8 @@ def gold_answer(ground_truth) -> str:
 
 
 def answers_equal(pred: str, gold: str, timeout: float) -> bool:
-    """Our exact rules, then the pattern rule below, then Math-Verify."""
+    """Our exact rules, then the pattern rule below, then Math-Verify (NoVerdict when it gave
+    none within `timeout` seconds)."""
     verdict = _quick_verdict(pred, gold)
     if verdict is not None:
         return verdict

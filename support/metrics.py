@@ -58,6 +58,9 @@ def step_metrics(step, rollouts, counts, token_rewards, prm_loss, advantages, pp
         "response_length_mean": total["tokens"] / total["rows"],
         "response_length_max": all_max(int(lengths.max()), device),
         "truncation_rate": total["truncated"] / total["rows"],
+        # responses the verifier failed to score (scored 0), by cause: "unscored_timeout",
+        # "unscored_crash", "unscored_malformed" (verify.FAILURES; train.collect stops on too many)
+        **{key: int(total[key]) for key in counts if key.startswith("unscored_")},
         "seconds_collect": clock["collect"] - clock["start"],
         "seconds_old_logprobs": clock["old"] - clock["collect"],
         "seconds_prm": clock["prm"] - clock["old"],

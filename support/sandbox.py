@@ -30,10 +30,18 @@ _JAIL_START_TIMEOUT = 60.0  # seconds a jailed python may take to start on a loa
 # site, no script directory on sys.path) in its own temporary directory and its own
 # session, so one os.killpg reaches everything it started. When the machine has
 # bubblewrap, that process runs inside a bwrap jail (below: its own namespaces, nothing of
-# the file system but the Python installation, read-only, and the temporary directory).
-# The prelude below runs first in that process: it sets resource limits, then installs an
-# audit hook that kills the process (exit code _REFUSED) on any refused action, then runs
-# the program. In the jail the hook is a second line; without it, the only one.
+# the file system but the Python installation, read-only, and a size-capped scratch
+# directory). The prelude below runs first in that process: it sets resource limits, says
+# on a pipe of its own that the sandbox is up, installs an audit hook that kills the process
+# (exit code _REFUSED) on any refused action, then runs the program. In the jail the hook is
+# a second line; without it, the only one, and a tripwire rather than a boundary
+# (docs/sandbox.md).
+#
+# What decides a test never enters the program's process: the expected output stays here,
+# and what the program produces crosses back as plain data (its stdout; a returned value as
+# JSON; a LeetCode expression's value as a Python literal of builtin types) that verify.py
+# compares. So the program can make its own output say anything, but it cannot learn the
+# answer from the judge, nor claim a pass: no channel it can write to carries a verdict.
 
 _REFUSED = 86                  # exit code of a process whose audit hook refused an action
 _MEMORY_LIMIT = 1 << 30        # RLIMIT_AS per test program: 1 GiB of address space
@@ -95,85 +103,115 @@ from functools import *
 PREAMBLES = {"apps": _PREAMBLE, "livecodebench": _LCB_PREAMBLE, "leetcode": _LEETCODE_PREAMBLE}
 
 _PRELUDE = r'''
-import json, os, resource, sys
-mode, fn_name, cpu_seconds, memory, file_size, open_files, refused_code, preamble = sys.argv[1:]
-for limit, value in ((resource.RLIMIT_CPU, int(cpu_seconds)), (resource.RLIMIT_AS, int(memory)),
-                     (resource.RLIMIT_FSIZE, int(file_size)), (resource.RLIMIT_NOFILE, int(open_files)),
-                     (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(limit, (value, value))
-root = os.path.realpath(os.getcwd())
-with open("solution.py") as f:
-    source = f.read()
-if mode != "stdio":                          # call: the arguments as JSON; script: the test code
-    given = sys.stdin.read()
-    result_fd = os.dup(1)                      # the result goes here; the program's own
-    devnull = os.open(os.devnull, os.O_WRONLY) # prints go to /dev/null
-    os.dup2(devnull, 1)
-    os.close(devnull)
+import os, resource, sys
 
-def inside(path):
-    if isinstance(path, int):
-        return False
-    real = os.path.realpath(os.fsdecode(path))
-    return real == root or real.startswith(root + os.sep)
 
-def refuse(event):
-    os.write(2, ("sandbox: refused " + event + "\n").encode())
-    os._exit(int(refused_code))
+def main(mode, fn_name, cpu_seconds, memory, file_size, open_files, refused_code, started_fd, preamble):
+    for limit, value in ((resource.RLIMIT_CPU, int(cpu_seconds)), (resource.RLIMIT_AS, int(memory)),
+                         (resource.RLIMIT_FSIZE, int(file_size)), (resource.RLIMIT_NOFILE, int(open_files)),
+                         (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(limit, (value, value))
+    with open("solution.py") as f:
+        source = f.read()
+    if mode != "stdio":                            # call: the arguments as JSON; script: the test script
+        given = sys.stdin.read()
+        result_fd = os.dup(1)                      # results go here; the program's own prints go
+        devnull = os.open(os.devnull, os.O_WRONLY) # to /dev/null
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    os.write(int(started_fd), b"1")                # the sandbox is up: what follows is the program's
+    os.close(int(started_fd))
+    sys.addaudithook(guard(os.path.realpath(os.getcwd()), int(refused_code)))
+    namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": __builtins__}
+    exec(preamble, namespace)
+    exec(compile(source, "solution.py", "exec"), namespace)
+    if mode == "call":
+        import json
+        sys.stdin = open(os.devnull)
+        solution = namespace.get("Solution")
+        if isinstance(solution, type) and hasattr(solution, fn_name):   # LeetCode style
+            function = getattr(solution(), fn_name)
+        else:
+            function = namespace[fn_name]
+        result = json.dumps(function(*json.loads(given)))  # a non-JSON result (any object) fails here
+        os.write(result_fd, result.encode())
+    elif mode == "script":                         # LeetCode: the problem's test script, its asserts
+        namespace["__report__"] = lambda value: os.write(result_fd, (literal(value) + "\n").encode())
+        exec(compile(given, "tests.py", "exec"), namespace)  # turned into __report__(<expression>) calls
 
-ALWAYS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-          "subprocess.Popen", "os.killpg", "os.link", "os.symlink", "resource.setrlimit",
-          "resource.prlimit", "pty.spawn"}
-PATHS = {"os.remove": (0,), "os.rmdir": (0,), "shutil.rmtree": (0,), "os.rename": (0, 1),
-         "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.mkdir": (0,),
-         "os.utime": (0,), "os.chflags": (0,), "os.setxattr": (0,), "os.removexattr": (0,)}
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-OWN_PID = str(os.getpid())
 
-def hook(event, args):
-    if event in ALWAYS or event.startswith("socket."):
-        refuse(event)
-    elif event.startswith("ctypes."):
-        if not (event == "ctypes.dlopen" and args[0] is None):  # numpy's import opens itself
-            refuse(event)
-    elif event == "os.kill":
-        if args[0] != os.getpid():
-            refuse(event)
-    elif event in PATHS:
-        if not all(inside(args[i]) for i in PATHS[event]):
-            refuse(event)
-    elif event == "open":
-        path, mode_, flags = args
+def literal(value):
+    # A value as a Python literal that ast.literal_eval reads back, for builtin types only: an
+    # object of the program's own class (say, one whose __eq__ is always true) is an error here.
+    kind = type(value)
+    if kind in (bool, int, str, bytes, type(None)):
+        return repr(value)
+    if kind is float:
+        return {float("inf"): "1e999", float("-inf"): "-1e999"}.get(value, repr(value))
+    if kind is list or kind is tuple:
+        items = ", ".join(map(literal, value)) + ("," if kind is tuple and len(value) == 1 else "")
+        return ("[%s]" if kind is list else "(%s)") % items
+    if kind is set:
+        return "{%s}" % ", ".join(map(literal, value)) if value else "set()"
+    if kind is dict:
+        return "{%s}" % ", ".join(literal(k) + ": " + literal(v) for k, v in value.items())
+    numpy = sys.modules.get("numpy")               # numpy's scalars equal Python's numbers
+    if numpy is not None and isinstance(value, numpy.generic):
+        return literal(value.item())
+    raise TypeError("a result of type %s is not plain data" % kind.__name__)
+
+
+def guard(root, refused_code, _exit=os._exit, write=os.write, realpath=os.path.realpath):
+    # The audit hook. What it uses is bound here, not looked up in a module the program can
+    # change; it still is a tripwire, not a boundary (docs/sandbox.md).
+    own_pid = str(os.getpid())
+    always = frozenset({"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+                        "subprocess.Popen", "os.killpg", "os.link", "os.symlink", "resource.setrlimit",
+                        "resource.prlimit", "pty.spawn"})
+    paths = {"os.remove": (0,), "os.rmdir": (0,), "shutil.rmtree": (0,), "os.rename": (0, 1),
+             "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.mkdir": (0,),
+             "os.utime": (0,), "os.chflags": (0,), "os.setxattr": (0,), "os.removexattr": (0,)}
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+    def refuse(event):
+        write(2, ("sandbox: refused " + event + "\n").encode())
+        _exit(refused_code)
+
+    def inside(path):
         if isinstance(path, int):
-            return
-        name = os.fsdecode(path)
-        parts = os.path.realpath(name).split(os.sep)
-        if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != OWN_PID:
-            refuse("open " + name)         # another process's environ, memory, fds
-        writing = (flags or 0) & WRITE_FLAGS or any(c in (mode_ or "") for c in "wax+")
-        if writing and name not in (os.devnull, "/dev/stdout", "/dev/stderr") and not inside(name):
-            refuse("open for writing " + name)
-        if os.path.isdir(name) and not inside(name):  # a dir_fd outside would let relative
-            refuse("open directory " + name)           # paths in os.open(dir_fd=) escape
+            return False
+        real = realpath(os.fsdecode(path))
+        return real == root or real.startswith(root + os.sep)
 
-sys.addaudithook(hook)
-del hook
-namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": __builtins__}
-exec(preamble, namespace)
-if mode == "script":                           # LeetCode: the program, then the problem's tests
-    source += "\n" + given
-exec(compile(source, "solution.py", "exec"), namespace)
-if mode == "call":
-    sys.stdin = open(os.devnull)
-    solution = namespace.get("Solution")
-    if isinstance(solution, type) and hasattr(solution, fn_name):   # LeetCode style
-        function = getattr(solution(), fn_name)
-    else:
-        function = namespace[fn_name]
-    result = json.dumps(function(*json.loads(given)))  # a non-JSON result (any object) fails here
-    os.write(result_fd, result.encode())
-elif mode == "script":                         # reached only if every assert held; a program that
-    os.write(result_fd, b"passed")             # exits early (sys.exit(0), os._exit(0)) fails
+    def hook(event, args):
+        if event in always or event.startswith("socket."):
+            refuse(event)
+        elif event.startswith("ctypes."):
+            if not (event == "ctypes.dlopen" and args[0] is None):  # numpy's import opens itself
+                refuse(event)
+        elif event == "os.kill":
+            if str(args[0]) != own_pid:
+                refuse(event)
+        elif event in paths:
+            if not all(inside(args[i]) for i in paths[event]):
+                refuse(event)
+        elif event == "open":
+            path, mode_, flags = args
+            if isinstance(path, int):
+                return
+            name = os.fsdecode(path)
+            parts = realpath(name).split(os.sep)
+            if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != own_pid:
+                refuse("open " + name)             # another process's environ, memory, fds
+            writing = (flags or 0) & write_flags or any(c in (mode_ or "") for c in "wax+")
+            if writing and name not in (os.devnull, "/dev/stdout", "/dev/stderr") and not inside(name):
+                refuse("open for writing " + name)
+            if os.path.isdir(name) and not inside(name):  # a dir_fd outside would let relative
+                refuse("open directory " + name)           # paths in os.open(dir_fd=) escape
+    return hook
+
+
+main(*sys.argv[1:])
 '''
 
 # The child's whole environment: no inherited variables, so no inherited secrets.
@@ -241,8 +279,9 @@ def jail_works() -> bool:
             reason = "bubblewrap (bwrap) is not installed" if _BWRAP is None else _jail_probe_failure()
             _jail_state = reason is None
             if reason:
-                logger.warning("verify: %s; code tests run without a jail, under resource limits "
-                               "and an audit hook only (see docs/sandbox.md)", reason)
+                logger.warning("verify: %s; code tests run without a jail, under resource limits and an "
+                               "audit hook, a tripwire against accidents and not a security boundary: "
+                               "a hostile program can get past it (docs/sandbox.md)", reason)
     return _jail_state
 
 
@@ -267,10 +306,14 @@ def run(source: str, mode: str, fn_name: str | None, stdin: bytes, timeout: floa
     """Run one program on one input (mode "stdio", "call" or "script": see the prelude),
     after `preamble`. Returns (status, stdout) with status one of
     "ok" (exit code 0), "error" (non-zero exit, e.g. an exception), "refused" (the audit
-    hook stopped it), "timeout", "output_limit". The jail (if any) and the process group
-    are killed and the temporary directory removed before this returns, whatever happened."""
+    hook stopped it), "timeout", "output_limit", or, when the program never started, the
+    verifier's own failure: "start_timeout" (the sandbox was not up before the deadline: an
+    overloaded machine) or "start_failed" (bwrap or Python died first, or could not be
+    launched). The jail (if any) and the process group are killed and the temporary directory
+    removed before this returns, whatever happened."""
     workdir = tempfile.mkdtemp(prefix="prime_verify_")
     info_read = info_write = jail_pidfd = None
+    started_read, started_write = os.pipe()  # the prelude writes one byte here when it is up
     try:
         with open(os.path.join(workdir, "solution.py"), "w") as f:
             f.write(source)
@@ -278,16 +321,22 @@ def run(source: str, mode: str, fn_name: str | None, stdin: bytes, timeout: floa
             f.write(stdin)
         env = dict(_CHILD_ENV, HOME=workdir, TMPDIR=workdir)
         limits = [str(math.ceil(timeout) + 1), str(_MEMORY_LIMIT), str(_FILE_SIZE_LIMIT),
-                  str(_OPEN_FILES_LIMIT), str(_REFUSED)]
+                  str(_OPEN_FILES_LIMIT), str(_REFUSED), str(started_write)]
         command = [sys.executable, "-I", "-c", _PRELUDE, mode, fn_name or "", *limits, preamble]
         if jail_works():
             info_read, info_write = os.pipe()
             command = _jail_argv(workdir, info_write) + command
-        with open(os.path.join(workdir, "stdin"), "rb") as stdin_file:
-            process = subprocess.Popen(
-                command, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                cwd=workdir, env=env, start_new_session=True, close_fds=True,
-                pass_fds=() if info_write is None else (info_write,))
+        try:
+            with open(os.path.join(workdir, "stdin"), "rb") as stdin_file:
+                process = subprocess.Popen(
+                    command, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                    cwd=workdir, env=env, start_new_session=True, close_fds=True,
+                    pass_fds=(started_write,) if info_write is None else (started_write, info_write))
+        except OSError as error:  # no process could be made (EAGAIN, ENOMEM)
+            logger.warning("sandbox: could not launch a test: %s", error)
+            return "start_failed", b""
+        os.close(started_write)
+        started_write = None
         deadline = time.monotonic() + timeout
         try:
             if info_read is not None:
@@ -299,9 +348,16 @@ def run(source: str, mode: str, fn_name: str | None, stdin: bytes, timeout: floa
             _kill_group(process, jail_pidfd)
         if status is None:
             status = {0: "ok", _REFUSED: "refused"}.get(process.returncode, "error")
+        os.set_blocking(started_read, False)  # every writer is gone: a byte, or end of file
+        try:
+            started = os.read(started_read, 1) == b"1"
+        except BlockingIOError:
+            started = False
+        if not started:
+            return ("start_timeout" if status == "timeout" else "start_failed"), b""
         return status, output
     finally:
-        for fd in (info_read, info_write):
+        for fd in (info_read, info_write, started_read, started_write):
             if fd is not None:
                 os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -374,3 +430,29 @@ def _kill_group(process: subprocess.Popen, jail_pidfd: int | None = None) -> Non
     process.wait()
     process.stdout.close()
 
+
+_PROC_CGROUP, _CGROUP_ROOT = "/proc/self/cgroup", "/sys/fs/cgroup"  # where cgroup v2 says what we may use
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may actually use: those of its affinity mask (taskset, a container's
+    cpuset), fewer under a cgroup v2 CPU quota (cpu.max "QUOTA PERIOD" allows QUOTA/PERIOD CPUs'
+    worth of time, in this cgroup or any above it; rounded down), at least 1. os.cpu_count() counts the
+    machine's CPUs, which a container or a job scheduler may not give us."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open(_PROC_CGROUP) as f:  # cgroup v2: the one line "0::/path"
+            path = next(line[3:].strip() for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return max(1, cpus)
+    while True:
+        try:
+            with open(os.path.join(_CGROUP_ROOT, path.lstrip("/"), "cpu.max")) as f:
+                quota, period = f.read().split()
+            if quota != "max":
+                cpus = min(cpus, int(quota) // int(period))
+        except (OSError, ValueError):
+            pass
+        if path in ("", "/"):
+            return max(1, cpus)
+        path = os.path.dirname(path)

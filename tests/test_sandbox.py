@@ -6,6 +6,8 @@ cannot jail) and without it.
 Adversarial programs run with short timeouts (1-2 s); the whole file should take well under a
 minute on 2 cores.
 """
+import errno
+import json
 import logging
 import os
 import signal
@@ -40,8 +42,8 @@ def test_sleeping_child_after_closing_stdout_times_out(sandbox_root):
 def test_memory_bomb_fails(sandbox_root):
     status, _, seconds = _attack("x = bytearray(8 * 1024**3)\nprint('allocated')")
     assert status == "error" and seconds < 3
-    status, _, _ = _attack("chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024**2))")
-    assert status == "error"
+    status, _, _ = _attack("chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024**2))", timeout=10)
+    assert status == "error"  # (filling 1 GiB can take seconds on a loaded machine)
 
 
 def test_fork_bomb_is_refused(sandbox_root):
@@ -61,6 +63,15 @@ def test_fork_bomb_is_refused(sandbox_root):
 def test_escapes_are_refused(sandbox_root, source):
     status, output, _ = _attack(source)
     assert status == "refused" and b"pwned" not in output
+
+
+def test_the_hook_cannot_be_switched_off_by_name(sandbox_root):
+    # The prelude's names are not the hook's: rebinding them changes nothing (a tripwire still:
+    # docs/sandbox.md says what pure Python gets past).
+    source = ("import os, sys\nsys.modules['__main__'].refuse = lambda event: None\n"
+              "os._exit = lambda code: None\nos.system('true')\nprint('ran')")
+    status, output, _ = _attack(source)
+    assert status == "refused" and b"ran" not in output
 
 
 def test_refusal_counts_even_if_the_program_catches_it(sandbox_root):
@@ -133,8 +144,9 @@ jail_only = pytest.mark.parametrize("sandbox_root", ["jail"], indirect=True)
 
 
 def _without_audit_hook(monkeypatch):
-    assert "sys.addaudithook(hook)" in sandbox._PRELUDE
-    monkeypatch.setattr(sandbox, "_PRELUDE", sandbox._PRELUDE.replace("sys.addaudithook(hook)", "pass"))
+    hook = "sys.addaudithook(guard(os.path.realpath(os.getcwd()), int(refused_code)))"
+    assert hook in sandbox._PRELUDE
+    monkeypatch.setattr(sandbox, "_PRELUDE", sandbox._PRELUDE.replace(hook, "pass"))
 
 
 @jail_only
@@ -217,6 +229,58 @@ def test_no_jail_warns_once_per_process(monkeypatch, caplog):
             caplog.clear()
             assert sandbox.jail_works() is False and sandbox.jail_works() is False
         assert len(caplog.records) == 1 and "without a jail" in caplog.text
+        assert "a tripwire against accidents and not a security boundary" in caplog.text
     # and the fallback still judges
     assert verify.code_score("print(2 * int(input()))", DOUBLE) == 1.0
 
+
+
+def test_training_on_code_needs_the_jail_or_an_explicit_flag(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import train
+    from tests.tiny import toy_config
+    from toy import task as toy
+    tok = toy.build_toy_tokenizer(str(tmp_path / "tokenizer"))
+    toy_cfg = train.settings([])[1]
+
+    def data_file(name, ability, truth):
+        row = {"data_source": "test", "prompt": [{"role": "user", "content": "Double it."}], "ability": ability,
+               "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": {"split": "train", "index": 0}}
+        pq.write_table(pa.Table.from_pylist([row]), str(tmp_path / name))
+        return str(tmp_path / name)
+
+    code, maths = data_file("code.parquet", "code", json.dumps(DOUBLE)), data_file("math.parquet", "math", "6")
+    monkeypatch.setattr(sandbox, "_jail_state", False)  # no working jail
+    with pytest.raises(SystemExit, match="the data has code problems, and the bwrap jail cannot run here.*"
+                                         "--allow_unjailed_code=true"):
+        train.load_problems(toy_config(train_files=code), toy_cfg, tok)
+    with pytest.raises(SystemExit, match="--allow_unjailed_code=true"):  # code in the held-out set only
+        train.load_problems(toy_config(train_files=maths, eval_files=code), toy_cfg, tok)
+    allowed, _ = train.load_problems(toy_config(train_files=code, allow_unjailed_code=True), toy_cfg, tok)
+    assert [p.ability for p in allowed] == ["code"]
+    assert len(train.load_problems(toy_config(train_files=maths), toy_cfg, tok)[0]) == 1  # math needs no jail
+    monkeypatch.setattr(sandbox, "_jail_state", True)
+    assert len(train.load_problems(toy_config(train_files=code), toy_cfg, tok)[0]) == 1
+
+
+def test_usable_cpus_respects_affinity_and_cgroup_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    proc, root = tmp_path / "cgroup", tmp_path / "fs"
+    monkeypatch.setattr(sandbox, "_PROC_CGROUP", str(proc))
+    monkeypatch.setattr(sandbox, "_CGROUP_ROOT", str(root))
+    proc.write_text("0::/job/step\n")
+    (root / "job" / "step").mkdir(parents=True)
+    assert sandbox.usable_cpus() == 16                            # no cpu.max: the affinity mask
+    (root / "job" / "step" / "cpu.max").write_text("max 100000\n")
+    assert sandbox.usable_cpus() == 16
+    (root / "job" / "cpu.max").write_text("400000 100000\n")      # a parent's quota binds too
+    assert sandbox.usable_cpus() == 4
+    (root / "job" / "step" / "cpu.max").write_text("250000 100000\n")
+    assert sandbox.usable_cpus() == 2                             # 2.5 CPUs' time: 2 workers
+    (root / "job" / "step" / "cpu.max").write_text("50000 100000\n")
+    assert sandbox.usable_cpus() == 1                             # at least one
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    proc.write_text("4:memory:/job\n1:cpu:/job\n")                # cgroup v1 only: the affinity mask
+    assert sandbox.usable_cpus() == 1

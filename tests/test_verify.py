@@ -1,4 +1,5 @@
 """verify.py: math answer equivalence (support/math_grader.py), the code judges, score_batch."""
+import importlib.util
 import json
 import logging
 import os
@@ -8,6 +9,8 @@ import time
 import pytest
 
 import verify
+from support import math_grader, sandbox
+
 
 # ----------------------------------------------------------------------------------------
 # Math: extraction
@@ -291,22 +294,6 @@ def test_call_based_unwrap_only_for_one_element_lists():
     assert verify.code_score("def f(x):\n    return [5, 6]", tests) == 1.0
 
 
-def test_object_claiming_equality_cannot_pass():
-    tests = {"fn_name": "f", "inputs": [[1]], "outputs": [[42]]}
-    cheat = ("class Anything:\n"
-             "    def __eq__(self, other):\n"
-             "        return True\n"
-             "def f(x):\n"
-             "    return Anything()\n")
-    assert verify.code_score(cheat, tests) == 0.0
-    int_cheat = ("class Int(int):\n"
-                 "    def __eq__(self, other):\n"
-                 "        return True\n"
-                 "def f(x):\n"
-                 "    return Int(7)\n")
-    assert verify.code_score(int_cheat, tests) == 0.0
-
-
 def test_score_counts_first_ten_tests_but_correct_needs_all():
     # 12 tests; the program fails only the 12th: [PR] scores 10/10 = 1.0, yet not correct.
     tests = {"inputs": [f"{i}\n" for i in range(12)],
@@ -365,12 +352,101 @@ def test_benchmark_judges_take_the_official_evaluations_code_block():
     ({"inputs": [3], "outputs": ["3"]}, "string input"),
     ({"fn_name": "f", "inputs": ["[1"], "outputs": ["1"]}, "bad JSON"),
     (None, "must be a dict"),
+    # LeetCode test code of another shape than [PR]'s (setup lines, `assert <expression> == <literal>`)
+    ({"judge": "leetcode", "test_code": "s = Solution(\n"}, "not valid Python"),
+    ({"judge": "leetcode", "test_code": "s = Solution()\nassert s.f() != 3\n"}, "line 2: expected `assert"),
+    ({"judge": "leetcode", "test_code": "want = 3\nassert Solution().f() == want\n"}, "line 2: the expected value is not"),
+    ({"judge": "leetcode", "test_code": "def check(f):\n    assert f() == 3\ncheck(Solution().f)\n"}, "inside a block"),
+    ({"judge": "leetcode", "test_code": "s = Solution()\n"}, "no asserts"),
 ])
 def test_malformed_tests_are_clear_errors(tests, message):
     with pytest.raises(ValueError, match=message):
         verify.code_score("print(1)", tests)
     with pytest.raises(ValueError, match=message):
         verify.code_correct("print(1)", tests)
+
+
+# ----------------------------------------------------------------------------------------
+# Cheats: programs written to be paid without solving. Each scores 0 in every judge, jailed and
+# not (the sandbox_root fixture runs both). The problem: print or return twice the input.
+# ----------------------------------------------------------------------------------------
+
+JUDGE_TESTS = {
+    "apps stdin/stdout": {"inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"]},
+    "apps call-based": {"fn_name": "double", "inputs": [[3], [5]], "outputs": [[6], [10]]},
+    "livecodebench stdin/stdout": {"judge": "livecodebench", "inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"]},
+    "livecodebench call-based": {"judge": "livecodebench", "fn_name": "double", "inputs": ["3", "5"],
+                                 "outputs": ["6", "10"]},
+    "leetcode": {"judge": "leetcode", "test_code": "\nmy_solution = Solution()\n\ntest_input = { \"n\": 3 }\n"
+                 "assert my_solution.double(**test_input) == 6\n\ntest_input = { \"n\": 5 }\n"
+                 "assert my_solution.double(**test_input) == 10\n"},
+}
+
+
+def judged_program(body: str) -> str:
+    """`body` defines double(n); the same text then serves every judge: a script that prints,
+    a function, and a LeetCode Solution method."""
+    return (body + "\nclass Solution:\n    def double(self, n):\n        return double(n)\n\n"
+            "if __name__ == '__main__':\n    print(double(int(input())))\n")
+
+
+FORGE = ("def forge(*args):\n"             # a pass signal on every descriptor, then a clean exit
+         "    for fd in range(3, 64):\n"
+         "        try:\n            os.write(fd, b'passed')\n        except OSError:\n            pass\n"
+         "    os._exit(0)\n")
+CHEATS = {
+    "an object equal to everything": (
+        "class Anything:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
+        "        return False\n    __hash__ = object.__hash__\n"
+        "def double(n):\n    return Anything()\n"),
+    "an int equal to everything": (
+        "class Int(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+        "def double(n):\n    return Int(7)\n"),
+    "an exit before the asserts": "import os\nos._exit(0)\ndef double(n):\n    return 0\n",
+    "a forged pass signal": "import os\n" + FORGE + "forge()\ndef double(n):\n    return 0\n",
+    "a patched AssertionError and excepthook": (
+        "import builtins, os, sys\n" + FORGE + "builtins.AssertionError = type('AssertionError', (Exception,), {})\n"
+        "sys.excepthook = forge\ndef double(n):\n    return 0\n"),
+    "reading the expected values from the judge": (  # files beside it, and every frame's strings
+        "import os, re, sys\nseen = []\nfor name in os.listdir('.'):\n    try:\n"
+        "        seen.append(open(name).read())\n    except Exception:\n        pass\n"
+        "frame = sys._getframe()\nwhile frame is not None:\n"
+        "    seen += [v for v in [*frame.f_locals.values(), *frame.f_globals.values()] if isinstance(v, str)]\n"
+        "    frame = frame.f_back\nANSWERS = []\n"
+        "for text in re.findall('=' '=' r' *([^\\n]+)', '\\n'.join(seen)):\n    try:\n"
+        "        ANSWERS.append(int(text))\n    except ValueError:\n        pass\n"
+        "def double(n):\n    return ANSWERS.pop(0) if ANSWERS else 0\n"),
+    "a patched json": (
+        "import json\njson.dumps = lambda *args, **kwargs: 'true'\njson.loads = lambda *args, **kwargs: [3]\n"
+        "def double(n):\n    return 0\n"),
+}
+
+
+@pytest.mark.parametrize("judge", JUDGE_TESTS)
+def test_an_honest_program_passes_every_judge(sandbox_root, judge):
+    assert verify.code_score(judged_program("def double(n):\n    return 2 * n\n"), JUDGE_TESTS[judge]) == 1.0
+
+
+@pytest.mark.parametrize("cheat", CHEATS)
+def test_cheats_score_zero_in_every_judge(sandbox_root, cheat):
+    program = judged_program(CHEATS[cheat])
+    scores = {judge: verify.code_score(program, tests, timeout=2.0) for judge, tests in JUDGE_TESTS.items()}
+    assert scores == dict.fromkeys(JUDGE_TESTS, 0.0)
+
+
+def test_leetcode_judge_keeps_pythons_equality():
+    """The asserts' == now runs here on plain data: what passed the official assert still
+    passes (5.0 == 5, True == 1, a numpy integer), what failed still fails (a tuple is not a
+    list); an exception or a result that is not plain data fails."""
+    def judged(expected, returned, imports=""):
+        tests = {"judge": "leetcode", "test_code": f"s = Solution()\nassert s.f(x=1) == {expected}\n"}
+        return verify.code_score(f"{imports}class Solution:\n    def f(self, x):\n        return {returned}\n", tests)
+    assert judged("5", "5.0") == judged("1", "True") == judged("[1, [2, 'a']]", "[1, [2, 'a']]") == 1.0
+    assert judged("{1: 'x'}", "{1: 'x'}") == judged("None", "None") == judged("-3", "-3") == 1.0
+    assert judged("[1, 2]", "(1, 2)") == judged("5", "6") == judged("'5'", "5") == 0.0
+    assert judged("5", "1 // 0") == judged("5", "object()") == 0.0
+    if importlib.util.find_spec("numpy"):
+        assert judged("5", "np.int64(5)", "import numpy as np\n") == 1.0
 
 
 # ----------------------------------------------------------------------------------------
@@ -393,9 +469,9 @@ def test_score_batch_mixed_keeps_order(sandbox_root):
 
 
 @pytest.mark.parametrize("cpus, local_world_size, workers", [
-    (16, None, 16), (16, "8", 2), (2, "8", 1), (96, "8", 12), (None, "2", 1)])
+    (16, None, 16), (16, "8", 2), (2, "8", 1), (96, "8", 12), (1, "2", 1)])
 def test_default_workers_share_the_node_among_local_ranks(monkeypatch, cpus, local_world_size, workers):
-    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(sandbox, "usable_cpus", lambda: cpus)
     if local_world_size is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
@@ -412,7 +488,7 @@ def test_score_batch_pool_is_sized_per_local_rank(monkeypatch):
             super().__init__(max_workers)
 
     monkeypatch.setattr(verify, "ThreadPoolExecutor", Recording)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(sandbox, "usable_cpus", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     sample = {"ability": "math", "response": "\\boxed{1}", "ground_truth": "1"}
     assert verify.score_batch([sample]) == [1.0]
@@ -428,11 +504,92 @@ def test_score_batch_bad_rows_score_zero_with_a_warning(caplog):
         "not a dict",
         {"id": "fine", "ability": "math", "response": "\\boxed{1}", "ground_truth": "1"},
     ]
+    failures = {}
     with caplog.at_level(logging.WARNING, logger="verify"):
-        scores = verify.score_batch(samples, workers=2)
-    assert scores == [0.0, 0.0, 0.0, 0.0, 1.0]
+        scores = verify.score_batch(samples, workers=2, failures=failures)
+    assert scores == [0.0, 0.0, 0.0, 0.0, 1.0] and failures == {"malformed": 4}
     text = caplog.text
+
     assert "'no-gt'" in text and "ground_truth" in text
     assert "'bad-tests'" in text and "not valid JSON" in text
     assert "'what'" in text and "id=3" in text
     assert "'fine'" not in text
+
+
+# A verifier that fails to decide is not a wrong answer: score_batch counts it by kind, the
+# single-sample functions score it as wrong with a warning, and train.collect stops on too many.
+
+@pytest.fixture
+def fresh_math_pool(monkeypatch):
+    """A Math-Verify pool of its own (no idle worker from earlier tests), closed afterwards."""
+    pool = math_grader._SymbolicPool()
+    monkeypatch.setattr(math_grader, "_SYMBOLIC_POOL", pool)
+    yield pool
+    pool.close()
+
+
+SYMBOLIC = {"ability": "math", "response": "\\boxed{2\\sqrt{2}}", "ground_truth": "\\sqrt{8}"}  # needs Math-Verify
+
+
+def test_math_verifier_failures_are_counted(fresh_math_pool, monkeypatch):
+    hostile = {"ability": "math", "response": "\\boxed{10^{10^{10}}}", "ground_truth": "5"}
+    failures = {}
+    assert verify.score_batch([hostile, SYMBOLIC], workers=1, math_timeout=1.0, failures=failures) == [0.0, 1.0]
+    assert failures == {"timeout": 1}
+    monkeypatch.setattr(math_grader, "_WORKER_BOOT", "raise SystemExit(3)")  # a worker that cannot start
+    fresh_math_pool.close()
+    failures = {}
+    assert verify.score_batch([SYMBOLIC, SYMBOLIC], workers=2, failures=failures) == [0.0, 0.0]
+    assert failures == {"crash": 2}
+    assert verify.math_correct(SYMBOLIC["response"], SYMBOLIC["ground_truth"]) is False
+
+
+def test_sandbox_failures_are_counted_not_blamed_on_the_program(sandbox_root, monkeypatch, caplog):
+    sample = {"ability": "code", "response": "print(2 * int(input()))", "ground_truth": DOUBLE}
+    monkeypatch.setattr(sandbox, "_PRELUDE", "raise SystemExit(1)")  # dies before the program starts
+    failures = {}
+    assert verify.score_batch([sample], failures=failures) == [0.0] and failures == {"crash": 1}
+    monkeypatch.setattr(sandbox, "_PRELUDE", "import time\ntime.sleep(30)")  # not up before the deadline
+    failures = {}
+    assert verify.score_batch([sample], code_timeout=0.5, failures=failures) == [0.0]
+    assert failures == {"timeout": 1}
+    with caplog.at_level(logging.WARNING, logger="verify"):
+        assert verify.code_score(sample["response"], DOUBLE, timeout=0.5) == 0.0
+        assert verify.code_correct(sample["response"], DOUBLE, timeout=0.5) is False
+    assert "the code sandbox did not start the program (start_timeout)" in caplog.text
+
+
+def test_training_stops_when_too_many_responses_cannot_be_scored(tmp_path):
+    """train.collect on a real (tiny) policy whose every response has malformed tests: with the
+    share allowed it counts them (metrics.jsonl's unscored_* keys); past it, it stops."""
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    import data
+    import train
+    from support import metrics
+    from tests.tiny import toy_config, toy_network
+    from toy import task as toy
+    tok = toy.build_toy_tokenizer(str(tmp_path / "tokenizer"))
+    prompt = data.tokenize_prompt(tok, [{"role": "user", "content": "1+2"}])
+    problems = [data.Problem(f"p{i}", "code", prompt, "{not json", "test", "1+2") for i in range(4)]
+    cfg = toy_config(prompts_per_step=2, samples_per_prompt=2, max_response_tokens=4, accuracy_filter=False)
+    device = torch.device("cpu")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        net = toy_network(tok, 64)
+        rollouts, counts = train.collect(net, problems, data.PromptStream(4, 0, 0, 1), tok,
+                                         dataclasses.replace(cfg, max_unscored_share=1.0), 1, device)
+        assert (counts["unscored_malformed"], counts["unscored_timeout"], counts["unscored_crash"]) == (4, 0, 0)
+        mask = rollouts.mask(device)
+        row = metrics.step_metrics(1, rollouts, counts, None, None, torch.zeros_like(mask),
+                                   train.PolicyStats(0.0, 0.0, 0.0, 0.0, 0.0), dict.fromkeys(
+                                       ("start", "collect", "old", "prm"), 0.0) | {"policy": 1.0}, cfg, device)
+        assert (row["unscored_malformed"], row["unscored_timeout"], row["unscored_crash"]) == (4, 0, 0)
+        with pytest.raises(SystemExit, match=r"step 1: the verifier could not score 4 of 4 responses "
+                                             r"\(timeout 0, crash 0, malformed 4\), more than --max_unscored_share=0.1"):
+            train.collect(net, problems, data.PromptStream(4, 0, 0, 1), tok, cfg, 1, device)
+    finally:
+        dist.destroy_process_group()
