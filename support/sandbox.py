@@ -47,6 +47,8 @@ _REFUSED = 86                  # exit code of a process whose audit hook refused
 _MEMORY_LIMIT = 1 << 30        # RLIMIT_AS per test program: 1 GiB of address space
 _FILE_SIZE_LIMIT = 16 << 20    # RLIMIT_FSIZE: no file written bigger than 16 MiB
 _OPEN_FILES_LIMIT = 64         # RLIMIT_NOFILE
+DISK_LIMIT = 64 << 20          # bytes a test may write in all (the jail's scratch tmpfs; its pages are
+                               # memory, freed when the test ends); past it a write fails (ENOSPC)
 _OUTPUT_LIMIT = 16 << 20       # bytes of stdout read; past it the test fails and the program is
                                # killed at once (no test expects that much; waiting for the
                                # timeout while draining would only burn CPU)
@@ -226,9 +228,13 @@ _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"
 #                      (only a loopback of its own), and the program sees its own processes only;
 #   a new root         an empty tmpfs holding read-only binds of /usr (+ the /bin, /lib ... links
 #                      or directories) and of the Python installation, a fresh /proc and a
-#                      minimal /dev, and the test's temporary directory, read-write; nothing
-#                      else of the host (no home directory, no training data, no other test's
-#                      directory), and after --remount-ro / nothing else writable;
+#                      minimal /dev (read-only: its tmpfs has no size cap), and at the test's
+#                      directory a fresh tmpfs of DISK_LIMIT bytes holding a read-only bind of
+#                      solution.py: the only writable place, so a test can fill at most
+#                      DISK_LIMIT bytes (of memory; nothing of the host's disk) and its files
+#                      vanish with it. Nothing else of the host (no home directory, no training
+#                      data, no other test's directory), and after --remount-ro / nothing else
+#                      writable;
 #   --cap-drop ALL     no capabilities inside, even when we run as root;
 #   --new-session      no access to a controlling terminal (TIOCSTI);
 #   --die-with-parent  the jail is killed if the thread that started it dies;
@@ -238,9 +244,10 @@ _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"
 #   --info-fd          bwrap reports the host pid of the jail's pid 1. Killing that process
 #                      ends the whole pid namespace, including anything that left our process
 #                      group with setsid(); bwrap, its parent, then reaps it and exits.
-# It adds 4-7 ms to a test's ~50-60 ms (docs/sandbox.md, benchmarks/bench_verify.py). Where bwrap is missing or cannot
-# create namespaces (no unprivileged user namespaces, a restrictive container seccomp filter)
-# the probe below fails once, we log one warning per process, and tests run unjailed.
+# It adds a few ms to a test's ~50-60 ms (docs/sandbox.md; benchmarks/bench_verify.py measures
+# it). Where bwrap is missing or cannot create namespaces (no unprivileged user namespaces, a
+# restrictive container seccomp filter) the probe below fails once, we log one warning per
+# process, and tests run unjailed.
 
 _BWRAP = shutil.which("bwrap")
 _jail_lock = threading.Lock()
@@ -265,8 +272,10 @@ def _jail_argv(workdir: str, info_fd: int | None = None) -> list[str]:
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
             bound.append(path)
+    solution = os.path.join(workdir, "solution.py")  # bind sources are the host's paths
     return argv + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",  # where shared libraries are
-                   "--proc", "/proc", "--dev", "/dev", "--bind", workdir, workdir,
+                   "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+                   "--size", str(DISK_LIMIT), "--tmpfs", workdir, "--ro-bind", solution, solution,
                    "--chdir", workdir, "--remount-ro", "/"]
 
 
@@ -289,6 +298,7 @@ def _jail_probe_failure() -> str | None:
     """None if a jailed Python runs, else why not."""
     workdir = tempfile.mkdtemp(prefix="prime_verify_")
     try:
+        open(os.path.join(workdir, "solution.py"), "w").close()
         result = subprocess.run([*_jail_argv(workdir), sys.executable, "-I", "-c", "print('jailed')"],
                                 capture_output=True, env=_CHILD_ENV, timeout=_JAIL_START_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as error:

@@ -188,7 +188,7 @@ def test_jail_has_no_network(sandbox_root, monkeypatch):
 def test_jail_allows_writes_only_in_its_directory(sandbox_root, tmp_path, monkeypatch):
     _without_audit_hook(monkeypatch)
     targets = [str(tmp_path / "outside.txt"), "/outside.txt", "/usr/outside.txt",
-               f"/tmp/prime_outside_{os.getpid()}.txt"]
+               f"/tmp/prime_outside_{os.getpid()}.txt", "/dev/outside.txt", "/dev/shm/outside.txt"]
     source = (f"for path in {targets!r} + ['inside.txt']:\n"
               "    try:\n        open(path, 'w').write('x')\n        print('wrote', path)\n"
               "    except OSError:\n        print('blocked', path)")
@@ -196,6 +196,24 @@ def test_jail_allows_writes_only_in_its_directory(sandbox_root, tmp_path, monkey
     assert status == "ok"
     assert output.decode().splitlines() == [f"blocked {path}" for path in targets] + ["wrote inside.txt"]
     assert not any(os.path.exists(path) for path in targets)
+
+
+@jail_only
+def test_jail_caps_the_bytes_a_test_writes(sandbox_root):
+    # Its directory is a tmpfs of DISK_LIMIT bytes (none of the host's disk): writing on past it
+    # fails, and a program that needs more fails its test.
+    source = ("import os\nstats = os.statvfs('.')\nprint(stats.f_blocks * stats.f_frsize)\nwritten = 0\n"
+              "try:\n    for i in range(8):\n        with open(f'file{i}', 'wb') as f:\n"
+              "            for _ in range(16):\n                f.write(b'x' * (1 << 20))\n"
+              "                f.flush()\n                written += 1 << 20\n"
+              "except OSError as error:\n    print(written, error.errno)")
+    status, output, _ = _attack(source, timeout=10)
+    capacity, result = output.decode().split("\n")[:2]
+    written, error = map(int, result.split())
+    assert status == "ok" and int(capacity) == sandbox.DISK_LIMIT
+    assert sandbox.DISK_LIMIT - (1 << 20) <= written <= sandbox.DISK_LIMIT and error == errno.ENOSPC
+    greedy = "for i in range(5):\n    open(f'file{i}', 'wb').write(b'x' * (16 << 20))\nprint(2 * int(input()))"
+    assert verify.code_score(greedy, DOUBLE, timeout=10) == 0.0
 
 
 @jail_only
