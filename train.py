@@ -95,7 +95,7 @@ class Config:
     filter_high: float = knob(0.8, "... and <= this")
     max_collect_rounds: int = knob(20, "stop with an error when this many sampling rounds cannot fill a step")
     max_unscored_share: float = knob(0.1, "stop when more than this share of a sampling round's responses could not "
-                                          "be scored (verifier timeouts, crashes, malformed rows): not train on zeros")
+                                          "be scored (verifier timeouts, crashes, malformed rows), rather than train on zeros")
     allow_unjailed_code: bool = knob(False, "true: train on code problems even where the bwrap jail cannot run, "
                                             "accepting untrusted programs under a tripwire only (docs/sandbox.md)")
 

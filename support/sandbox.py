@@ -47,8 +47,9 @@ _REFUSED = 86                  # exit code of a process whose audit hook refused
 _MEMORY_LIMIT = 1 << 30        # RLIMIT_AS per test program: 1 GiB of address space
 _FILE_SIZE_LIMIT = 16 << 20    # RLIMIT_FSIZE: no file written bigger than 16 MiB
 _OPEN_FILES_LIMIT = 64         # RLIMIT_NOFILE
-DISK_LIMIT = 64 << 20          # bytes a test may write in all (the jail's scratch tmpfs; its pages are
-                               # memory, freed when the test ends); past it a write fails (ENOSPC)
+DISK_LIMIT = 64 << 20          # bytes a jailed test may write in all (its directory is a tmpfs of this
+                               # size: memory, freed when the test ends); past it a write fails
+                               # (ENOSPC). Unjailed, nothing caps the total
 _OUTPUT_LIMIT = 16 << 20       # bytes of stdout read; past it the test fails and the program is
                                # killed at once (no test expects that much; waiting for the
                                # timeout while draining would only burn CPU)
