@@ -131,8 +131,8 @@ class Config:
                                            "beta*log(pi_phi/pi_ref) as they are ([VR] prime_norm=none; not an "
                                            "ablation of the paper)")
     process_norm_rows: int = knob(128, "responses that share one batch_norm divisor, in step order, on any number "
-                                       "of ranks: 128 = each official worker's share (1024 rows on 8 GPUs); 0 = the "
-                                       "whole step")
+                                       "of ranks: 128 = each official worker's share (1024 rows on 8 GPUs); 0 (or "
+                                       "more than a step holds) = the whole step")
     official_first_iteration: bool = knob(False, "true: the first iteration's updates run at learning rate 0, as "
                                                  "in the official code (its schedule starts at 0; AdamW's moments "
                                                  "still advance), so N steps are N-1 updates (docs/notes.md §2)")
@@ -488,16 +488,16 @@ def compute_advantages(token_rewards, outcome, mask, cfg):
 
 
 def normalize_in_groups(token_rewards, mask, group):
-    """rewards.normalize_process_rewards over each `group` consecutive rows of the step (0: the
-    whole step), [B, T] -> [B, T]. The step's rows are rank 0's, then rank 1's, ...: with B rows
-    per rank and B a multiple of the group (128 on 1, 2, 4 or 8 GPUs in the recipe) each group lies
-    inside one rank. When a group spans ranks (16 GPUs hold 64 rows each; the toy preset's whole
-    step on 2 ranks) every rank gathers the step's rewards, padded to the longest response (4 MB
-    per 1024 rows x 1024 tokens), and takes its own rows back. check_batch makes the group divide
-    the step's responses and hold whole prompts' groups of K."""
+    """rewards.normalize_process_rewards over each `group` consecutive rows of the step (0, or a
+    group larger than the step: the whole step), [B, T] -> [B, T]. The step's rows are rank 0's,
+    then rank 1's, ...: with B rows per rank and B a multiple of the group (128 on 1, 2, 4 or 8 GPUs
+    in the recipe) each group lies inside one rank. When a group spans ranks (16 GPUs hold 64 rows
+    each; the toy preset's whole step on 2 ranks) every rank gathers the step's rewards, padded to
+    the longest response (4 MB per 1024 rows x 1024 tokens), and takes its own rows back.
+    check_batch makes the group divide the step's responses and hold whole prompts' groups of K."""
     B, T = token_rewards.shape
     world = dist.get_world_size() if dist.is_initialized() else 1
-    group = group or B * world
+    group = min(group or B * world, B * world)
     if B * world % group:
         raise ValueError(f"process_norm_rows={group} does not divide the step's {B * world} responses")
 
@@ -597,7 +597,7 @@ def check_batch(cfg, world):
                  if getattr(cfg, name) % world or responses % getattr(cfg, name)]
     if K < 2:
         problems.append("samples_per_prompt must be >= 2 (the leave-one-out baseline needs K-1 others)")
-    norm_rows = cfg.process_norm_rows or responses
+    norm_rows = min(cfg.process_norm_rows or responses, responses)  # a smaller step is one group
     normalised = cfg.process_rewards and cfg.process_norm == "batch_norm"
     if normalised and (cfg.process_norm_rows < 0 or responses % norm_rows or norm_rows % K):
         problems.append(f"process_norm_rows={cfg.process_norm_rows} must divide the {responses} responses per step "

@@ -167,7 +167,9 @@ def test_normaliser_group_is_rows_of_the_step_on_any_number_of_ranks(tmp_path):
     process, mask = norm_batch()
     for group in (2, 4, 8):
         assert torch.equal(train.normalize_in_groups(process, mask, group), by_hand(process, mask, group))
-    assert torch.equal(train.normalize_in_groups(process, mask, 0), rewards.normalize_process_rewards(process, mask))
+    whole = rewards.normalize_process_rewards(process, mask)
+    assert torch.equal(train.normalize_in_groups(process, mask, 0), whole)
+    assert torch.equal(train.normalize_in_groups(process, mask, 128), whole)  # a step smaller than the group
     assert not torch.allclose(by_hand(process, mask, 4), by_hand(process, mask, 8))  # the group matters
     with pytest.raises(ValueError, match="does not divide"):
         train.normalize_in_groups(process, mask, 3)
@@ -182,8 +184,10 @@ def test_normaliser_group_is_rows_of_the_step_on_any_number_of_ranks(tmp_path):
 
 
 def test_normaliser_group_must_divide_the_step_into_whole_prompts():
+    """A group of more rows than the step is the whole step (32 here); one that does not divide
+    the step (12) or would split a prompt's K responses (2, 6) is refused."""
     cfg = config(prompts_per_step=4)  # 16 responses per step, K = 4
-    for rows, ok in ((0, True), (8, True), (16, True), (6, False), (2, False), (32, False), (-4, False)):
+    for rows, ok in ((0, True), (8, True), (16, True), (32, True), (6, False), (12, False), (2, False), (-4, False)):
         if ok:
             train.check_batch(dataclasses.replace(cfg, process_norm_rows=rows), 1)
         else:
