@@ -48,11 +48,11 @@ logger = logging.getLogger(__name__)
 # a decoded Eurus-2-RL-Data prompt quoted in public PRIME-derived code shows the same text between
 # "<|im_start|>system\n" and "<|im_end|>", so this is the string the RL policy was trained with.
 #
-# Quirk of the official *evaluation* (not reproduced here): [PR] `eval/system_prompt.md` holds
-# this text with every newline written as the two
-# characters backslash + "n", ends with one "\n" instead of two, and is read with `open().read()`,
-# so the benchmark prompts of Table 2 contained literal "\n" sequences. We use the training text
-# everywhere; a user who wants the eval prompt byte for byte can apply that substitution.
+# Quirk of the official *evaluation*: [PR] `eval/system_prompt.md` holds this text with every
+# newline written as the two characters backslash + "n", ends with one "\n" instead of two, and
+# is read with `open().read()`, so the benchmark prompts of Table 2 contained literal "\n"
+# sequences. Training uses this text; `eval.py --protocol=paper` sends the official file's
+# bytes (support/paper_eval.py derives them from this text), `--protocol=ours` this text.
 SYSTEM_PROMPT = """
 When tackling complex reasoning tasks, you have access to the following actions. Use them as needed to progress through your thought process.
 
@@ -306,7 +306,10 @@ def load_benchmark(path):
 class PromptStream:
     """This rank's prompts, forever: a seeded shuffle of the training problems per epoch (every
     rank the same order; rank r takes every world-th), and a buffer of prompts that were kept
-    beyond a step's quota, served before new ones (the official BufferedDataLoader, docs/notes.md §5)."""
+    beyond a step's quota. take() serves the buffer first, within the k prompts asked for; the
+    official BufferedDataLoader instead puts the buffered prompts (up to a batch of them) on top
+    of a fresh draw of a full batch in a step's first sampling round, which is larger than a batch
+    there and lets more kept prompts overflow into the buffer (docs/notes.md §5)."""
 
     def __init__(self, n_problems, seed, rank, world):
         self.n, self.seed, self.rank, self.world = n_problems, seed, rank, world

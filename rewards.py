@@ -118,7 +118,8 @@ def implicit_process_rewards(prm_logprobs, ref_logprobs, response_mask, beta):
     data for the advantage, not part of a graph (the PRM's gradient comes from prm_ce_loss).
 
     Summed over a response this is the implicit outcome reward r_phi(y) = beta log pi_phi(y)/pi_ref(y);
-    its prefix sums are the PRM's Q-values. At step 0 pi_phi == pi_ref, so every reward is 0.
+    its prefix sums are the PRM's Q-values. At step 0 pi_phi == pi_ref, so every reward is 0 (in
+    [PR] bf16-sized noise instead, about 2.5e-3 per token: docs/notes.md §1).
 
     [PR] hands the raw q = logp_prm - logp_ref (no beta) to the advantage; beta enters only the
     loss. The next step, normalize_process_rewards, divides by (largest |return| + 1e-6), which
@@ -219,12 +220,14 @@ def normalize_process_rewards(rewards, response_mask):
 
     the largest absolute reverse cumulative sum (the largest |undiscounted process return|)
     over valid tokens. Returns [B, T], 0 on padding. It normalises exactly the batch it is
-    given; note that [PR] runs it inside each data-parallel worker, i.e. on the local shard of
-    responses (128 of 1024 on 8 GPUs), not the global batch.
+    given; [PR] runs it inside each data-parallel worker, i.e. on the local shard of responses
+    (128 of 1024 on 8 GPUs), not the global batch, and train.normalize_in_groups hands it groups
+    of that many rows on any number of ranks.
 
     Step 0: the PRM equals the reference, so all rewards are 0 and stay 0 here (0 / 1e-6).
-    If they were tiny non-zero noise instead, this would blow the noise up to unit size; the
-    trainer must make the step-0 PRM and reference log-probs identical.
+    If they were tiny non-zero noise instead, this would blow the noise up to unit size, as it
+    did in [PR], whose bf16 reference rounded its rotary frequencies (docs/notes.md §1); the
+    trainer makes the step-0 PRM and reference log-probs identical.
     """
     _check(response_mask, rewards=rewards)
     r = torch.where(response_mask.bool(), _f32(rewards), 0.0)    # [B, T]

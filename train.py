@@ -131,9 +131,13 @@ class Config:
                                  "(pi_theta_old, no reference model)")
     accuracy_filter: bool = knob(True, "false: keep every prompt's group (filter_low/high ignored)")
     process_norm: str = knob("batch_norm", "batch_norm: divide the process rewards by the largest |process "
-                                           "return| of the rank's batch (the official default, not in the "
-                                           "paper); none: no normaliser, the rewards beta*log(pi_phi/pi_ref) "
-                                           "as they are ([VR] prime_norm=none; not an ablation of the paper)")
+                                           "return| of each group of process_norm_rows responses (the official "
+                                           "default, not in the paper); none: no normaliser, the rewards "
+                                           "beta*log(pi_phi/pi_ref) as they are ([VR] prime_norm=none; not an "
+                                           "ablation of the paper)")
+    process_norm_rows: int = knob(128, "responses that share one batch_norm divisor, in step order, on any number "
+                                       "of ranks: 128 = each official worker's share (1024 rows on 8 GPUs); 0 (or "
+                                       "more than a step holds) = the whole step")
     official_first_iteration: bool = knob(False, "true: the first iteration's updates run at learning rate 0, as "
                                                  "in the official code (its schedule starts at 0; AdamW's moments "
                                                  "still advance), so N steps are N-1 updates (docs/notes.md §2)")
@@ -489,14 +493,47 @@ def compute_advantages(token_rewards, outcome, mask, cfg):
     of all ranks then sets their scale, so that the PPO step's size does not depend on the
     rewards' units (beta, or the verifier's range). What it does not set is the weight of the
     process term against the outcome term: the official normaliser (process_norm=batch_norm)
-    divides the process rewards by the batch's largest |process return|, so the most extreme
-    response sets it; with process_norm=none beta does, as in Eq. 5."""
+    divides the process rewards by the largest |process return| of a group of rows, so the most
+    extreme response of the group sets it; with process_norm=none beta does, as in Eq. 5."""
     if token_rewards is None:
         token_rewards = torch.zeros_like(mask)
-    elif cfg.process_norm == "batch_norm":  # [PR]: per data-parallel shard, as here per rank
-        token_rewards = rewards.normalize_process_rewards(token_rewards, mask)
+    elif cfg.process_norm == "batch_norm":
+        # [PR] normalised inside each data-parallel worker, over its 128 of the step's 1024 rows on
+        # the recipe's 8 GPUs. The group is that number of rows here whatever the number of ranks
+        # (process_norm_rows), so 1, 2, 4, 8 or 16 GPUs divide by what the paper's run divided by.
+        token_rewards = normalize_in_groups(token_rewards, mask, cfg.process_norm_rows)
     returns = rewards.rloo_returns(token_rewards, outcome, mask, cfg.samples_per_prompt, cfg.gamma)
     return rewards.whiten(returns, mask)  # over every valid token of every rank
+
+
+def normalize_in_groups(token_rewards, mask, group):
+    """rewards.normalize_process_rewards over each `group` consecutive rows of the step (0, or a
+    group larger than the step: the whole step), [B, T] -> [B, T]. The step's rows are rank 0's,
+    then rank 1's, ...: with B rows per rank and B a multiple of the group (128 on 1, 2, 4 or 8 GPUs
+    in the recipe) each group lies inside one rank. When a group spans ranks (16 GPUs hold 64 rows
+    each; the toy preset's whole step on 2 ranks) every rank gathers the step's rewards, padded to
+    the longest response (4 MB per 1024 rows x 1024 tokens), and takes its own rows back.
+    check_batch makes the group divide the step's responses and hold whole prompts' groups of K."""
+    B, T = token_rewards.shape
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    group = min(group or B * world, B * world)
+    if B * world % group:
+        raise ValueError(f"process_norm_rows={group} does not divide the step's {B * world} responses")
+
+    def by_group(r, m):
+        return torch.cat([rewards.normalize_process_rewards(r[s:s + group], m[s:s + group])
+                          for s in range(0, len(r), group)])
+
+    if B % group == 0:
+        return by_group(token_rewards, mask)
+    width = all_max(T, token_rewards.device)
+    whole = []  # [world * B, width] each: the step's rewards, then its mask
+    for x in (token_rewards, mask):
+        parts = [torch.empty(B, width, dtype=x.dtype, device=x.device) for _ in range(world)]
+        dist.all_gather(parts, torch.nn.functional.pad(x, (0, width - T)))
+        whole.append(torch.cat(parts))
+    rank = dist.get_rank()
+    return by_group(*whole)[rank * B:(rank + 1) * B, :T]
 
 
 def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, device):
@@ -579,6 +616,11 @@ def check_batch(cfg, world):
                  if getattr(cfg, name) % world or responses % getattr(cfg, name)]
     if K < 2:
         problems.append("samples_per_prompt must be >= 2 (the leave-one-out baseline needs K-1 others)")
+    norm_rows = min(cfg.process_norm_rows or responses, responses)  # a smaller step is one group
+    normalised = cfg.process_rewards and cfg.process_norm == "batch_norm"
+    if normalised and (cfg.process_norm_rows < 0 or responses % norm_rows or norm_rows % K):
+        problems.append(f"process_norm_rows={cfg.process_norm_rows} must divide the {responses} responses per step "
+                        f"and be a multiple of samples_per_prompt={K} (0: the whole step)")
     if cfg.keep_checkpoints < 1 or cfg.save_every < 1:
         problems.append("keep_checkpoints and save_every must be >= 1")
     if problems:
@@ -590,7 +632,8 @@ def check_batch(cfg, world):
     log(f"batch: {cfg.prompts_per_step} prompts x {K} samples = {responses} responses per step "
         f"({responses // world} per rank on {world} ranks); {prm}; policy: "
         f"{cfg.ppo_epochs * responses // cfg.policy_mini_batch} optimizer steps of {cfg.policy_mini_batch} "
-        f"responses, shuffled; micro-batches of <= {cfg.micro_batch_tokens} tokens")
+        f"responses, shuffled; micro-batches of <= {cfg.micro_batch_tokens} tokens" +
+        (f"; process rewards normalised over groups of {norm_rows} responses" if normalised else ""))
 
 
 def load_problems(cfg, toy_cfg, tokenizer):

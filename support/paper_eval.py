@@ -1,70 +1,51 @@
 """The official evaluation protocol of PRIME's Table 2, benchmark by benchmark.
 
-eval.py grades with verify.math_correct, whose verdicts differ from the official graders'
-in both directions (tests/test_paper_eval.py shows cases of each); this module reproduces
-how the paper's numbers were measured instead, so
-that `eval.py --protocol=paper` can be compared with Table 2 ([P1 Table 2]: Eurus-2-7B-PRIME
-43.9 on average, Eurus-2-7B-SFT 28.8). It is a reimplementation written from reading the
-official code, not a copy of it; every rule cites where it comes from.
+Table 2 ([P1 Table 2]: Eurus-2-7B-PRIME 43.9 on average over seven benchmarks, Eurus-2-7B-SFT
+28.8) was measured by the official scripts in [PR] eval/ ("[PR]" is PRIME-RL/PRIME at commit
+18ad596f08d4, docs/notes.md §0; paths below are relative to it). `eval.py --protocol=paper`
+runs that protocol with this module; docs/evaluation.md lists every setting, official beside
+ours, with the [PR] file it comes from, and where this reproduction falls short.
 
-    protocol   PROTOCOLS[benchmark] -> PaperProtocol: prompt, chat template, sampling, stop
-               strings, length caps and time limits of the official run
-               paper_user_turn(benchmark, record) -> the user message the official run sent
-               truncate_at_stop(text, stop_strings) -> what vLLM's stop strings leave
-    math       paper_gold(benchmark, record)            -> the gold the official script used
-               paper_extract(benchmark, response)       -> its extracted answer (str or None)
-               paper_math_equal(benchmark, pred, gold)  -> its equivalence verdict
-               paper_math_correct(benchmark, response, gold) -> extract + equal
+    PROTOCOLS[benchmark] -> PaperProtocol: the Table 2 numbers, chat template, sampling, stop
+                  strings, length cap and time limits of the official run
+    protocol_for(name)                 -> the benchmark a file's name stands for, or None
+    benchmark_rows(benchmark, path)    -> a BenchmarkRow per problem of a released file: the
+                  question and gold our grader uses, the user turn and gold the official run used
+    render_prompt(tokenizer, benchmark, user_turn) -> the prompt text the official run sampled from
+    truncate_at_stop(text, stop_strings)           -> what vLLM's stop strings leave of a response
+    grade_math(benchmark, response, gold)          -> the official math verdict, computed in a
+                  worker process that is killed at the time limit (the graders themselves are
+                  support/paper_graders.py)
 
-"[PR]" is the official code, PRIME-RL/PRIME at commit 18ad596f08d4 (docs/notes.md §0);
-paths are relative to that repository. Two graders were used:
-
-  * AIME 2024, AMC, MATH-500 ("the PRIME grader"): each script's own `match_answer`
-    ([PR] eval/Math/{aime,amc,math}/evaluate_*.py) and [PR] eval/utils/grader.py::math_equal
-    (the ToRA / PRM800K grader: string match, numbers within a relative 1e-4 also against
-    gold/100 and gold*100, then sympy).
-  * Minerva Math, OlympiadBench ("the Qwen harness"): Qwen2.5-Math's evaluation code copied
-    into [PR] eval/Math/Qwen25-Math/evaluation (parser.py::extract_answer, strip_string,
-    grader.py::math_equal), run by its sh/eval.sh with prompt type "qwen25-math-cot".
-
-LeetCode and LiveCodeBench are graded by running programs (verify.py's "leetcode" and
-"livecodebench" judges); here they only have protocol rows (prompt, sampling, time limits).
-
-Where this file cannot do what the official code did, it says so at the spot, and
-docs/eval_protocol.md lists every such difference. The main ones:
-  * sympy 1.14 and antlr4 4.13 here, sympy 1.12 and antlr4 4.11 there ([PR]
-    eval/requirements_prime.txt, requirements_qwen_math.txt). sympy refuses its ANTLR LaTeX
-    parser under antlr4 4.13; we run that same parser (sympy's own generated grammar and
-    converter) by skipping the version gate (_sympy_parse_latex, which also takes the place
-    of sympy's module-level parse_latex for the converter's own recursive calls). The
-    grammar, generated parser and converter are unchanged between 1.12 and 1.14 apart from
-    an added `strict` flag that defaults off.
-  * The Qwen harness's third parser, its bundled latex2sympy2, is replaced by
-    latex2sympy2_extended (Math-Verify's fork), which also reads intervals; it is reached only
-    when sympy's LaTeX parser and parse_expr both fail on an answer.
-  * Python `eval` on answers holding "\\pi" is replaced by an evaluator of number arithmetic
-    only; sympy's parse_expr is refused strings containing "__" (sandbox escapes).
-  * No time limits inside: the official per-step limits are exposed as MATH_TIME_LIMIT and
-    the caller runs each comparison under a hard kill. A step the official code cut off
-    after 1 s (and then went on to the next rule) runs to completion here.
+Read top to bottom: the prompt, the protocol table, benchmark files, stop strings, math
+verdicts under a time limit.
 """
 from __future__ import annotations
 
-import ast
-import math
-import operator
+import atexit
+import json
+import logging
+import os
+import queue
 import re
-from dataclasses import dataclass, field
+import select
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import data
+from support import paper_graders
+from support.benchmark_files import QUESTION_COLUMNS
+
+logger = logging.getLogger(__name__)
 
 BENCHMARKS = ("aime", "amc", "math500", "minerva", "olympiadbench", "leetcode", "livecodebench")
-PRIME_GRADER = ("aime", "amc", "math500")     # [PR] eval/utils/grader.py
-QWEN_HARNESS = ("minerva", "olympiadbench")   # [PR] eval/Math/Qwen25-Math/evaluation
-MATH_BENCHMARKS = PRIME_GRADER + QWEN_HARNESS
-OFFICIAL_COMMIT = "18ad596f08d4"
+MATH_BENCHMARKS = paper_graders.MATH_BENCHMARKS
+CODE_BENCHMARKS = ("leetcode", "livecodebench")
 
 
 # =========================================================================================
-# 1. The prompt: the system prompt file and the user-turn suffixes.
+# 1. The prompt: the system prompt file, the user turn, the chat template.
 # =========================================================================================
 # Every benchmark read its system prompt from [PR] eval/system_prompt.md with open().read():
 # the AIME/AMC/MATH/LeetCode scripts as "system_prompt.md" (run.sh runs them from eval/),
@@ -75,18 +56,7 @@ OFFICIAL_COMMIT = "18ad596f08d4"
 # training/scripts/data_prepare.py::short_system_prompt) with every newline written as the
 # two characters backslash + "n", ending in one such "\n" (the training text ends in two
 # real newlines) and with no real newline at all. So Table 2's prompts held literal
-# backslash-n sequences, a prompt the RL policy never saw in training. Written out here
-# (no import of data.py, which pulls in transformers); the test checks that
-# official_system_prompt(data.SYSTEM_PROMPT) gives these exact characters.
-EVAL_SYSTEM_PROMPT = (
-    r"\nWhen tackling complex reasoning tasks, you have access to the following actions. "
-    r"Use them as needed to progress through your thought process.\n\n[ASSESS]\n\n"
-    r"[ADVANCE]\n\n[VERIFY]\n\n[SIMPLIFY]\n\n[SYNTHESIZE]\n\n[PIVOT]\n\n[OUTPUT]\n\n"
-    r"You should strictly follow the format below:\n\n[ACTION NAME]\n\n"
-    r"# Your action step 1\n\n# Your action step 2\n\n# Your action step 3\n\n...\n\n"
-    r"Next action: [NEXT ACTION NAME]\n"
-)
-
+# backslash-n sequences, a prompt the RL policy never saw in training.
 
 def official_system_prompt(training_prompt: str) -> str:
     """eval/system_prompt.md's text from the training prompt: one trailing newline kept,
@@ -94,13 +64,47 @@ def official_system_prompt(training_prompt: str) -> str:
     return (training_prompt.rstrip("\n") + "\n").replace("\n", "\\n")
 
 
-# The user-turn suffixes (equal to data.MATH_SUFFIX / data.CODE_SUFFIX; the test checks).
-# Math: [PR] eval/Math/*/evaluate_*.py::make_conv_hf and math_eval.py::main; README "Usage".
-# Code: [PR] eval/Coding/leetcode/evaluate_leetcode.py::make_conv_hf and [PR]'s lcb_runner
+EVAL_SYSTEM_PROMPT = official_system_prompt(data.SYSTEM_PROMPT)
+
+# The user turn is the question plus data.MATH_SUFFIX or data.CODE_SUFFIX, appended by every
+# script itself: [PR] eval/Math/*/evaluate_*.py::make_conv_hf, math_eval.py::main,
+# eval/Coding/leetcode/evaluate_leetcode.py::make_conv_hf, and [PR]'s lcb_runner
 # prompts/code_generation.py::format_prompt_generation (LMStyle.Qwen25Math).
-MATH_SUFFIX = "\n\nPresent the answer in LaTex format: \\boxed{Your answer}"
-CODE_SUFFIX = ("\n\nWrite Python code to solve the problem. Present the code in \n```python\n"
-               "Your code\n```\nat the end.")
+
+
+def paper_user_turn(benchmark: str, question: str, record: dict) -> str:
+    """The user message the official run sent, from a problem's question as data.load_benchmark
+    reads it and (for the Qwen harness) its row as released.
+
+    AIME / AMC / MATH-500: question + suffix (make_conv_hf, no strip). Minerva / OlympiadBench:
+    parser.py::parse_question (" (Yes or No)" / " (True or False)" appended when the gold is one
+    of those words), re-read from between the template's user markers and stripped
+    (math_eval.py::main), + suffix. LeetCode: prompt_sft + suffix; LiveCodeBench: lcb_runner's
+    question template (which data.load_benchmark writes as the question) + suffix."""
+    if benchmark in CODE_BENCHMARKS:
+        return question + data.CODE_SUFFIX
+    if benchmark in paper_graders.QWEN_HARNESS:
+        gold = paper_graders.qwen_first_gold(benchmark, record).lower()
+        if gold in ("true", "false"):
+            question += " (True or False)"
+        if gold in ("yes", "no"):
+            question += " (Yes or No)"
+        return question.strip() + data.MATH_SUFFIX
+    return question + data.MATH_SUFFIX
+
+
+def render_prompt(tokenizer, benchmark: str, user_turn: str) -> str:
+    """The prompt text the official run sampled from: EVAL_SYSTEM_PROMPT and the user turn in the
+    evaluated model's chat template, except for LiveCodeBench, whose prompts lcb_runner rendered
+    with Qwen2.5-Math-7B-Instruct's tokenizer whatever the model (format_prompt_generation,
+    LMStyle.Qwen25Math). Given a system message, that template writes plain ChatML (its own
+    "Please reason step by step" system message appears only when none is given), so it is
+    written out here rather than loaded."""
+    messages = [{"role": "system", "content": EVAL_SYSTEM_PROMPT}, {"role": "user", "content": user_turn}]
+    if PROTOCOLS[benchmark].chat_template == MODEL_TEMPLATE:
+        return data.render_prompt(tokenizer, messages)
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + \
+        "<|im_start|>assistant\n"
 
 
 # =========================================================================================
@@ -123,20 +127,22 @@ MODEL_MAX_POSITIONS = 4096                               # Eurus-2-7B-*'s max_po
 
 @dataclass(frozen=True)
 class PaperProtocol:
-    """How the official scripts ran one benchmark of Table 2.
+    """How the official scripts ran one benchmark of Table 2, and what they measured.
 
-    system_prompt: exact system message characters; user_suffix: appended to the question
-    (paper_user_turn builds the whole user message); chat_template: MODEL_TEMPLATE or the
-    model whose tokenizer's template was applied; temperature / top_p / n_samples / max_new_tokens:
-    vLLM SamplingParams (n_samples responses, scored as their mean); max_model_len: the cap on
-    prompt + response positions (see above); stop: vLLM stop strings (cut with
-    truncate_at_stop); code_time_limit: seconds per test (LiveCodeBench) or per problem's test
-    script (LeetCode); math_time_limit: the official grader's limit (see MATH_TIME_LIMIT);
-    sources: the official file (and function) each value comes from."""
+    title: the paper's name; pattern: matched against a file's name (lowercased, separators
+    removed) by protocol_for; sft / prime: Table 2's Eurus-2-7B-SFT and Eurus-2-7B-PRIME (step
+    592) pass@1 in %; chat_template: MODEL_TEMPLATE or the model whose template was applied;
+    temperature / top_p / n_samples / max_new_tokens: vLLM SamplingParams (n_samples responses,
+    scored as their mean); max_model_len: the cap on prompt + response positions (see above);
+    stop: vLLM stop strings (truncate_at_stop cuts at them); code_time_limit: seconds per
+    test (LiveCodeBench) or for the problem's whole test script (LeetCode); math_time_limit:
+    the official grader's limit: per sympy step for the PRIME grader (a step that runs out falls
+    through to the next rule), per comparison for the Qwen harness (then: wrong)."""
     benchmark: str
     title: str
-    system_prompt: str
-    user_suffix: str
+    pattern: str
+    sft: float
+    prime: float
     chat_template: str
     temperature: float
     top_p: float
@@ -146,147 +152,139 @@ class PaperProtocol:
     stop: tuple[str, ...]
     code_time_limit: float | None = None
     math_time_limit: float | None = None
-    notes: str = ""
-    sources: dict = field(default_factory=dict)
 
 
-_PRIME_MATH_SOURCES = {
-    "system_prompt": "eval/system_prompt.md, read by make_conv_hf",
-    "user_suffix": "make_conv_hf",
-    "chat_template": "make_conv_hf: AutoTokenizer.from_pretrained(args.model).apply_chat_template",
-    "sampling": "generate_sample_batch: SamplingParams",
-    "max_model_len": "generate_sample_batch: LLM(...) without max_model_len -> the model config",
-    "math_time_limit": "eval/utils/grader.py::math_equal(timeout=True) -> time_limit(True) = 1 s",
-}
-_QWEN_SOURCES = {
-    "system_prompt": "eval/Math/Qwen25-Math/evaluation/math_eval.py::main (../../../system_prompt.md)",
-    "user_suffix": "math_eval.py::main: prompt.strip() + suffix, apply_chat_template",
-    "chat_template": "math_eval.py::setup: AutoTokenizer.from_pretrained(model_name_or_path)",
-    "sampling": "sh/eval.sh (--temperature 0 --n_sampling 1 --top_p 1) and math_eval.py::parse_args "
-                "(max_tokens_per_call 4096)",
-    "stop": "math_eval.py::main: stop_words; stop_token_ids only when 'qwen2' is in the model path",
-    "max_model_len": "math_eval.py::setup: LLM(...) without max_model_len -> the model config",
-    "math_time_limit": "evaluate.py::evaluate: pebble ProcessPool.map(math_equal_process, timeout=3)",
-}
-
-PROTOCOLS = {
-    "aime": PaperProtocol(
-        "aime", "AIME 2024", EVAL_SYSTEM_PROMPT, MATH_SUFFIX, MODEL_TEMPLATE,
-        temperature=0.0, top_p=1.0, n_samples=1, max_new_tokens=4096,
-        max_model_len=MODEL_MAX_POSITIONS, stop=("\n###\nProblem: ", "<|eot_id|>"), math_time_limit=1.0,
-        notes="AI-MO aimo-validation-aime (90 problems, 2022-2024); Table 2 is the 30 of "
-              "2024_AIME_I/II (the script prints both).",
-        sources={**_PRIME_MATH_SOURCES, "file": "eval/Math/aime/evaluate_aime.py"}),
-    "amc": PaperProtocol(
-        "amc", "AMC", EVAL_SYSTEM_PROMPT, MATH_SUFFIX, MODEL_TEMPLATE,
-        temperature=0.0, top_p=1.0, n_samples=1, max_new_tokens=4096,
-        max_model_len=MODEL_MAX_POSITIONS, stop=(), math_time_limit=1.0,
-        notes="AI-MO aimo-validation-amc, all 83 problems; stop=[] (no stop string), bf16, "
-              "enforce_eager.",
-        sources={**_PRIME_MATH_SOURCES, "file": "eval/Math/amc/evaluate_amc.py"}),
-    "math500": PaperProtocol(
-        "math500", "MATH-500", EVAL_SYSTEM_PROMPT, MATH_SUFFIX, MODEL_TEMPLATE,
-        temperature=0.0, top_p=1.0, n_samples=1, max_new_tokens=8192,
-        max_model_len=MODEL_MAX_POSITIONS, stop=("\n###\nProblem: ", "<|eot_id|>"), math_time_limit=1.0,
-        notes="[PR]'s own eval/data/math500/math_test_cleaned.json (pandas 'columns' layout), "
-              "graded against its expected_answer column.",
-        sources={**_PRIME_MATH_SOURCES, "file": "eval/Math/math/evaluate_math.py"}),
-    "minerva": PaperProtocol(
-        "minerva", "Minerva Math", EVAL_SYSTEM_PROMPT, MATH_SUFFIX, MODEL_TEMPLATE,
-        temperature=0.0, top_p=1.0, n_samples=1, max_new_tokens=4096,
-        max_model_len=MODEL_MAX_POSITIONS, stop=("</s>", "<|im_end|>", "<|endoftext|>"), math_time_limit=3.0,
-        notes="eval/data/minerva_math/test.jsonl (272). Prompt type qwen25-math-cot is not "
-              "'cot', so max_func_call=4: a response without 'boxed' that ends in ``` had its "
-              "last code block executed and the output appended before generation resumed "
-              "(not reproduced).",
-        sources={**_QWEN_SOURCES, "file": "eval/Math/Qwen25-Math/evaluation/math_eval.py"}),
-    "olympiadbench": PaperProtocol(
-        "olympiadbench", "OlympiadBench", EVAL_SYSTEM_PROMPT, MATH_SUFFIX, MODEL_TEMPLATE,
-        temperature=0.0, top_p=1.0, n_samples=1, max_new_tokens=4096,
-        max_model_len=MODEL_MAX_POSITIONS, stop=("</s>", "<|im_end|>", "<|endoftext|>"), math_time_limit=3.0,
-        notes="eval/data/olympiadbench/test.jsonl (675). Same harness and tool loop as Minerva.",
-        sources={**_QWEN_SOURCES, "file": "eval/Math/Qwen25-Math/evaluation/math_eval.py"}),
-    "leetcode": PaperProtocol(
-        "leetcode", "LeetCode", EVAL_SYSTEM_PROMPT, CODE_SUFFIX, MODEL_TEMPLATE,
-        temperature=0.0, top_p=1.0, n_samples=1, max_new_tokens=8192,
-        max_model_len=MODEL_MAX_POSITIONS, stop=("<|eot_id|>",), code_time_limit=10.0,
-        notes="eval/data/leetcode/leetcode-test.json; user turn = prompt_sft + code suffix.",
-        sources={"file": "eval/Coding/leetcode/evaluate_leetcode.py",
-                 "system_prompt": "make_conv_hf", "sampling": "generate_sample_batch (args.temperature 0.)",
-                 "code_time_limit": "eval/utils/evaluation_leetcode.py::evaluate_functional_correctness"
-                                    "(timeout=10.0) -> execution_leetcode.py::check_correctness"}),
-    "livecodebench": PaperProtocol(
-        "livecodebench", "LiveCodeBench (v2)", EVAL_SYSTEM_PROMPT, CODE_SUFFIX, QWEN_MATH_INSTRUCT_TEMPLATE,
-        temperature=0.2, top_p=0.95, n_samples=10, max_new_tokens=4096,
-        max_model_len=4096, stop=("###",), code_time_limit=6.0,
-        notes="lcb_runner --release_version release_v4 --scenario codegeneration, run.sh passes "
-              "no sampling flags; scored by compute_scores on 2023-05-01..2024-05-31 (v2). The "
-              "prompt is rendered with a Qwen2.5-Math-7B-Instruct tokenizer (use_fast=False) for "
-              "every model, LMStyle.Qwen25Math. Per test 6 s, per program (6+1)*tests+5 s.",
-        sources={"file": "eval/Coding/livecodebench/LiveCodeBench-main/lcb_runner",
-                 "sampling": "runner/parser.py::get_args defaults (n 10, temperature 0.2, top_p 0.95, "
-                             "max_tokens 4096, stop '###')",
-                 "max_model_len": "runner/vllm_runner.py::VLLMRunner.__init__ (max_model_len=4096)",
-                 "chat_template": "prompts/code_generation.py::format_prompt_generation (Qwen25Math)",
-                 "system_prompt": "prompts/code_generation.py::PromptConstants.SYSTEM_MESSAGE_o1",
-                 "code_time_limit": "runner/parser.py (--timeout 6); evaluation/"
-                                    "compute_code_generation_metrics.py::check_correctness"}),
-}
-
-# The official graders' time limits, per benchmark, for the caller's hard kill. The PRIME
-# grader wraps each of parse_expr, parse_latex, simplify and N in its own 1 s alarm
-# (timeout=True is read by signal.setitimer as 1.0) and goes on to the next rule when one
-# fires; the element-wise recursion for tuples and lists calls math_equal with its default
-# timeout of 10 s per step. The Qwen harness gives a whole comparison 3 s (then: wrong).
-MATH_TIME_LIMIT = {b: PROTOCOLS[b].math_time_limit for b in MATH_BENCHMARKS}
+# The Table 2 numbers are [P1 Table 2] (docs/notes.md §8); SFT's MATH-500 is 65.1 in the README
+# and Fig. 1 but 66.2 in Table 2, which is quoted. The patterns: AIME means the 2024 problems
+# (AI-MO's aimo-validation-aime file, which data.load_benchmark cuts to 2024, or a file named
+# aime24/aime_2024), not "aime25"; AMC means AI-MO's 83-problem aimo-validation-amc, not the Qwen
+# harness's 40-problem "amc23"; MATH-500 is HuggingFaceH4's file or [PR]'s math_test_cleaned.json.
+_PRIME_STOP = ("\n###\nProblem: ", "<|eot_id|>")
+_QWEN_STOP = ("</s>", "<|im_end|>", "<|endoftext|>")
+PROTOCOLS = {p.benchmark: p for p in (
+    # [PR] eval/Math/aime/evaluate_aime.py (generate_sample_batch: SamplingParams; LLM(...) without
+    # max_model_len); the grader's 1 s: eval/utils/grader.py::math_equal(timeout=True)
+    PaperProtocol("aime", "AIME 2024", r"aime(2024|24)?$", 3.3, 26.7, MODEL_TEMPLATE, 0.0, 1.0, 1, 4096,
+                  MODEL_MAX_POSITIONS, _PRIME_STOP, math_time_limit=1.0),
+    # [PR] eval/Math/amc/evaluate_amc.py: stop=[]
+    PaperProtocol("amc", "AMC", r"amc$", 30.1, 57.8, MODEL_TEMPLATE, 0.0, 1.0, 1, 4096,
+                  MODEL_MAX_POSITIONS, (), math_time_limit=1.0),
+    # [PR] eval/Math/math/evaluate_math.py
+    PaperProtocol("math500", "MATH-500", r"math500|mathtestcleaned", 66.2, 79.2, MODEL_TEMPLATE, 0.0, 1.0, 1,
+                  8192, MODEL_MAX_POSITIONS, _PRIME_STOP, math_time_limit=1.0),
+    # [PR] eval/Math/Qwen25-Math/evaluation: sh/eval.sh (temperature 0, n_sampling 1, top_p 1),
+    # math_eval.py (max_tokens_per_call 4096, stop_words), evaluate.py::evaluate (pebble pool, 3 s)
+    PaperProtocol("minerva", "Minerva Math", r"minerva", 32.7, 38.6, MODEL_TEMPLATE, 0.0, 1.0, 1, 4096,
+                  MODEL_MAX_POSITIONS, _QWEN_STOP, math_time_limit=3.0),
+    PaperProtocol("olympiadbench", "OlympiadBench", r"olympiad", 29.8, 42.1, MODEL_TEMPLATE, 0.0, 1.0, 1, 4096,
+                  MODEL_MAX_POSITIONS, _QWEN_STOP, math_time_limit=3.0),
+    # [PR] eval/Coding/leetcode/evaluate_leetcode.py; the 10 s:
+    # eval/utils/evaluation_leetcode.py::evaluate_functional_correctness(timeout=10.0)
+    PaperProtocol("leetcode", "LeetCode", r"leetcode", 21.7, 33.3, MODEL_TEMPLATE, 0.0, 1.0, 1, 8192,
+                  MODEL_MAX_POSITIONS, ("<|eot_id|>",), code_time_limit=10.0),
+    # [PR] eval/Coding/livecodebench/LiveCodeBench-main/lcb_runner: runner/parser.py::get_args
+    # defaults (eval/run.sh overrides none; --timeout 6), runner/vllm_runner.py (max_model_len
+    # 4096), prompts/code_generation.py (the template); scored on 2023-05-01..2024-05-31 (v2)
+    PaperProtocol("livecodebench", "LiveCodeBench (v2)", r"livecodebench|^lcb", 17.8, 28.6,
+                  QWEN_MATH_INSTRUCT_TEMPLATE, 0.2, 0.95, 10, 4096, 4096, ("###",), code_time_limit=6.0),
+)}
 
 
-def paper_user_turn(benchmark: str, record: dict) -> str:
-    """The user message the official run sent for `record`, a row of the benchmark's file as
-    released ([PR] eval/data/..., LiveCodeBench's code_generation_lite).
-
-    AIME / AMC: question + suffix; MATH-500: problem + suffix (make_conv_hf, no strip).
-    Minerva / OlympiadBench: parser.py::parse_question (" (Yes or No)" / " (True or False)"
-    appended when the gold is one of those words, then strip), re-read from between the
-    template's user markers and stripped (math_eval.py::main), + suffix. LeetCode:
-    prompt_sft + code suffix. LiveCodeBench: lcb_runner's question template + code suffix."""
-    if benchmark in ("aime", "amc"):
-        return record["question"] + MATH_SUFFIX
-    if benchmark == "math500":
-        return record["problem"] + MATH_SUFFIX
-    if benchmark in QWEN_HARNESS:
-        question = record["problem"] if benchmark == "minerva" else record["question"]
-        gold = _qwen_first_gold(benchmark, record).lower()
-        if gold in ("true", "false"):
-            question += " (True or False)"
-        if gold in ("yes", "no"):
-            question += " (Yes or No)"
-        return question.strip() + MATH_SUFFIX
-    if benchmark == "leetcode":
-        return record["prompt_sft"] + CODE_SUFFIX
-    if benchmark == "livecodebench":
-        return _lcb_question(record["question_content"], record.get("starter_code") or "") + CODE_SUFFIX
-    raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
-
-
-def _lcb_question(content: str, starter_code: str) -> str:
-    """[PR]'s lcb_runner prompts/code_generation.py::get_generic_question_template_answer
-    (the same text as data._lcb_question, which our loader uses; the test checks)."""
-    text = f"### Question:\n{content}\n\n"
-    if starter_code:
-        text += ("### Format: You will use the following starter code to write the solution to the "
-                 "problem and enclose your code within delimiters.\n")
-        text += f"```python\n{starter_code}\n```\n\n"
-    else:
-        text += ("### Format: Read the inputs from stdin solve the problem and write the answer to "
-                 "stdout (do not directly test on the sample inputs). Enclose your code within "
-                 "delimiters as follows.\n")
-        text += "```python\n# YOUR CODE HERE\n```\n\n"
-    return text + "### Answer: (use the provided format with backticks)\n\n"
+def protocol_for(name: str) -> str | None:
+    """The benchmark (a key of PROTOCOLS) a benchmark's name stands for, or None: "MATH-500",
+    "math_500" and "math500" all mean MATH-500 (case and separators are ignored)."""
+    key = re.sub(r"[^a-z0-9]", "", name.lower())
+    return next((b for b, p in PROTOCOLS.items() if re.search(p.pattern, key)), None)
 
 
 # =========================================================================================
-# 3. Stop strings, applied after generation.
+# 3. Benchmark files: the rows as released, each problem's two golds.
+# =========================================================================================
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    """One problem of a Table 2 benchmark, for both protocols.
+
+    id, ability, question, ground_truth: as data.load_benchmark reads them (our prompt is
+    data.benchmark_messages(question, ability), our grader's gold is ground_truth: an answer,
+    or the tests JSON); user_turn: the official run's user message (paper_user_turn);
+    paper_gold: the official grader's gold (paper_graders.paper_gold; the tests JSON for code)."""
+    id: str
+    ability: str
+    question: str
+    ground_truth: str
+    user_turn: str
+    paper_gold: str
+
+
+def read_rows(path: str) -> tuple[list[dict], bool]:
+    """A released file's rows, and whether it was [PR]'s MATH-500 layout: one JSON object of
+    columns ({column: {row index: value}}), which evaluate_math.py reads with
+    pd.read_json(...).to_dict(orient="records"). Any other file: data.read_records."""
+    records = data.read_records(path)
+    if len(records) == 1 and records[0] and all(isinstance(v, dict) for v in records[0].values()):
+        columns = records[0]
+        index = list(next(iter(columns.values())))
+        return [{name: column.get(i) for name, column in columns.items()} for i in index], True
+    return records, False
+
+
+def benchmark_rows(benchmark: str, path: str) -> list[BenchmarkRow]:
+    """The problems of a released benchmark file (docs/evaluation.md lists them), with what each
+    protocol needs. Our side is data.load_benchmark's reading, which also keeps only AIME 2024 and
+    the LiveCodeBench window, as the official scoring did; the official golds of the math
+    benchmarks come from the same rows as released (AMC's answer is a float, "142.0"; MATH-500's is
+    the cleaned expected_answer). [PR]'s MATH-500 file, which data.load_benchmark does not read,
+    is read here, and our grader then gets its expected_answer too. Errors name the file, the row
+    and the field."""
+    if benchmark not in PROTOCOLS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
+    records, columns = read_rows(path)
+    if columns:  # [PR]'s MATH-500 file
+        ours = []
+        for i, record in enumerate(records):
+            for field in ("problem", "expected_answer"):
+                if not isinstance(record.get(field), str) or not record[field].strip():
+                    raise ValueError(f"{path}: row {i}, field {field!r}: expected a non-empty string")
+            ours.append({"id": str(record.get("id", i)), "question": record["problem"], "ability": "math",
+                         "ground_truth": record["expected_answer"]})
+    else:
+        ours = data.load_benchmark(path)
+    if benchmark in CODE_BENCHMARKS:
+        return [BenchmarkRow(p["id"], p["ability"], p["question"], p["ground_truth"],
+                             paper_user_turn(benchmark, p["question"], {}), p["ground_truth"]) for p in ours]
+    # HuggingFaceH4's MATH-500 has no expected_answer: its answer column is the closest gold there is.
+    fallback = benchmark == "math500" and not all("expected_answer" in r for r in records)
+    if fallback:
+        logger.warning("%s: no expected_answer column: the official grader gets the answer column instead "
+                       "(Table 2 used [PR]'s eval/data/math500/math_test_cleaned.json, whose expected_answer "
+                       "differs in writing from the solution's answer in 85 of 500 rows)", path)
+    rows = []
+    for problem, record in zip(ours, records if columns else _released_rows(ours, records, path)):
+        try:
+            gold = problem["ground_truth"] if fallback else paper_graders.paper_gold(benchmark, record)
+        except (KeyError, IndexError, TypeError) as error:
+            raise ValueError(f"{path}: problem {problem['id']}: the official gold needs field {error}") from None
+        rows.append(BenchmarkRow(problem["id"], problem["ability"], problem["question"], problem["ground_truth"],
+                                 paper_user_turn(benchmark, problem["question"], record), gold))
+    return rows
+
+
+def _released_rows(problems: list[dict], records: list[dict], path: str) -> list[dict]:
+    """The row as released of each of data.load_benchmark's math problems. load_benchmark keeps
+    the file's order and only drops rows (AIME of other years), and a math question is a column's
+    text as it is, so each problem's row is the next one holding its question."""
+    rows, remaining = [], iter(records)
+    for problem in problems:
+        row = next((r for r in remaining if any(r.get(c) == problem["question"] for c in QUESTION_COLUMNS)), None)
+        if row is None:
+            raise ValueError(f"{path}: problem {problem['id']}: no row of the file holds its question")
+        rows.append(row)
+    return rows
+
+
+# =========================================================================================
+# 4. Stop strings, applied after generation.
 # =========================================================================================
 
 def truncate_at_stop(text: str, stop_strings) -> str:
@@ -318,905 +316,89 @@ def truncate_at_stop(text: str, stop_strings) -> str:
 
 
 # =========================================================================================
-# 4. Parsers shared by both graders: sympy's parse_expr and LaTeX parser, latex2sympy.
+# 5. Math verdicts under a hard time limit.
 # =========================================================================================
-
-def _parse_expr(text: str):
-    """sympy.parsing.sympy_parser.parse_expr with its default transformations, as both
-    graders call it: Python syntax, so "^" is XOR (parse_expr("2^3") is 1, not 8), "1,7" is the
-    tuple (1, 7) and "{1,2}" a Python set. parse_expr evaluates the text as Python, so a
-    model's answer could reach object internals through attribute chains; we refuse any text
-    holding "__" (no mathematical answer does; the official code would have run it)."""
-    if "__" in text:
-        raise ValueError("refused: '__' in an answer parsed as Python")
-    from sympy.parsing.sympy_parser import parse_expr
-    return parse_expr(text)
-
-
-_ANTLR_CLASSES = None
+# The official graders ran sympy under time limits (PaperProtocol.math_time_limit), and sympy
+# can run for minutes on a hostile answer. A thread cannot be stopped, so each comparison runs
+# in a worker process (`python -I` importing support/paper_graders.py only, which answers one
+# JSON request per stdin line) that is killed when its time is up; the verdict is then
+# "wrong", as the official timeouts made it. The kill comes after KILL_AFTER seconds: the
+# Qwen harness's own 3 s per comparison; for the PRIME grader, whose 1 s alarms were per
+# sympy step and fell through to the next rule (paper_graders runs each step to completion
+# instead), after 10 s, the longest limit it gives any step (its nested element comparisons).
+KILL_AFTER = {b: 3.0 if b in paper_graders.QWEN_HARNESS else 10.0 for b in MATH_BENCHMARKS}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the workers import from here
+_WORKER_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from support import paper_graders; paper_graders.serve()"
+_WORKER_START_TIMEOUT = 60.0  # importing sympy on a loaded 2-core machine can take seconds
 
 
-def _sympy_parse_latex(text: str, strict: bool = False):
-    """sympy.parsing.latex.parse_latex (ANTLR backend, non-strict), run under antlr4 4.13.
+class _Workers:
+    """Grader processes shared by all callers (threads): a caller takes an idle one or starts
+    one, sends one request, and puts it back after the reply, or kills it when the reply is late.
+    There are never more workers than concurrent callers. A worker whose parent dies sees its
+    stdin close and exits."""
 
-    sympy refuses to run its parser unless antlr4-python3-runtime is 4.11 (an ImportError
-    here); the grammar it generated with 4.11 loads in the 4.13 runtime (same ATN
-    serialization), so we build the lexer and parser ourselves from sympy's own generated
-    classes and converter, with its error listener, skipping only that gate and the runtime's
-    version warning. Like sympy's (and unlike strict=True), it reads the longest valid prefix
-    and ignores the rest: "1,7" parses as 1, "(3,4]" raises. Raises on invalid LaTeX.
+    def __init__(self):
+        self._idle = queue.SimpleQueue()
 
-    sympy's converter calls its module's parse_latex again for a differential fraction
-    ("\\frac{dx}{dt}"), which would hit the gate; so on first use this function takes that
-    name's place in sympy.parsing.latex._parse_latex_antlr (a process-wide change that only
-    matters where sympy would otherwise raise ImportError)."""
-    global _ANTLR_CLASSES
-    if _ANTLR_CLASSES is None:
-        from sympy.parsing.latex import _parse_latex_antlr as backend
-
-        class Lexer(backend.LaTeXLexer):
-            def checkVersion(self, toolVersion):  # noqa: N803 (antlr's name)
-                pass
-
-        class Parser(backend.LaTeXParser):
-            def checkVersion(self, toolVersion):  # noqa: N803
-                pass
-
-        backend.parse_latex = _sympy_parse_latex
-        _ANTLR_CLASSES = backend, Lexer, Parser
-    backend, lexer_class, parser_class = _ANTLR_CLASSES
-    import antlr4
-    errors = backend.MathErrorListener(text)
-    lexer = lexer_class(antlr4.InputStream(text))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(errors)
-    parser = parser_class(antlr4.CommonTokenStream(lexer))
-    parser.removeErrorListeners()
-    parser.addErrorListener(errors)
-    relation = parser.math().relation()
-    if strict and (relation.start.start != 0 or relation.stop.stop != len(text) - 1):
-        raise backend.LaTeXParsingError("Invalid LaTeX")
-    return backend.convert_relation(relation)
-
-
-def _latex2sympy(text: str):
-    """Stand-in for the Qwen harness's bundled latex2sympy2 (an OrangeX4 latex2sympy2 fork,
-    [PR] eval/Math/Qwen25-Math/evaluation/latex2sympy): latex2sympy2_extended, Math-Verify's
-    fork of the same code. Known differences: it reads intervals ("(3,4]"), which the bundled
-    one rejects; "a=b" is Eq(a, b) here and b there."""
-    from latex2sympy2_extended import latex2sympy
-    return latex2sympy(text)
-
-
-# =========================================================================================
-# 5. AIME 2024, AMC, MATH-500: the PRIME grader.
-# =========================================================================================
-
-def _prime_last_boxed(text: str) -> str | None:
-    """[PR] evaluate_*.py::_last_boxed_only_string: the content of the last \\boxed (else the
-    last \\fbox), from the first "{" after it to the brace that closes it, stripped; None when
-    there is no \\boxed/\\fbox or the braces never close. Whatever follows "\\boxed" counts up
-    to that first "{" ("\\boxed 5 ... {x}" gives "x")."""
-    start = text.rfind("\\boxed")
-    if start < 0:
-        start = text.rfind("\\fbox")
-        if start < 0:
+    def ask(self, request: list, timeout: float) -> str | None:
+        """The worker's reply line to `request`, or None when none came within `timeout` s."""
+        try:
+            worker = self._idle.get_nowait()
+        except queue.Empty:
+            worker = _start_worker()
+            if worker is None:
+                return None
+        try:
+            worker.stdin.write((json.dumps(request) + "\n").encode())
+            worker.stdin.flush()
+            reply = _reply(worker, timeout)
+        except OSError:  # the worker had died
+            reply = None
+        if reply is None:
+            worker.kill()
+            worker.wait()
             return None
-    depth, opened = 0, None
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-            if opened is None:
-                opened = i
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[opened + 1:i].strip()
+        self._idle.put(worker)
+        return reply
+
+    def close(self) -> None:
+        """Stop the idle workers (at exit; no request is in flight then)."""
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
+            worker.kill()
+            worker.wait()
+
+
+def _start_worker():
+    """A new worker once it has said "ready", or None (logged) when it did not within a minute."""
+    worker = subprocess.Popen([sys.executable, "-I", "-c", _WORKER_BOOT, ROOT], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # a Ctrl-C meant for us does not kill it mid-reply
+    if _reply(worker, _WORKER_START_TIMEOUT) == "ready":
+        return worker
+    worker.kill()
+    worker.wait()
+    logger.warning("paper_eval: a grader worker failed to start; its comparison is scored wrong")
     return None
 
 
-def _prime_match_answer(response: str, first_marker: str) -> str:
-    """[PR] evaluate_*.py::match_answer. Cut after the last of each marker in turn (found in
-    the lowercased response, sliced from the original), then take the last box in what is
-    left if it is non-empty. With no marker and no box the whole response is the answer (its
-    is_matched flag is ignored by the scripts). AIME's and AMC's first marker is
-    "The answer is: " with a capital T, searched in lowercased text: it never matches; MATH's
-    is "the answer is: ". (The scripts' `if response.endswith("\\n"): response[:-2]` follows
-    a strip() and never fires.)"""
-    for marker in (first_marker, "answer:\n", "answer: "):
-        at = response.lower().rfind(marker)
-        if at != -1:
-            response = response[at + len(marker):].strip()
-    boxed = _prime_last_boxed(response)
-    return boxed if boxed else response
-
-
-def _prime_extract(benchmark: str, response: str) -> str:
-    if benchmark == "math500":
-        return _prime_match_answer(response, "the answer is: ")
-    answer = _prime_match_answer(response, "The answer is: ")
-    # [PR] evaluate_aime.py / evaluate_amc.py::run: .strip("The final answer is ").strip(". I
-    # hope it is correct."). str.strip takes a set of characters, not a phrase: every leading
-    # and trailing T h e f i n a l s w r and space goes, then . I h o p e i t s c r n and
-    # space. Numbers survive; "\\pi" becomes "\\" and "\\sin x" loses nothing but "e", "n"...
-    return answer.strip("The final answer is ").strip(". I hope it is correct.")
-
-
-# ----- [PR] eval/utils/grader.py::math_equal ---------------------------------------------
-
-def _prime_normalize(answer, pi: float):
-    """grader.py::normalize: "$5..." loses its first character; "25%" / "25\\%" lose the
-    percent sign; then handle_base and handle_pi."""
-    if isinstance(answer, str) and re.match(r"\$\d+(\.\d+)?", answer):
-        return answer[1:]
-    if isinstance(answer, str) and (re.match(r"^\d+(\.\d+)?%$", answer)
-                                    or re.match(r"^\d+(\.\d+)?\\%$", answer)):
-        return answer.replace("\\%", "").replace("%", "")
-    answer = _prime_handle_base(answer)
-    return _prime_handle_pi(answer, pi)
-
-
-def _prime_handle_base(answer):
-    """grader.py::handle_base: any "_" in a string answer means "a number in some base":
-    the text before the first "_" is read with float() and returned as an int ("1010_2" ->
-    1010). Anything else before the "_" ("x_1", "\\frac{1}{2}_3") raises ValueError, which the
-    scripts' try/except turns into "wrong": so does any gold with an underscore."""
-    if isinstance(answer, str) and "_" in answer:
-        return int(float(answer.split("_")[0]))
-    return answer
-
-
-def _prime_handle_pi(answer, pi: float):
-    """grader.py::handle_pi: each "\\pi" becomes "*<pi>" after a digit and "1*<pi>"
-    otherwise (pi as repr'd by an f-string: 3.141592653589793 or 3.14), then the whole text
-    is evaluated as Python, keeping the (rewritten) text when that fails. The official code
-    calls eval() on the model's text; we evaluate number arithmetic only (_python_arithmetic)."""
-    if not (isinstance(answer, str) and "\\pi" in answer):
-        return answer
-    at = answer.find("\\pi")
-    while at != -1:
-        glue = "*" if at > 0 and answer[at - 1].isdigit() else "1*"
-        answer = answer[:at] + f"{glue}{pi}" + answer[at + 3:]
-        at = answer.find("\\pi", at + 1)
-    try:
-        return _python_arithmetic(answer)
-    except Exception:
-        return answer
-
-
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-           ast.Pow: operator.pow, ast.BitXor: operator.xor, ast.BitAnd: operator.and_,
-           ast.BitOr: operator.or_, ast.LShift: operator.lshift, ast.RShift: operator.rshift,
-           ast.MatMult: operator.matmul}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Invert: operator.invert,
-          ast.Not: operator.not_}
-_HUGE = 10_000  # an int exponent or shift above this is refused (eval would compute it, or hang)
-
-
-def _python_arithmetic(text: str):
-    """What Python's eval() gives for `text` when it is number arithmetic: int/float/complex
-    literals, + - * / // % ** ^ & | << >> @, unary + - ~ not, and tuples/lists/sets of those,
-    with Python's own semantics (2^3 is 1, 3.14^2 a TypeError). Raises for anything else
-    (names, calls, attributes, comparisons...), where the official eval() would have looked
-    names up in grader.py's module (abs(...), N(...) and so on): there the text is kept as it
-    is, here too. eval() drops leading spaces and tabs; so do we."""
-    def value(node):
-        if isinstance(node, ast.Expression):
-            return value(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float, complex):
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            left, right = value(node.left), value(node.right)
-            if (isinstance(node.op, (ast.Pow, ast.LShift)) and isinstance(left, int) and abs(left) > 1
-                    and isinstance(right, int) and right > _HUGE):
-                raise ValueError("integer too large to build")
-            return _BINARY[type(node.op)](left, right)
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](value(node.operand))
-        if isinstance(node, ast.Tuple):
-            return tuple(value(e) for e in node.elts)
-        if isinstance(node, ast.List):
-            return [value(e) for e in node.elts]
-        if isinstance(node, ast.Set):
-            return {value(e) for e in node.elts}
-        raise ValueError(f"not number arithmetic: {type(node).__name__}")
-
-    return value(ast.parse(text.lstrip(" \t"), mode="eval"))
-
-
-def _prime_is_digit(answer) -> tuple[bool, float | None]:
-    """grader.py::is_digit: float() of the text without thousands commas ("{,}" in LaTeX,
-    else ","): "1,000" is 1000.0, and so is "1,0,0,0". Also "1e3", "inf", "nan"."""
-    text = str(answer)
-    try:
-        if "{,}" in text:
-            return True, float(text.replace("{,}", ""))
-        return True, float(text.replace(",", ""))
-    except ValueError:
-        return False, None
-
-
-_INTERVAL_FORMS = ((r"^Interval\((.*)\)$", "[{}]"), (r"^Interval\.Ropen\((.*)\)$", "[{})"),
-                   (r"^Interval\.Lopen\((.*)\)$", "({}]"), (r"^Interval\.open\((.*)\)$", "({})"))
-
-
-def _prime_format_intervals(prediction: str) -> str:
-    """grader.py::format_intervals: sympy's printed intervals back to bracket notation."""
-    for pattern, form in _INTERVAL_FORMS:
-        found = re.match(pattern, prediction)
-        if found:
-            return form.format(found.group(1))
-    return prediction
-
-
-def _prime_math_equal(prediction, reference, include_percentage: bool = True,
-                      tolerance: float = 1e-4, pi: float = math.pi) -> bool:
-    """grader.py::math_equal, rule by rule. May raise (handle_base's float(), an index into an
-    empty reference): the caller's try/except makes that "wrong", as the scripts' did.
-    Nested calls (tuple and list elements) take the defaults, math.pi included, as there."""
-    prediction = _prime_normalize(prediction, pi)
-    reference = _prime_normalize(reference, pi)
-    if isinstance(prediction, str) and len(prediction) > 1000:
-        prediction = prediction[:1000]
-
-    # 0. The same text, ignoring case and surrounding space, or all spaces.
-    if isinstance(prediction, str) and isinstance(reference, str):
-        if prediction.strip().lower() == reference.strip().lower():
-            return True
-        if prediction.replace(" ", "") == reference.replace(" ", ""):
-            return True
-
-    # 1. Two numbers: equal within a relative 1e-4 to the gold, the gold / 100 or the gold * 100
-    #    (a percentage written either way): 25 is right for 0.25, and 1000100 for 1000000.
-    try:
-        if _prime_is_digit(prediction)[0] and _prime_is_digit(reference)[0]:
-            p, r = _prime_is_digit(prediction)[1], _prime_is_digit(reference)[1]
-            for candidate in ([r / 100, r, r * 100] if include_percentage else [r]):
-                try:
-                    if math.isclose(candidate, p, rel_tol=tolerance):
-                        return True
-                except Exception:
-                    continue
-            return False
-    except Exception:
-        pass
-
-    if not prediction and prediction not in [0, False]:
-        return False
-
-    # 2. Brackets: unless the two open differently ("[" against "(", or "(" against "["), the
-    #    outer brackets are dropped, and every (){} is removed from both: "(3,4)" is right for
-    #    "(3,4]" and for "3,4", "[3,4]" for "3,4]". Interval types are not compared.
-    reference, prediction = str(reference).strip(), str(prediction).strip()
-    prediction = _prime_format_intervals(prediction)
-    pred_text, ref_text = prediction, reference
-    if ((prediction.startswith("[") and prediction.endswith("]") and not reference.startswith("("))
-            or (prediction.startswith("(") and prediction.endswith(")") and not reference.startswith("["))):
-        pred_text, ref_text = pred_text.strip("[]()"), ref_text.strip("[]()")
-    for bracket in "{}()":
-        ref_text, pred_text = ref_text.replace(bracket, ""), pred_text.replace(bracket, "")
-    if pred_text == ref_text:
-        return True
-
-    # 3. Same brackets on both: element by element (all elements compared, as the list
-    #    comprehension inside all() did; an element's exception propagates).
-    if (prediction and reference and prediction[0] in "([" and prediction[-1] in ")]"
-            and prediction[0] == reference[0] and prediction[-1] == reference[-1]):
-        pred_parts, ref_parts = prediction[1:-1].split(","), reference[1:-1].split(",")
-        if len(pred_parts) == len(ref_parts):
-            if all([_prime_math_equal(p, r, include_percentage, tolerance)
-                    for p, r in zip(pred_parts, ref_parts)]):
-                return True
-
-    # 4. Comma lists of the same length: element by element, and that is the verdict. Lists of
-    #    different lengths fall through to sympy (see 6).
-    if "," in prediction and "," in reference:
-        pred_parts = [part.strip() for part in prediction.split(",")]
-        ref_parts = [part.strip() for part in reference.split(",")]
-        if len(pred_parts) == len(ref_parts):
-            return all([_prime_math_equal(p, r, include_percentage, tolerance)
-                        for p, r in zip(pred_parts, ref_parts)])
-
-    # 5. sympy's "Point(a, b)" against "(a, b)".
-    if prediction.startswith("Point") and reference[0] == "(" and reference[-1] == ")":
-        pred_parts = prediction[prediction.find("(") + 1:-1].split(",")
-        ref_parts = reference[1:-1].split(",")
-        if len(pred_parts) == len(ref_parts):
-            if all([_prime_math_equal(p, r, include_percentage, tolerance)
-                    for p, r in zip(pred_parts, ref_parts)]):
-                return True
-
-    # (grader.py's two matrix rules test `"\begin{pmatrix}" in reference` in a plain string,
-    # where "\b" is a backspace character: no real gold contains it, so they never run and are
-    # not reproduced.)
-
-    # 6. sympy.
-    return _prime_symbolic_equal(prediction, reference, tolerance)
-
-
-def _prime_symbolic_equal(a: str, b: str, tolerance: float) -> bool:
-    """grader.py::symbolic_equal: parse each side with parse_expr, else sympy's parse_latex,
-    else keep the text; equal when simplify(a - b) == 0, else when N(a) and N(b) are within
-    the relative tolerance. parse_expr comes first: "2^{10}" is not Python and goes to
-    parse_latex (1024), but "2^10" is Python's XOR, 8. parse_latex reads a prefix, so for two
-    LaTeX lists that parse_expr rejects only the first elements are compared:
-    "\\frac{1}{2},3" is right for "\\frac{1}{2},-3,5" (comma lists of equal length never get
-    here, rule 4). Each step ran under a 1 s alarm there (MATH_TIME_LIMIT); not here."""
-    from sympy import N, simplify
-
-    def parse(text):
-        for parser in (_parse_expr, _sympy_parse_latex):
-            try:
-                return parser(text)
-            except Exception:
-                pass
-        return text
-
-    a, b = parse(a), parse(b)
-    try:
-        if simplify(a - b) == 0:
-            return True
-    except Exception:
-        pass
-    try:
-        if math.isclose(N(a), N(b), rel_tol=tolerance):
-            return True
-    except Exception:
-        pass
-    return False
-
-
-def _prime_grade(prediction: str, gold: str) -> bool:
-    """[PR] evaluate_*.py::run's verdict: math_equal(pred, gold, timeout=True), once with
-    math.pi and once with 3.14 when either side holds "\\pi" (right if either is); any
-    exception is "wrong", including one on the first try."""
-    try:
-        if "\\pi" in prediction or "\\pi" in gold:
-            return any([_prime_math_equal(prediction, gold, pi=value) for value in (math.pi, 3.14)])
-        return _prime_math_equal(prediction, gold)
-    except Exception:
-        return False
-
-
-# =========================================================================================
-# 6. Minerva Math, OlympiadBench: the Qwen2.5-Math harness.
-# =========================================================================================
-# Flow ([PR] eval/Math/Qwen25-Math/evaluation): math_eval.py::main strips the response and
-# cuts it at its stop words; parser.py::run_execute -> extract_answer (its own strip_string
-# at the end) -> strip_string again; the gold from parser.py::parse_ground_truth, which
-# evaluate.py::evaluate calls a second time on the saved sample; then grader.py::math_equal
-# (via math_equal_process, so timeout=False: no inner limit) in a one-worker pebble pool
-# that gives each comparison 3 s.
-
-_QWEN_DATA_NAME = {"minerva": "minerva_math", "olympiadbench": "olympiadbench"}
-_QWEN_STOP_WORDS = ("</s>", "<|im_end|>", "<|endoftext|>")
-# Data names whose answers keep their unit words (parser.py::STRIP_EXCEPTIONS).
-_QWEN_STRIP_EXCEPTIONS = ("carp_en", "minerva_math")
-
-# parser.py::unit_texts, in order (order matters: each is removed in turn), then each with an
-# "s" appended. They are used as regular expressions, so "a ." is "a", a space and any character.
-_QWEN_UNITS_BASE = (
-    "east|degree|mph|kmph|ft|m sqaure| m east|sq m|deg|mile|q .|monkey|prime|ratio|profit of rs|"
-    "rd|o|gm|p . m|lb|tile|per|dm|lt|gain|ab|way|west|a .|b .|c .|d .|e .|f .|g .|h .|t|a|h|"
-    "no change|men|soldier|pie|bc|excess|st|inches|noon|percent|by|gal|kmh|c|acre|rise|a . m|th|"
-    "π r 2|sq|mark|l|toy|coin|sq . m|gallon|° f|profit|minw|yr|women|feet|am|pm|hr|cu cm|square|"
-    "v â € ™|are|rupee|rounds|cubic|cc|mtr|s|ohm|number|kmph|day|hour|minute|min|second|man|woman|"
-    "sec|cube|mt|sq inch|mp|∏ cm ³|hectare|more|sec|unit|cu . m|cm 2|rs .|rs|kg|g|month|km|m|cm|"
-    "mm|apple|liter|loss|yard|pure|year|increase|decrease|d|less|Surface|litre|pi sq m|s .|metre|"
-    "meter|inch").split("|")
-_QWEN_UNITS = tuple(_QWEN_UNITS_BASE) + tuple(unit + "s" for unit in _QWEN_UNITS_BASE)
-_QWEN_UNIT_PATTERNS = tuple(re.compile(r"(^|\W)" + unit + r"($|\W)") for unit in _QWEN_UNITS)
-
-# word2number's w2n.word_to_num, which strip_string calls on every answer (parser.py::
-# convert_word_number): "five" -> "5", "two hundred" -> "200". Reimplemented (the package is not
-# a dependency here) with its quirks: digits-only text goes through int() ("012" -> 12), other
-# words are ignored ("one apple" -> 1), "point" starts decimals, a lone "point" is 0.
-_W2N_VALUES = {**{w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())},
-    **{w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())},
-    "hundred": 100, "thousand": 1000, "million": 1000000, "billion": 1000000000}
-_W2N_DIGITS = "zero one two three four five six seven eight nine".split()
-
-
-def _w2n_group(words: list[str]) -> int:
-    """w2n.number_formation: up to four words read as a*b+c+d, a*b+c, a*b (with a hundred)
-    or a+b; a longer group counts its first word only; an empty one raises IndexError."""
-    n = [_W2N_VALUES[w] for w in words]
-    if len(n) == 4:
-        return n[0] * n[1] + n[2] + n[3]
-    if len(n) == 3:
-        return n[0] * n[1] + n[2]
-    if len(n) == 2:
-        return n[0] * n[1] if 100 in n else n[0] + n[1]
-    return n[0]
-
-
-def _word_to_num(text: str):
-    """w2n.word_to_num (word2number 1.1); raises ValueError/IndexError where it raises."""
-    text = text.replace("-", " ").lower()
-    if text.isdigit():
-        return int(text)
-    words = [w for w in text.strip().split() if w in _W2N_VALUES or w == "point"]
-    if not words:
-        raise ValueError("no number words")
-    if any(words.count(w) > 1 for w in ("thousand", "million", "billion", "point")):
-        raise ValueError("redundant number word")
-    decimals = []
-    if "point" in words:
-        at = words.index("point")
-        words, decimals = words[:at], words[at + 1:]
-    billion, million, thousand = (words.index(w) if w in words else -1
-                                  for w in ("billion", "million", "thousand"))
-    if (thousand > -1 and (thousand < million or thousand < billion)) or (-1 < million < billion):
-        raise ValueError("malformed number")
-    total = 0
-    if len(words) == 1:
-        total += _W2N_VALUES[words[0]]
-    elif words:
-        if billion > -1:
-            total += _w2n_group(words[:billion]) * 1000000000
-        if million > -1:
-            total += _w2n_group(words[billion + 1:million] if billion > -1 else words[:million]) * 1000000
-        if thousand > -1:
-            if million > -1:
-                multiplier = _w2n_group(words[million + 1:thousand])
-            elif billion > -1:
-                multiplier = _w2n_group(words[billion + 1:thousand])
-            else:
-                multiplier = _w2n_group(words[:thousand])
-            total += multiplier * 1000
-        if thousand > -1 and thousand != len(words) - 1:
-            total += _w2n_group(words[thousand + 1:])
-        elif million > -1 and million != len(words) - 1:
-            total += _w2n_group(words[million + 1:])
-        elif billion > -1 and billion != len(words) - 1:
-            total += _w2n_group(words[billion + 1:])
-        elif thousand == million == billion == -1:
-            total += _w2n_group(words)
-    if decimals:
-        if all(w in _W2N_DIGITS for w in decimals):
-            total += float("0." + "".join(str(_W2N_VALUES[w]) for w in decimals))
-    return total
-
-
-def _qwen_fix_fracs(text: str) -> str:
-    """parser.py::_fix_fracs: "\\frac12" -> "\\frac{1}{2}", "\\frac1{72}" -> "\\frac{1}{72}";
-    a "\\frac" followed by fewer than two characters leaves the whole text unchanged."""
-    pieces = text.split("\\frac")
-    out = pieces[0]
-    for piece in pieces[1:]:
-        out += "\\frac"
-        if piece[:1] == "{":
-            out += piece
-            continue
-        if len(piece) < 2:
-            return text
-        a, b = piece[0], piece[1]
-        out += ("{" + a + "}{" + b + "}" if b != "{" else "{" + a + "}" + b) + piece[2:]
-    return out
-
-
-def _qwen_fix_a_slash_b(text: str) -> str:
-    """parser.py::_fix_a_slash_b: "3/4" -> "\\frac{3}{4}" when both sides are integers
-    written plainly (int() round-trips) or hold "sqrt"."""
-    parts = text.split("/")
-    if len(parts) != 2:
-        return text
-    a, b = parts
-    try:
-        if "sqrt" not in a:
-            a = int(a)
-        if "sqrt" not in b:
-            b = int(b)
-    except ValueError:
-        return text
-    if text != f"{a}/{b}":
-        return text
-    return "\\frac{" + str(a) + "}{" + str(b) + "}"
-
-
-def _strip_string(text, skip_unit: bool = False) -> str:
-    """parser.py::strip_string, step by step (the order matters)."""
-    s = str(text).strip().replace("\n", "").rstrip(".").replace("\\!", "")
-    s = re.sub(r"\\begin\{array\}\{.*?\}", r"\\begin{pmatrix}", s)
-    s = re.sub(r"\\end\{array\}", r"\\end{pmatrix}", s).replace("bmatrix", "pmatrix")
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
-    s = s.replace("\\neq", "\\ne").replace("\\leq", "\\le").replace("\\geq", "\\ge")
-    s = s.replace("\\left", "").replace("\\right", "").replace("\\{", "{").replace("\\}", "}")
-    # A trailing unit in \text{...}: from the first "\text{" to the end, when the text ends in
-    # "}" and something is left ("5\text{ cm}" -> "5"; "\text{(A)}" stays).
-    cut = re.sub(r"\\text{.*?}$", "", s).strip()
-    if cut != "" and cut != s:
-        s = cut
-    if not skip_unit:
-        # Unit words standing alone, twice over the list; a removal that would leave nothing
-        # is skipped. Single letters are on the list ("a", "s", "m", ...): "a+b" -> "+b".
-        for _ in range(2):
-            for pattern in _QWEN_UNIT_PATTERNS:
-                cut = pattern.sub(r"\1\2", s)
-                if cut != "":
-                    s = cut
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "")
-    s = s.replace("\\$", "").replace("$", "").replace("\\(", "").replace("\\)", "")
-    try:
-        s = str(_word_to_num(s))
-    except Exception:
-        pass
-    s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
-    for prefix in ("x=", "y=", "z=", "x\\in", "y\\in", "z\\in", "x\\to", "y\\to", "z\\to"):
-        s = s.replace(prefix, "")
-    s = s.replace("\\emptyset", "{}").replace("(-\\infty,\\infty)", "\\mathbb{R}")
-    s = s.replace("\\%", "").replace("%", "")
-    s = s.replace(" .", " 0.").replace("{.", "{0.")
-    # (strip_string's "drop the brackets of {abc}" test asks isalnum() of text that starts
-    # with a bracket, which is never true; its quote removal discards its result. Neither
-    # changes anything, so neither is here.)
-    s = s.replace("infinity", "\\infty")
-    if "\\infty" not in s:
-        s = s.replace("inf", "\\infty")
-    s = s.replace("+\\inity", "\\infty")
-    s = s.replace("and", "").replace("\\mathbf", "")   # "and" inside words too: "band" -> "b"
-    s = re.sub(r"\\mbox{.*?}", "", s)
-    if "j" in s and "i" not in s:
-        s = s.replace("j", "i")
-    s = re.sub(r"(\d+)\.0*([^\d])", r"\1\2", s)          # "2.0x" -> "2x", "3.00" -> "3"
-    s = re.sub(r"(\d+)\.0*$", r"\1", s)
-    if not s:
-        return s
-    if s[0] == ".":
-        s = "0" + s
-    sides = s.split("=")
-    if len(sides) == 2 and len(sides[0]) <= 2:        # "k=5" -> "5"
-        s = sides[1]
-    s = re.sub(r"\\sqrt(\w+)", r"\\sqrt{\1}", s)         # parser.py::_fix_sqrt
-    s = s.replace(" ", "")
-    return _qwen_fix_a_slash_b(_qwen_fix_fracs(s))
-
-
-def _qwen_extract_answer(text: str, data_name: str) -> str:
-    """parser.py::extract_answer for Minerva/OlympiadBench (use_last_number=True): Minerva's
-    "final answer is $...$. I hope", else the text after the last "boxed" (brace-matched to
-    its close or to the end; without a brace, up to the next "$"), else after the last "he
-    answer is" / "final answer is" / first "答案是", else the last number. Then newlines and
-    the spaces after them go, a leading ":" and a trailing "." and "/" go, and strip_string
-    (keeping unit words for Minerva)."""
-    text = text.replace("\u043a\u0438", "")
-    if "final answer is $" in text and "$. I hope" in text:
-        answer = text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
-    elif "boxed" in text:
-        rest = text.split("boxed")[-1]
-        if not rest:
-            return ""
-        if rest[0] == "{":
-            depth, chars = 1, []
-            for ch in rest[1:]:
-                if ch == "{":
-                    depth += 1
-                elif ch == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                chars.append(ch)
-            answer = "".join(chars)
-        else:
-            answer = rest.split("$")[0].strip()
-    elif "he answer is" in text:
-        answer = text.split("he answer is")[-1].strip()
-    elif "final answer is" in text:
-        answer = text.split("final answer is")[-1].strip()
-    elif "答案是" in text:
-        answer = text.split("答案是")[1].strip().split("\n\n")[0].strip()
-    else:
-        numbers = re.findall(r"-?\d*\.?\d+", text.replace(",", ""))
-        answer = numbers[-1] if numbers else ""
-    answer = re.sub(r"\n\s*", "", answer)
-    if answer[:1] == ":":
-        answer = answer[1:]
-    if answer[-1:] == ".":
-        answer = answer[:-1]
-    if answer[-1:] == "/":
-        answer = answer[:-1]
-    return _strip_string(answer, skip_unit=data_name in _QWEN_STRIP_EXCEPTIONS)
-
-
-def _qwen_extract(benchmark: str, response: str) -> str | None:
-    """math_eval.py::main and parser.py::run_execute: the response stripped and cut at its
-    stop words (vLLM's text never holds the special ones; "</s>" could be literal), None when
-    nothing is left or it is "error", else extract_answer and strip_string once more."""
-    data_name = _QWEN_DATA_NAME[benchmark]
-    text = response.rstrip().strip()
-    for stop in _QWEN_STOP_WORDS:
-        if stop in text:
-            text = text.split(stop)[0].strip()
-    if not text or text == "error":
+def _reply(worker, timeout: float) -> str | None:
+    """The worker's next line, or None when none came within `timeout` s. A worker writes each
+    line whole in one write, and only when asked, so once its pipe is readable the line is there."""
+    if not select.select([worker.stdout], [], [], timeout)[0]:
         return None
-    answer = _qwen_extract_answer(text, data_name)
-    return _strip_string(answer, skip_unit=data_name in _QWEN_STRIP_EXCEPTIONS)
+    return worker.stdout.readline().decode().strip() or None
 
 
-def _qwen_first_gold(benchmark: str, record: dict) -> str:
-    """parser.py::parse_ground_truth on a released row: Minerva: extract_answer of the
-    solution (its last "boxed", strip_string without unit removal), then \\neq/\\leq/\\geq ->
-    \\ne/\\le/\\ge; OlympiadBench: final_answer[0] with "$" stripped from its ends, then
-    strip_string with unit removal."""
-    if benchmark == "minerva":
-        gold = _qwen_extract_answer(record["solution"], "minerva_math")
-        return gold.replace("\\neq", "\\ne").replace("\\leq", "\\le").replace("\\geq", "\\ge")
-    return _strip_string(record["final_answer"][0].strip("$"))
+_WORKERS = _Workers()
+atexit.register(_WORKERS.close)
 
 
-def _choice_answer_clean(text: str) -> str:
-    """grader.py::choice_answer_clean: the last standalone capital A-E (of the uppercased text),
-    else the text itself, without trailing "." and "/"."""
-    text = text.strip("\n").rstrip(".").rstrip("/").strip(" ").lstrip(":")
-    letters = re.findall(r"\b(A|B|C|D|E)\b", text.upper())
-    answer = letters[-1] if letters else text.strip().strip(".")
-    return answer.rstrip(".").rstrip("/")
-
-
-def _choice_answer_clean_parser(text: str) -> str:
-    """parser.py::choice_answer_clean (math_eval.py applies it to the whole response when the
-    gold is one letter A-E and the prediction is not): after the last "choice is"/"answer is"
-    (only the first paragraph when one occurs twice), the first standalone A-E if there was a
-    trigger, else the last."""
-    text = text.strip("\n")
-    if any(text.count(trigger) > 1 for trigger in ("choice is", "answer is")):
-        text = text.split("\n\n")[0]
-    pieces = re.split("choice is|answer is", text)
-    triggered = len(pieces) > 1
-    if triggered:
-        text = pieces[-1]
-    text = text.strip("\n").rstrip(".").rstrip("/").strip(" ").lstrip(":")
-    letters = re.findall(r"\b(A|B|C|D|E)\b", text.upper()) or [text.strip().strip(".")]
-    answer = letters[0] if triggered else letters[-1]
-    return answer.rstrip(".").rstrip("/")
-
-
-def _qwen_parse_digits(text):
-    """grader.py::parse_digits: float() without commas; "12%" / "12\\%" as 0.12; else None."""
-    text = re.sub(",", "", str(text))
-    try:
-        return float(text)
-    except ValueError:
-        if text.endswith("%"):
-            text = text[:-1]
-            if text.endswith("\\"):
-                text = text[:-1]
-            try:
-                return float(text) / 100
-            except ValueError:
-                pass
-    return None
-
-
-def _qwen_str_to_pmatrix(text: str) -> str:
-    """grader.py::str_to_pmatrix: each "{..,..}" of the gold as a pmatrix (commas -> "\\")."""
-    found = re.findall(r"\{.*,.*\}", text.strip())
-    return ", ".join(r"\begin{pmatrix}" + m.strip("{}").replace(",", "\\") + r"\end{pmatrix}"
-                     for m in found)
-
-
-_PMATRIX = ("\\begin{pmatrix}", "\\begin{bmatrix}")
-_PMATRIX_END = ("\\end{pmatrix}", "\\end{bmatrix}")
-
-
-def _qwen_math_equal(prediction, reference, include_percentage: bool = True,
-                     is_close: bool = True) -> bool:
-    """grader.py::math_equal with timeout=False (as math_equal_process calls it)."""
-    if prediction is None or reference is None:
-        return False
-    if prediction.strip().lower() == reference.strip().lower():
-        return True
-    if reference in ("A", "B", "C", "D", "E") and _choice_answer_clean(prediction) == reference:
-        return True
-
-    # Numbers: as the PRIME grader (relative 1e-4; gold, gold/100, gold*100), with "12%" read
-    # as 0.12 on either side.
-    try:
-        p, r = _qwen_parse_digits(prediction), _qwen_parse_digits(reference)
-        if p is not None and r is not None:
-            for candidate in ([r / 100, r, r * 100] if include_percentage else [r]):
-                try:
-                    if (math.isclose(candidate, p, rel_tol=1e-4) if is_close else candidate == p):
-                        return True
-                except Exception:
-                    continue
-            return False
-    except Exception:
-        pass
-
-    if not prediction and prediction not in [0, False]:
-        return False
-
-    reference, prediction = str(reference).strip(), str(prediction).strip()
-    if "pmatrix" in prediction and "pmatrix" not in reference:
-        reference = _qwen_str_to_pmatrix(reference)
-
-    # Brackets as in the PRIME grader's rule 2, compared case-insensitively.
-    pred_text, ref_text = prediction, reference
-    if ((prediction.startswith("[") and prediction.endswith("]") and not reference.startswith("("))
-            or (prediction.startswith("(") and prediction.endswith(")") and not reference.startswith("["))):
-        pred_text, ref_text = pred_text.strip("[]()"), ref_text.strip("[]()")
-    for bracket in "{}()":
-        ref_text, pred_text = ref_text.replace(bracket, ""), pred_text.replace(bracket, "")
-    if pred_text.lower() == ref_text.lower():
-        return True
-
-    # Both open with ( or [ and close with ) or ] somewhere later (any mix): element by element.
-    bracketed = r"(\(|\[).+(\)|\])"
-    if re.match(bracketed, prediction) is not None and re.match(bracketed, reference) is not None:
-        pred_parts, ref_parts = prediction[1:-1].split(","), reference[1:-1].split(",")
-        if len(pred_parts) == len(ref_parts):
-            if all([_qwen_math_equal(p, r, include_percentage, is_close)
-                    for p, r in zip(pred_parts, ref_parts)]):
-                return True
-
-    # Two matrices: row by row ("\\\\"), cell by cell ("&").
-    if (prediction.startswith(_PMATRIX) and prediction.endswith(_PMATRIX_END)
-            and reference.startswith(_PMATRIX) and reference.endswith(_PMATRIX_END)):
-        def rows(matrix):
-            body = matrix[len("\\begin{pmatrix}"):-len("\\end{pmatrix}")]
-            return [row.strip() for row in body.split("\\\\") if row.strip()]
-        pred_rows, ref_rows = rows(prediction), rows(reference)
-        matched = len(pred_rows) == len(ref_rows)
-        if matched:
-            for pred_row, ref_row in zip(pred_rows, ref_rows):
-                pred_cells, ref_cells = pred_row.split("&"), ref_row.split("&")
-                if len(pred_cells) != len(ref_cells) or not all(
-                        [_qwen_math_equal(p, r, include_percentage, is_close)
-                         for p, r in zip(pred_cells, ref_cells)]):
-                    matched = False
-                    break
-        if matched:
-            return True
-
-    # Equations: "a = b" against "c = d" as a - (b) against c - (d) or its negation; a short
-    # left side ("x", "k_1"...) against a bare value compares the right side.
-    if prediction.count("=") == 1 and reference.count("=") == 1:
-        left, right = prediction.split("=")
-        pred_zero = f"{left.strip()} - ({right.strip()})"
-        left, right = reference.split("=")
-        ref_zero = f"{left.strip()} - ({right.strip()})"
-        if _qwen_symbolic_equal(pred_zero, ref_zero) or _qwen_symbolic_equal(f"-({pred_zero})", ref_zero):
-            return True
-    elif (prediction.count("=") == 1 and len(prediction.split("=")[0].strip()) <= 2
-          and "=" not in reference):
-        if _qwen_math_equal(prediction.split("=")[1], reference, include_percentage, is_close):
-            return True
-    elif (reference.count("=") == 1 and len(reference.split("=")[0].strip()) <= 2
-          and "=" not in prediction):
-        if _qwen_math_equal(prediction, reference.split("=")[1], include_percentage, is_close):
-            return True
-
-    return _qwen_symbolic_equal(prediction, reference)
-
-
-def _qwen_symbolic_equal(a: str, b: str) -> bool:
-    """grader.py::symbolic_equal: parse with sympy's parse_latex, else parse_expr, else
-    latex2sympy, each tried on the text with "\\\\" read as "\\" and then as it is; keep the
-    text when all fail. Equal when the printed forms or the objects are equal, when
-    a.equals(b) or simplify(a - b) == 0, when two equations' |lhs - rhs| agree, when their
-    numeric values are within a relative 1e-4, or two matrices agree to 3 decimals.
-    parse_latex comes first and reads a prefix: "1,7" and "1,-1,7,-7" both parse as 1, so they
-    are equal."""
-    from sympy import N, simplify
-
-    def parse(text):
-        for parser in (_sympy_parse_latex, _parse_expr, _latex2sympy):
-            for attempt in (text.replace("\\\\", "\\"), text):
-                try:
-                    return parser(attempt)
-                except Exception:
-                    pass
-        return text
-
-    a, b = parse(a), parse(b)
-    try:
-        if str(a) == str(b) or a == b:
-            return True
-    except Exception:
-        pass
-    try:
-        if a.equals(b) or simplify(a - b) == 0:
-            return True
-    except Exception:
-        pass
-    try:
-        if abs(a.lhs - a.rhs).equals(abs(b.lhs - b.rhs)):
-            return True
-    except Exception:
-        pass
-    try:
-        if math.isclose(float(N(b)), float(N(a)), rel_tol=1e-4):
-            return True
-    except Exception:
-        pass
-    try:
-        if a.shape == b.shape:
-            if a.applyfunc(lambda x: round(x, 3)).equals(b.applyfunc(lambda x: round(x, 3))):
-                return True
-    except Exception:
-        pass
-    return False
-
-
-def _qwen_grade(prediction: str | None, gold: str, response: str) -> bool:
-    """math_eval.py::main's multiple-choice fix-up, then math_equal_process. A gold that is
-    one letter A-E makes a non-letter prediction the letter found in the whole response; a
-    gold made only of letters A-E (also the empty gold) keeps only those letters of it."""
-    if prediction is None:
-        return False
-    if gold in ("A", "B", "C", "D", "E") and prediction not in ("A", "B", "C", "D", "E"):
-        text = response.rstrip().strip()
-        for stop in _QWEN_STOP_WORDS:
-            if stop in text:
-                text = text.split(stop)[0].strip()
-        prediction = _choice_answer_clean_parser(text)
-    elif all(c in "ABCDE" for c in gold) and not all(c in "ABCDE" for c in prediction):
-        prediction = "".join(c for c in prediction if c in "ABCDE")
-    return _qwen_math_equal(prediction, gold)
-
-
-# =========================================================================================
-# 7. The public functions.
-# =========================================================================================
-
-def _check_math(benchmark: str) -> None:
+def grade_math(benchmark: str, response: str, gold: str) -> bool:
+    """The official verdict on `response` (after the stop strings) against `gold` (a
+    BenchmarkRow's paper_gold): paper_graders.paper_math_correct, in a worker process killed
+    after KILL_AFTER[benchmark] seconds (then: wrong)."""
     if benchmark not in MATH_BENCHMARKS:
         raise ValueError(f"{benchmark!r} is not one of the math benchmarks {MATH_BENCHMARKS}")
-
-
-def paper_gold(benchmark: str, record: dict) -> str:
-    """The gold answer the official script compared against, from a row of its data file.
-
-    aime: str(answer).lstrip("0") (the AI-MO file stores strings; "025" would be "25" and a
-        gold "0" the empty string); amc: str(answer) of AI-MO's floats, "142.0" (the numeric
-        rule still matches "142"); math500: expected_answer of [PR]'s
-        eval/data/math500/math_test_cleaned.json as is; minerva: the solution's last "boxed"
-        through extract_answer (see _qwen_first_gold); olympiadbench: final_answer[0] without
-        "$", strip_string'ed twice (parse_ground_truth runs again in evaluate.py::evaluate on
-        the saved sample, and for OlympiadBench that strips the already stripped gold again;
-        Minerva's is kept)."""
-    _check_math(benchmark)
-    if benchmark == "aime":
-        return str(record["answer"]).lstrip("0")
-    if benchmark == "amc":
-        return str(record["answer"])
-    if benchmark == "math500":
-        return record["expected_answer"]
-    gold = _qwen_first_gold(benchmark, record)
-    return gold if benchmark == "minerva" else _strip_string(gold)
-
-
-def paper_extract(benchmark: str, response: str) -> str | None:
-    """The answer the official script took from `response` (after its stop strings; see
-    truncate_at_stop). PRIME grader: always a string (the whole response when nothing is
-    found). Qwen harness: None for an empty response."""
-    _check_math(benchmark)
-    if benchmark in PRIME_GRADER:
-        return _prime_extract(benchmark, response)
-    return _qwen_extract(benchmark, response)
-
-
-def paper_math_equal(benchmark: str, prediction: str | None, gold: str) -> bool:
-    """The official verdict on an extracted answer against paper_gold's gold. Pure: no time
-    limit here (MATH_TIME_LIMIT[benchmark] says what the official run allowed; run this under
-    a hard kill). For the Qwen harness the multiple-choice fix-up that needs the whole
-    response is left to paper_math_correct."""
-    _check_math(benchmark)
-    if prediction is None:
-        return False
-    if benchmark in PRIME_GRADER:
-        return _prime_grade(prediction, gold)
-    return _qwen_grade(prediction, gold, prediction)
-
-
-def paper_math_correct(benchmark: str, response: str, gold: str) -> bool:
-    """paper_extract, then the official verdict against `gold` (from paper_gold)."""
-    _check_math(benchmark)
-    prediction = paper_extract(benchmark, response)
-    if benchmark in PRIME_GRADER:
-        return _prime_grade(prediction, gold)
-    return _qwen_grade(prediction, gold, response)
+    return _WORKERS.ask([benchmark, response, gold], KILL_AFTER[benchmark]) == "1"

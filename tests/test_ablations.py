@@ -133,6 +133,68 @@ def test_process_norm_none_leaves_the_rewards_unscaled():
         assert changes != torch.allclose(a, b, atol=1e-5), norm
 
 
+# The max-|return| normaliser's group: rows of the step, on any number of ranks. Eight rows with
+# their lengths; on two ranks rank 0 holds the first four (width 7), rank 1 the last four (width 6).
+NORM_LENGTHS = [5, 3, 7, 2, 6, 4, 1, 3]
+
+
+def norm_batch():
+    mask = (torch.arange(7)[None] < torch.tensor(NORM_LENGTHS)[:, None]).float()        # [8, 7]
+    return torch.randn(8, 7, generator=torch.Generator().manual_seed(3)) * mask, mask
+
+
+def by_hand(process, mask, group):  # rewards.normalize_process_rewards on each `group` rows
+    return torch.cat([rewards.normalize_process_rewards(process[s:s + group], mask[s:s + group])
+                      for s in range(0, len(process), group)])
+
+
+def _norm_worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        process, mask = norm_batch()
+        mine = slice(4 * rank, 4 * rank + 4)
+        width = max(NORM_LENGTHS[mine])
+        torch.save({group: train.normalize_in_groups(process[mine, :width], mask[mine, :width], group)
+                    for group in (2, 4, 8, 0)}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_normaliser_group_is_rows_of_the_step_on_any_number_of_ranks(tmp_path):
+    """process_norm_rows: one max-|return| divisor per that many consecutive rows of the step,
+    whether the rows lie on one rank or on several (0: the whole step), so a run computes the same
+    advantages on 1 or 2 ranks (16 GPUs or 8 with the recipe's 128)."""
+    process, mask = norm_batch()
+    for group in (2, 4, 8):
+        assert torch.equal(train.normalize_in_groups(process, mask, group), by_hand(process, mask, group))
+    whole = rewards.normalize_process_rewards(process, mask)
+    assert torch.equal(train.normalize_in_groups(process, mask, 0), whole)
+    assert torch.equal(train.normalize_in_groups(process, mask, 128), whole)  # a step smaller than the group
+    assert not torch.allclose(by_hand(process, mask, 4), by_hand(process, mask, 8))  # the group matters
+    with pytest.raises(ValueError, match="does not divide"):
+        train.normalize_in_groups(process, mask, 3)
+
+    import torch.multiprocessing as mp
+    mp.spawn(_norm_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got, mine = torch.load(tmp_path / f"rank{rank}.pt"), slice(4 * rank, 4 * rank + 4)
+        width = max(NORM_LENGTHS[mine])
+        for group, whole in ((2, 2), (4, 4), (8, 8), (0, 8)):  # 8 and 0 span the two ranks
+            torch.testing.assert_close(got[group], by_hand(process, mask, whole)[mine, :width], atol=0, rtol=0)
+
+
+def test_normaliser_group_must_divide_the_step_into_whole_prompts():
+    """A group of more rows than the step is the whole step (32 here); one that does not divide
+    the step (12) or would split a prompt's K responses (2, 6) is refused."""
+    cfg = config(prompts_per_step=4)  # 16 responses per step, K = 4
+    for rows, ok in ((0, True), (8, True), (16, True), (32, True), (6, False), (12, False), (2, False), (-4, False)):
+        if ok:
+            train.check_batch(dataclasses.replace(cfg, process_norm_rows=rows), 1)
+        else:
+            with pytest.raises(SystemExit, match="process_norm_rows"):
+                train.check_batch(dataclasses.replace(cfg, process_norm_rows=rows), 1)
+
+
 # ----------------------------------------------------------------------------------------------
 # which models a run loads and checkpoints
 # ----------------------------------------------------------------------------------------------

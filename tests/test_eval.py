@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 import data
 import eval as ev
 import model as M
+from support import paper_eval
 from tests.tiny import save_toy_checkpoint, toy_network
 from toy import task as toy
 
@@ -57,31 +58,62 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-# --- the paper's benchmarks: names, settings -----------------------------------------------------
+# --- grade(): the official graders and ours, where they disagree ---------------------------------
+
+# (benchmark, response, official gold, our gold, official score, our score). The official golds are
+# what paper_eval.benchmark_rows derives from the released rows (AIME without leading zeros, AMC a
+# float); ours what data.load_benchmark reads. The official verdicts are those of the official
+# graders run under their pinned versions (tests/test_paper_eval.py).
+GRADE_CASES = [
+    # the official grader credits what ours rejects
+    ("math500", "so \\boxed{25}", "0.25", "0.25", 1.0, 0.0),            # a number equals gold * 100
+    ("amc", "\\boxed{1.42}", "142.0", "142", 1.0, 0.0),                   # ... or gold / 100
+    ("math500", "\\boxed{1000100}", "1000000", "1000000", 1.0, 0.0),      # relative 1e-4
+    ("math500", "\\boxed{(3,4)}", "(3,4]", "(3,4]", 1.0, 0.0),            # interval brackets ignored
+    ("math500", "\\boxed{\\frac{1}{2},3}", "\\frac{1}{2},-3,5", "\\frac{1}{2},-3,5", 1.0, 0.0),  # first items
+    ("olympiadbench", "\\boxed{1,7}", "1,-1,7,-7", "1,-1,7,-7", 1.0, 0.0),  # parse_latex reads "1" of each
+    ("minerva", "\\boxed{0.25}", "25", "$\\boxed{25}$", 1.0, 0.0),
+    # ours credits what the official grader rejects
+    ("aime", "The answer is: 12", "12", "012", 0.0, 1.0),                 # AIME's marker never matches
+    ("math500", "\\boxed{2^10}", "1024", "1024", 0.0, 1.0),              # parse_expr: ^ is XOR
+    ("math500", "\\boxed{x_1}", "x_1", "x_1", 0.0, 1.0),                 # any "_" makes it wrong
+    ("minerva", "\\boxed{5 m}", "5", "\\boxed{5}", 0.0, 1.0),          # Minerva keeps the unit
+    ("aime", "\\boxed{\\pi}", "\\pi", "\\pi", 0.0, 1.0),                 # AIME/AMC's character strip leaves "\\"
+    # both agree
+    ("aime", "so \\boxed{25}", "25", "025", 1.0, 1.0),
+    ("olympiadbench", "\\boxed{7, -7}", "7,-7", "7,-7", 1.0, 1.0),
+    ("math500", "\\boxed{3}", "4", "4", 0.0, 0.0),
+]
 
 
-@pytest.mark.parametrize("name, title", [
-    ("aimo-validation-aime", "AIME 2024"), ("AIME_2024", "AIME 2024"), ("aime24", "AIME 2024"),
-    ("aime25", None), ("aimo-validation-amc", "AMC"), ("amc23", None), ("MATH-500", "MATH-500"),
-    ("math_500", "MATH-500"), ("Math 500", "MATH-500"), ("math", None), ("minerva_math", "Minerva Math"),
-    ("OlympiadBench", "OlympiadBench"), ("leetcode-test", "LeetCode"), ("LiveCodeBench_v2", "LiveCodeBench (v2)"),
-    ("lcb", "LiveCodeBench (v2)"), ("my_quiz", None), ("toy", None),
-])
-def test_paper_benchmark_matches_names_case_and_separator_blind(name, title):
-    paper = ev.paper_benchmark(name)
-    assert (paper.title if paper else None) == title
+@pytest.mark.parametrize("bench, response, official_gold, our_gold, official, ours", GRADE_CASES)
+def test_grade_official_and_ours(bench, response, official_gold, our_gold, official, ours):
+    assert ev.grade(bench, response, official_gold) == official          # protocol="paper" is the default
+    assert ev.grade(bench, response, our_gold, "ours") == ours
 
 
-def test_paper_settings_per_benchmark():
-    greedy = {"temperature": 0.0, "top_p": 1.0, "n_samples": 1}
-    assert ev.paper_settings("math_500") == {**greedy, "max_new_tokens": 8192}
-    assert ev.paper_settings("leetcode") == {**greedy, "max_new_tokens": 8192}
-    assert ev.paper_settings("aimo-validation-aime") == {**greedy, "max_new_tokens": 4096}
-    assert ev.paper_settings("olympiadbench") == {**greedy, "max_new_tokens": 4096}
-    assert ev.paper_settings("my_quiz") == {**greedy, "max_new_tokens": 4096}
-    assert ev.paper_settings("livecodebench") == {"temperature": 0.2, "top_p": 0.95, "n_samples": 10,
-                                                  "max_new_tokens": 4096}
-    assert (ev.paper_benchmark("amc").sft, ev.paper_benchmark("amc").prime) == (30.1, 57.8)
+def test_grade_code_official_time_limits_and_judges(monkeypatch):
+    import verify
+    tests = json.dumps({"inputs": ["3\n"], "outputs": ["6\n"], "judge": "livecodebench"})
+    assert ev.grade("livecodebench", "```python\nprint(2 * int(input()))\n```", tests) == 1.0
+    assert ev.grade("livecodebench", "```python\nprint(7)\n```", tests, "ours") == 0.0
+    leetcode = json.dumps({"judge": "leetcode", "test_code": "assert Solution().f(2) == 4\n"})
+    assert ev.grade("leetcode", "```python\nclass Solution:\n    def f(self, x):\n        return 2 * x\n```",
+                    leetcode, "ours") == 1.0
+    limits = []
+    monkeypatch.setattr(ev, "code_correct", lambda program, tests, timeout: limits.append(timeout) or True)
+    for bench in ("leetcode", "livecodebench"):
+        for protocol in ("paper", "ours"):
+            ev.grade(bench, "x", tests, protocol)
+    # LeetCode: 10 s for the problem's test script; LiveCodeBench: 6 s per test; ours: 5 s per test
+    assert limits == [10.0, verify.CODE_TIMEOUT, 6.0, verify.CODE_TIMEOUT] and verify.CODE_TIMEOUT == 5.0
+
+
+def test_grade_rejects_unknown_names():
+    with pytest.raises(ValueError, match="benchmark must be one of"):
+        ev.grade("gsm8k", "1", "1")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        ev.grade("aime", "1", "1", "official")
 
 
 def test_benchmark_name_is_the_stem_or_the_folder_of_a_split_file(tmp_path):
@@ -183,6 +215,53 @@ def test_evaluate_rejects_nothing_to_do(tok):
         ev.evaluate("model", tok, [], 8)
     with pytest.raises(ValueError, match="n_samples"):
         ev.evaluate("model", tok, held_out(tok, 1), 8, n_samples=0)
+
+
+def test_evaluate_paper_protocol_stops_caps_each_prompt_and_grades_twice(tok, monkeypatch):
+    """Protocol "paper": a response is cut at the benchmark's stop strings, a response that used the
+    common max_new_tokens goes on to its own prompt's cap, and both graders grade the same text;
+    protocol "ours" does neither and scores with our grader."""
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    im_end = tok.eos_token_id
+
+    def problem(k, cap, paper_gold, our_gold):
+        prompt = enc(f"Question {k}?")
+        return ev.BenchmarkProblem(f"math500:{k}", "math", prompt, our_gold, "math500", f"Question {k}?",
+                                   benchmark="math500", paper_gold=paper_gold, max_new_tokens=cap)
+
+    problems = [problem(0, 40, "0.25", "0.25"),   # 25 for 0.25: the official grader credits it, ours does not
+                problem(1, 40, "4", "4"),          # a stop string, then another answer
+                problem(2, 50, "7", "7")]          # needs 50 tokens; the common cap is 40
+    first = {0: enc("so \\boxed{25}") + [im_end], 1: enc("\\boxed{4}\n###\nProblem: \\boxed{9}") + [im_end],
+             2: enc("1" * 40)}
+    calls = []
+
+    def fake_generate(model, prompts, max_new_tokens, eos_token_id, **kwargs):
+        calls.append((len(prompts), max_new_tokens))
+        out = []
+        for prompt in prompts:
+            k = next(i for i, p in enumerate(problems) if prompt[:len(p.prompt_ids)] == p.prompt_ids)
+            out.append(first[k] if len(prompt) == len(problems[k].prompt_ids) else enc("\\boxed{7}") + [im_end])
+        return out
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    paper = ev.evaluate("model", tok, problems, 40, progress=False, protocol="paper")
+    assert calls == [(3, 40), (1, 10)]  # row 2 went on for the 10 tokens its cap leaves
+    records = paper["records"]
+    assert [r["response"] for r in records] == ["so \\boxed{25}", "\\boxed{4}", "1" * 40 + "\\boxed{7}"]
+    assert [r["response_tokens"] for r in records] == [len(first[0]), len(first[1]), 50]
+    assert [(r["paper_score"], r["our_score"]) for r in records] == [(1.0, 0.0), (1.0, 1.0), (1.0, 1.0)]
+    assert [r["score"] for r in records] == [1.0, 1.0, 1.0] and paper["differ"] == 1
+    assert (paper["paper_accuracy"], paper["our_accuracy"]) == (1.0, pytest.approx(2 / 3))
+    assert [r["paper_extracted"] for r in records] == ["25", "4", "7"] and records[0]["paper_gold"] == "0.25"
+    assert paper["truncation_rate"] == 0.0
+
+    calls.clear()
+    ours = ev.evaluate("model", tok, problems, 40, progress=False, protocol="ours")
+    assert calls == [(3, 40)]  # one cap for all
+    assert [(r["paper_score"], r["our_score"]) for r in ours["records"]] == [(1.0, 0.0), (0.0, 0.0), (0.0, 0.0)]
+    assert [r["score"] for r in ours["records"]] == [0.0, 0.0, 0.0]  # ours: the last box, 9, is wrong
+    assert [r["truncated"] for r in ours["records"]] == [False, False, True]
 
 
 # --- evaluate: a real run -------------------------------------------------------------------------
@@ -295,12 +374,65 @@ def test_cli_files_and_columns_table_lists_every_benchmark(ckpt, tmp_path, capsy
     math_samples = read_jsonl(out / "samples_MATH-500.jsonl")
     assert [s["id"] for s in math_samples] == ["MATH-500:test/a.json", "MATH-500:test/b.json"]
     assert [s["ground_truth"] for s in math_samples] == ["2", "5"]  # `answer` wins over `solution`
-    prompt = math_samples[0]["prompt"]  # the paper's eval prompt: system prompt, question, suffix
-    assert data.SYSTEM_PROMPT in prompt and "What is 1+1?" + data.MATH_SUFFIX in prompt
+    prompt = math_samples[0]["prompt"]  # the official prompt: its system prompt file's bytes, question, suffix
+    assert paper_eval.EVAL_SYSTEM_PROMPT in prompt and "What is 1+1?" + data.MATH_SUFFIX in prompt
+    assert math_samples[0]["paper_gold"] == "2"  # HuggingFaceH4's file has no expected_answer: its answer
     assert [s["id"] for s in read_jsonl(out / "samples_quiz.jsonl")] == ["quiz:0", "quiz:1", "quiz:2"]
     [code_sample] = read_jsonl(out / "samples_code.jsonl")
     assert data.CODE_SUFFIX in code_sample["prompt"] and code_sample["ground_truth"] is None
     assert code_sample["extracted"] == code_sample["response"]  # no ```python block: the whole text
+    quiz_prompt = read_jsonl(out / "samples_quiz.jsonl")[0]["prompt"]  # not a Table 2 benchmark: ours
+    assert data.SYSTEM_PROMPT in quiz_prompt and rows["quiz"]["protocol"] == "ours"
+
+    ev.main(["--model", ckpt, "--data", math500, "--max_new_tokens", "4", "--out", str(out), "--protocol", "ours"])
+    prompt = read_jsonl(out / "samples_MATH-500.jsonl")[0]["prompt"]
+    assert data.SYSTEM_PROMPT in prompt and paper_eval.EVAL_SYSTEM_PROMPT not in prompt
+
+
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+FIXTURE_FILES = [os.path.join(FIXTURES, f) for f in (
+    "aimo-validation-aime.jsonl", "aimo-validation-amc.jsonl", "math_test_cleaned.json", "minerva_math/test.jsonl",
+    "olympiadbench/test.jsonl", "leetcode-test.json", "livecodebench.jsonl")]
+
+
+def test_cli_every_released_format_under_both_protocols(ckpt, tmp_path, capsys, monkeypatch):
+    """The seven benchmarks' files as released (tests/fixtures), under each protocol: the table's
+    columns, the prompts, and disagreements.md. The sampler is a stand-in that answers every
+    question with "The answer is: 9", so the two graders disagree where their rules do."""
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    answer = tok("The answer is: 9", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    monkeypatch.setattr(ev, "generate", lambda model, prompts, *a, **k: [answer] * len(prompts))
+    out = tmp_path / "paper"
+    ev.main(["--model", ckpt, "--data", *FIXTURE_FILES, "--max_new_tokens", "40", "--out", str(out)])
+    printed = capsys.readouterr().out
+    rows = {row["benchmark"]: row for row in json.loads((out / "results.json").read_text())["benchmarks"]}
+    assert list(rows) == ["aimo-validation-aime", "aimo-validation-amc", "math_test_cleaned", "minerva_math",
+                          "olympiadbench", "leetcode-test", "livecodebench"]
+    assert [rows[b]["n"] for b in rows] == [2, 2, 2, 2, 2, 2, 2]
+    assert all(row["protocol"] == "paper" for row in rows.values())
+    assert rows["livecodebench"]["metric"] == "avg@10" and rows["livecodebench"]["temperature"] == 0.2
+    # AIME's gold "009" is 9: our grader reads "The answer is: 9", the official AIME script cannot
+    # (its marker has a capital T); MATH-500's marker works, and its golds are not 9
+    aime = rows["aimo-validation-aime"]
+    assert (aime["paper_accuracy"], aime["our_accuracy"], aime["differ"]) == (0.0, 0.5, 1)
+    assert "| aimo-validation-aime | 2 | pass@1 | paper | 0.0 | 50.0 | 1 |" in printed
+    assert printed.count("| paper |") == 7 and "| 3.3 | 26.7 |" in printed
+    notes = (out / "disagreements.md").read_text()
+    assert "## aimo-validation-aime: 1 responses graded differently" in notes
+    assert "official 0, ours 1" in notes and "gold `9`" in notes and "gold `009`" in notes
+    lcb = read_jsonl(out / "samples_livecodebench.jsonl")
+    assert len(lcb) == 20 and lcb[0]["prompt"].startswith("<|im_start|>system\n" + paper_eval.EVAL_SYSTEM_PROMPT)
+    minerva = read_jsonl(out / "samples_minerva_math.jsonl")
+    assert [s["paper_gold"] for s in minerva] == ["0.5", "42"]
+
+    out = tmp_path / "ours"
+    ev.main(["--model", ckpt, "--data", *FIXTURE_FILES, "--max_new_tokens", "40", "--out", str(out),
+             "--protocol", "ours"])
+    rows = {row["benchmark"]: row for row in json.loads((out / "results.json").read_text())["benchmarks"]}
+    assert all(row["protocol"] == "ours" for row in rows.values())
+    assert rows["aimo-validation-aime"]["accuracy"] == 0.5  # ours scores now
+    prompt = read_jsonl(out / "samples_olympiadbench.jsonl")[0]["prompt"]
+    assert data.SYSTEM_PROMPT in prompt and "(Yes or No)" not in prompt
 
 
 def test_cli_aime_file_counts_only_the_30_problems_of_2024(ckpt, tmp_path, capsys):

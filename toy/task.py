@@ -64,11 +64,13 @@ class ToyConfig:
 
 # The toy preset: train.py's Config values for the CPU (Config's defaults are the paper's recipe),
 # and the SFT warm start's (support/sft.py). 64 kept prompts x 4 samples per step, two PRM and two
-# policy updates of 128 responses, 100 steps; learning rates fit for a 0.9M-parameter model.
+# policy updates of 128 responses, 100 steps; learning rates fit for a 0.9M-parameter model. The
+# process rewards' normaliser divides over the whole step (process_norm_rows=0), as the toy's
+# documented runs did in one process, now on any number of ranks.
 PRESET = dict(
     out_dir="runs/toy", bf16=False, activation_checkpointing=False, max_prompt_tokens=64, max_response_tokens=48,
     prompts_per_step=64, prm_lr=1e-4, prm_mini_batch=128, policy_lr=2e-5, policy_mini_batch=128, steps=100,
-    micro_batch_tokens=4096, save_every=25, eval_every=0, sft_epochs=2, sft_batch=32, sft_lr=1e-3)
+    process_norm_rows=0, micro_batch_tokens=4096, save_every=25, eval_every=0, sft_epochs=2, sft_batch=32, sft_lr=1e-3)
 
 
 # ==============================================================================================
