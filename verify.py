@@ -31,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 
 from support import math_grader, sandbox
-from support.math_grader import MATH_TIMEOUT, NoVerdict, extract_answer, require_text
+from support.math_grader import MATH_TIMEOUT, extract_answer, require_text
+from support.workers import NoVerdict
 
 logger = logging.getLogger(__name__)
 

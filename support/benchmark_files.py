@@ -94,7 +94,7 @@ def load_benchmark(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"benchmark file {path!r} does not exist")
-    records, orientation = _as_rows(data.read_records(path), path)
+    records, orientation = read_rows(path)
     if not records:
         raise ValueError(f"{path}: the file holds no problems")
     logger.info("%s: %d rows, JSON in the %r orientation", path, len(records), orientation)
@@ -141,12 +141,13 @@ def load_benchmark(path):
     return problems
 
 
-def _as_rows(records, path):
-    """(rows, orientation): a file of rows (JSON Lines, a JSON array of objects, parquet) is read
-    as it is ("records"); a file holding one JSON object whose every value is an object keyed by
+def read_rows(path):
+    """(rows as released, orientation): a file of rows (JSON Lines, a JSON array of objects,
+    parquet) is read as it is ("records"); a file holding one JSON object whose every value is an object keyed by
     row ({"problem": {"0": ..., "1": ...}, "expected_answer": {...}, ...}), the layout pandas'
     DataFrame.to_json writes by default and PRIME's MATH-500 file has ("columns"), is turned into
     rows, in the order of its first column's keys."""
+    records = data.read_records(path)
     if len(records) != 1 or not records[0] or not all(isinstance(v, dict) for v in records[0].values()):
         return records, "records"
     columns = records[0]

@@ -11,28 +11,21 @@ worker process that is killed when it runs too long.
 """
 from __future__ import annotations
 
-import atexit
-import json
 import logging
-import os
-import queue
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
 from fractions import Fraction
+
+from support import workers
 
 logger = logging.getLogger(__name__)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the workers import us from it
 
 # =========================================================================================
 # Math, part 1: find the final answer in a response.
 # =========================================================================================
-# The paper's prompt asks the model to put its final answer in \boxed{} ([P1 App. A]), so
-# the last \boxed{...} is the answer. [PR] match_answer also looks after "answer:" / "the
+# The prompt asks the model to put its final answer in \boxed{} (the math suffix of the
+# official README and eval scripts, data.MATH_SUFFIX; docs/notes.md §6), so the last
+# \boxed{...} is the answer. [PR] match_answer also looks after "answer:" / "the
 # answer is"; we use that, a display block that ends the response, a final inline formula
 # and a concluding "Therefore ... 41 ..." sentence only as fallbacks when nothing is boxed
 # (Math-Verify's extraction accepts all four; its test suite has an example of each).
@@ -356,131 +349,20 @@ def _exact_numbers_differ(a, b) -> bool:
     return bool(abs(x - y) > sympy.Float("1e-30", 40) * max(abs(x), abs(y)))
 
 
-# ----- a pool of Math-Verify worker processes with hard kills ------------------------------
-# sympy can run for minutes or eat gigabytes on a hostile answer (10^{10^{10}}), and a
-# thread cannot be stopped, so every symbolic comparison runs in a worker process that is
-# killed when it misses its deadline. A worker is a plain `python -I` child that imports
-# math_verify once (about a second) and then answers one request per line on its stdin, so
-# it works the same from any thread of any caller (multiprocessing's spawn/forkserver
-# would re-run the caller's __main__ in every worker; forking a multi-threaded trainer is
-# unsafe). Idle workers are kept for the next call; they are our own trusted code, they
-# exit when our end of their stdin closes, and atexit kills any that remain.
+# ----- Math-Verify in worker processes with hard kills (support/workers.py) ------------------
 
 MATH_TIMEOUT = 10.0  # seconds per symbolic comparison ([PR]: 1 s per sympy step, 300 s per sample)
-_MATH_WORKER_MEMORY = 2 << 30  # bytes of address space per worker (sympy on 10^{10^{10}})
-_WORKER_START_TIMEOUT = 60.0   # importing sympy on a loaded 2-core machine can take seconds
-_WORKER_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "import importlib; importlib.import_module(sys.argv[2])._symbolic_worker()")
 
 
 def _symbolic_worker() -> None:
-    """Worker main loop: a JSON [pred, gold] per stdin line -> "1" or "0" per stdout line."""
-    import resource
-    resource.setrlimit(resource.RLIMIT_AS, (_MATH_WORKER_MEMORY, _MATH_WORKER_MEMORY))
-    replies = os.fdopen(os.dup(1), "w")
-    sys.stdout = sys.stderr  # nothing but verdicts may reach our stdout
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" notes
-    import math_verify  # noqa: F401  (the slow import, done before saying "ready")
-    replies.write("ready\n")
-    replies.flush()
-    for line in sys.stdin:
-        pred, gold = json.loads(line)
-        replies.write("1\n" if _symbolic_equal(pred, gold) else "0\n")
-        replies.flush()
+    """A worker's loop: a JSON [pred, gold] per request -> "1" or "0"."""
+    def warm_up():
+        logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" notes
+        import math_verify  # noqa: F401  (the slow import, done before saying "ready")
+    workers.serve(lambda request: "1" if _symbolic_equal(*request) else "0", warm_up)
 
 
-def _read_line(process: subprocess.Popen, deadline: float) -> str | None:
-    """One line from a worker's stdout; None if it did not come before `deadline`, "" if the
-    worker died first."""
-    fd = process.stdout.fileno()
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    data = b""
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:  # the worker died (e.g. out of memory)
-            return ""
-        data += chunk
-    return data.decode()
-
-
-class NoVerdict(Exception):
-    """A verifier that failed to decide (not a wrong answer): `kind` "timeout" (it ran out of
-    time) or "crash" (a worker or a sandbox died or never started). verify.score_batch counts
-    these per kind; the single-sample functions score them as wrong."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-class _SymbolicPool:
-    """Worker processes shared by every caller: a caller borrows an idle worker (or starts
-    one), sends one comparison, and gets the verdict back, or kills the worker when the
-    deadline passes. There are never more workers than concurrent callers."""
-
-    def __init__(self):
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._live: set = set()
-
-    def _start(self) -> subprocess.Popen:
-        worker = subprocess.Popen(
-            [sys.executable, "-I", "-c", _WORKER_BOOT, ROOT, __name__],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # a Ctrl-C meant for us does not kill it mid-reply
-        with self._lock:
-            self._live.add(worker)
-        reply = _read_line(worker, time.monotonic() + _WORKER_START_TIMEOUT)
-        if reply != "ready\n":
-            self._kill(worker)
-            raise NoVerdict("timeout" if reply is None else "crash", "a Math-Verify worker " + (
-                f"did not start in {_WORKER_START_TIMEOUT:.0f} s" if reply is None else "died while starting"))
-        return worker
-
-    def _kill(self, worker: subprocess.Popen) -> None:
-        worker.kill()
-        worker.wait()
-        worker.stdin.close()
-        worker.stdout.close()
-        with self._lock:
-            self._live.discard(worker)
-
-    def equal(self, pred: str, gold: str, timeout: float) -> bool:
-        """Math-Verify's verdict; NoVerdict when none came (the worker was killed at the
-        deadline, or died)."""
-        try:
-            worker = self._idle.get_nowait()
-        except queue.Empty:
-            worker = self._start()
-        try:
-            worker.stdin.write((json.dumps([pred, gold]) + "\n").encode())
-            worker.stdin.flush()
-            reply = _read_line(worker, time.monotonic() + timeout)
-        except OSError:  # BrokenPipeError: the worker had died
-            reply = ""
-        if not reply:
-            self._kill(worker)
-            raise NoVerdict("timeout" if reply is None else "crash", "a Math-Verify worker " + (
-                f"gave no verdict in {timeout:.1f} s" if reply is None else "died"))
-        self._idle.put(worker)
-        return reply == "1\n"
-
-    def close(self) -> None:
-        with self._lock:
-            workers = list(self._live)
-        for worker in workers:
-            self._kill(worker)
-        while not self._idle.empty():
-            self._idle.get_nowait()
-
-
-_SYMBOLIC_POOL = _SymbolicPool()
-atexit.register(_SYMBOLIC_POOL.close)
+_POOL = workers.Pool(__name__, "_symbolic_worker", "Math-Verify")
 
 
 def require_text(value, name: str) -> str:
@@ -513,7 +395,7 @@ def answers_equal(pred: str, gold: str, timeout: float) -> bool:
         return len(p) == len(g) and all(
             a == b == ELLIPSIS or (ELLIPSIS not in (a, b) and answers_equal(a, b, timeout))
             for a, b in zip(p, g))
-    return _SYMBOLIC_POOL.equal(pred, gold, timeout)
+    return _POOL.ask([pred, gold], timeout) == "1"
 
 
 def _split_top_level(s: str) -> list[str]:

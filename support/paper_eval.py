@@ -22,19 +22,12 @@ verdicts under a time limit.
 """
 from __future__ import annotations
 
-import atexit
-import json
 import logging
-import os
-import queue
 import re
-import select
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import data
-from support import paper_graders
+from support import benchmark_files, paper_graders, workers
 from support.benchmark_files import QUESTION_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -217,39 +210,17 @@ class BenchmarkRow:
     paper_gold: str
 
 
-def read_rows(path: str) -> tuple[list[dict], bool]:
-    """A released file's rows, and whether it was [PR]'s MATH-500 layout: one JSON object of
-    columns ({column: {row index: value}}), which evaluate_math.py reads with
-    pd.read_json(...).to_dict(orient="records"). Any other file: data.read_records."""
-    records = data.read_records(path)
-    if len(records) == 1 and records[0] and all(isinstance(v, dict) for v in records[0].values()):
-        columns = records[0]
-        index = list(next(iter(columns.values())))
-        return [{name: column.get(i) for name, column in columns.items()} for i in index], True
-    return records, False
-
-
 def benchmark_rows(benchmark: str, path: str) -> list[BenchmarkRow]:
     """The problems of a released benchmark file (docs/evaluation.md lists them), with what each
     protocol needs. Our side is data.load_benchmark's reading, which also keeps only AIME 2024 and
     the LiveCodeBench window, as the official scoring did; the official golds of the math
     benchmarks come from the same rows as released (AMC's answer is a float, "142.0"; MATH-500's is
-    the cleaned expected_answer). [PR]'s MATH-500 file, which data.load_benchmark does not read,
-    is read here, and our grader then gets its expected_answer too. Errors name the file, the row
-    and the field."""
+    the cleaned expected_answer of [PR]'s file, which both graders then get). Errors name the file,
+    the row and the field."""
     if benchmark not in PROTOCOLS:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
-    records, columns = read_rows(path)
-    if columns:  # [PR]'s MATH-500 file
-        ours = []
-        for i, record in enumerate(records):
-            for field in ("problem", "expected_answer"):
-                if not isinstance(record.get(field), str) or not record[field].strip():
-                    raise ValueError(f"{path}: row {i}, field {field!r}: expected a non-empty string")
-            ours.append({"id": str(record.get("id", i)), "question": record["problem"], "ability": "math",
-                         "ground_truth": record["expected_answer"]})
-    else:
-        ours = data.load_benchmark(path)
+    records = benchmark_files.read_rows(path)[0]
+    ours = data.load_benchmark(path)
     if benchmark in CODE_BENCHMARKS:
         return [BenchmarkRow(p["id"], p["ability"], p["question"], p["ground_truth"],
                              paper_user_turn(benchmark, p["question"], {}), p["ground_truth"]) for p in ours]
@@ -260,7 +231,7 @@ def benchmark_rows(benchmark: str, path: str) -> list[BenchmarkRow]:
                        "(Table 2 used [PR]'s eval/data/math500/math_test_cleaned.json, whose expected_answer "
                        "differs in writing from the solution's answer in 85 of 500 rows)", path)
     rows = []
-    for problem, record in zip(ours, records if columns else _released_rows(ours, records, path)):
+    for problem, record in zip(ours, _released_rows(ours, records, path)):
         try:
             gold = problem["ground_truth"] if fallback else paper_graders.paper_gold(benchmark, record)
         except (KeyError, IndexError, TypeError) as error:
@@ -320,79 +291,13 @@ def truncate_at_stop(text: str, stop_strings) -> str:
 # =========================================================================================
 # The official graders ran sympy under time limits (PaperProtocol.math_time_limit), and sympy
 # can run for minutes on a hostile answer. A thread cannot be stopped, so each comparison runs
-# in a worker process (`python -I` importing support/paper_graders.py only, which answers one
-# JSON request per stdin line) that is killed when its time is up; the verdict is then
-# "wrong", as the official timeouts made it. The kill comes after KILL_AFTER seconds: the
+# in a worker process (support/workers.py; it imports support/paper_graders.py only) that is
+# killed when its time is up; the verdict is then "wrong", as the official timeouts made it. The kill comes after KILL_AFTER seconds: the
 # Qwen harness's own 3 s per comparison; for the PRIME grader, whose 1 s alarms were per
 # sympy step and fell through to the next rule (paper_graders runs each step to completion
 # instead), after 10 s, the longest limit it gives any step (its nested element comparisons).
 KILL_AFTER = {b: 3.0 if b in paper_graders.QWEN_HARNESS else 10.0 for b in MATH_BENCHMARKS}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the workers import from here
-_WORKER_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from support import paper_graders; paper_graders.serve()"
-_WORKER_START_TIMEOUT = 60.0  # importing sympy on a loaded 2-core machine can take seconds
-
-
-class _Workers:
-    """Grader processes shared by all callers (threads): a caller takes an idle one or starts
-    one, sends one request, and puts it back after the reply, or kills it when the reply is late.
-    There are never more workers than concurrent callers. A worker whose parent dies sees its
-    stdin close and exits."""
-
-    def __init__(self):
-        self._idle = queue.SimpleQueue()
-
-    def ask(self, request: list, timeout: float) -> str | None:
-        """The worker's reply line to `request`, or None when none came within `timeout` s."""
-        try:
-            worker = self._idle.get_nowait()
-        except queue.Empty:
-            worker = _start_worker()
-            if worker is None:
-                return None
-        try:
-            worker.stdin.write((json.dumps(request) + "\n").encode())
-            worker.stdin.flush()
-            reply = _reply(worker, timeout)
-        except OSError:  # the worker had died
-            reply = None
-        if reply is None:
-            worker.kill()
-            worker.wait()
-            return None
-        self._idle.put(worker)
-        return reply
-
-    def close(self) -> None:
-        """Stop the idle workers (at exit; no request is in flight then)."""
-        while not self._idle.empty():
-            worker = self._idle.get_nowait()
-            worker.kill()
-            worker.wait()
-
-
-def _start_worker():
-    """A new worker once it has said "ready", or None (logged) when it did not within a minute."""
-    worker = subprocess.Popen([sys.executable, "-I", "-c", _WORKER_BOOT, ROOT], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # a Ctrl-C meant for us does not kill it mid-reply
-    if _reply(worker, _WORKER_START_TIMEOUT) == "ready":
-        return worker
-    worker.kill()
-    worker.wait()
-    logger.warning("paper_eval: a grader worker failed to start; its comparison is scored wrong")
-    return None
-
-
-def _reply(worker, timeout: float) -> str | None:
-    """The worker's next line, or None when none came within `timeout` s. A worker writes each
-    line whole in one write, and only when asked, so once its pipe is readable the line is there."""
-    if not select.select([worker.stdout], [], [], timeout)[0]:
-        return None
-    return worker.stdout.readline().decode().strip() or None
-
-
-_WORKERS = _Workers()
-atexit.register(_WORKERS.close)
+_POOL = workers.Pool("support.paper_graders", "serve", "official grader")
 
 
 def grade_math(benchmark: str, response: str, gold: str) -> bool:
@@ -401,4 +306,8 @@ def grade_math(benchmark: str, response: str, gold: str) -> bool:
     after KILL_AFTER[benchmark] seconds (then: wrong)."""
     if benchmark not in MATH_BENCHMARKS:
         raise ValueError(f"{benchmark!r} is not one of the math benchmarks {MATH_BENCHMARKS}")
-    return _WORKERS.ask([benchmark, response, gold], KILL_AFTER[benchmark]) == "1"
+    try:
+        return _POOL.ask([benchmark, response, gold], KILL_AFTER[benchmark]) == "1"
+    except workers.NoVerdict as error:  # the official time limits scored a comparison cut off as wrong
+        logger.info("paper_eval: %s; scored wrong", error)
+        return False

@@ -43,12 +43,11 @@ docs/evaluation.md lists every such difference. The main ones:
 from __future__ import annotations
 
 import ast
-import json
 import math
 import operator
-import os
 import re
-import sys
+
+from support import workers
 
 PRIME_GRADER = ("aime", "amc", "math500")     # [PR] eval/utils/grader.py
 QWEN_HARNESS = ("minerva", "olympiadbench")   # [PR] eval/Math/Qwen25-Math/evaluation
@@ -961,23 +960,18 @@ def paper_math_correct(benchmark: str, response: str, gold: str) -> bool:
 
 
 def serve() -> None:
-    """The worker loop behind paper_eval.grade_math: one JSON [benchmark, response, gold] per
-    stdin line -> "1" or "0" per stdout line (an exception is "0": the official scripts scored
-    one as wrong), after a line "ready" once sympy and its LaTeX parser are loaded, so that a
-    request's time is its comparison's alone. The address space is capped at 2 GiB: sympy on
-    10^{10^{10}} would otherwise take the machine's memory before the time limit ends it."""
-    import resource
-    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-    replies = os.fdopen(os.dup(1), "w")
-    sys.stdout = sys.stderr  # nothing but replies may reach the pipe
-    _parse_expr("1")
-    _sympy_parse_latex("1")
-    replies.write("ready\n")
-    replies.flush()
-    for line in sys.stdin:
+    """The worker loop behind paper_eval.grade_math (support/workers.py): one [benchmark, response,
+    gold] per request -> "1" or "0" (an exception is "0": the official scripts scored one as
+    wrong), once sympy and its LaTeX parser are loaded, so that a request's time is its
+    comparison's alone."""
+    def answer(request):
         try:
-            right = paper_math_correct(*json.loads(line))
+            return "1" if paper_math_correct(*request) else "0"
         except Exception:
-            right = False
-        replies.write("1\n" if right else "0\n")
-        replies.flush()
+            return "0"
+
+    def warm_up():
+        _parse_expr("1")
+        _sympy_parse_latex("1")
+
+    workers.serve(answer, warm_up)

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from support import sandbox  # noqa: E402  (after the path)
+from support import sandbox, workers  # noqa: E402  (after the path)
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def sandbox_root(request, tmp_path, monkeypatch):
 
 
 def _children() -> list[int]:
-    """Our child processes, other than the (trusted, long-lived) Math-Verify workers."""
+    """Our child processes, other than the (trusted, long-lived) grader workers (support/workers.py)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -69,6 +69,6 @@ def _children() -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"_symbolic_worker" not in cmdline:
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and workers.MARKER.encode() not in cmdline:
             found.append(int(pid))
     return found

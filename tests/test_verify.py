@@ -2,14 +2,13 @@
 import importlib.util
 import json
 import logging
-import os
 import threading
 import time
 
 import pytest
 
 import verify
-from support import math_grader, sandbox
+from support import math_grader, sandbox, workers
 
 
 # ----------------------------------------------------------------------------------------
@@ -522,8 +521,8 @@ def test_score_batch_bad_rows_score_zero_with_a_warning(caplog):
 @pytest.fixture
 def fresh_math_pool(monkeypatch):
     """A Math-Verify pool of its own (no idle worker from earlier tests), closed afterwards."""
-    pool = math_grader._SymbolicPool()
-    monkeypatch.setattr(math_grader, "_SYMBOLIC_POOL", pool)
+    pool = workers.Pool(math_grader.__name__, "_symbolic_worker", "Math-Verify")
+    monkeypatch.setattr(math_grader, "_POOL", pool)
     yield pool
     pool.close()
 
@@ -536,7 +535,7 @@ def test_math_verifier_failures_are_counted(fresh_math_pool, monkeypatch):
     failures = {}
     assert verify.score_batch([hostile, SYMBOLIC], workers=1, math_timeout=1.0, failures=failures) == [0.0, 1.0]
     assert failures == {"timeout": 1}
-    monkeypatch.setattr(math_grader, "_WORKER_BOOT", "raise SystemExit(3)")  # a worker that cannot start
+    monkeypatch.setattr(fresh_math_pool, "_boot", "raise SystemExit(3)")  # a worker that cannot start
     fresh_math_pool.close()
     failures = {}
     assert verify.score_batch([SYMBOLIC, SYMBOLIC], workers=2, failures=failures) == [0.0, 0.0]
