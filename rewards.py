@@ -25,6 +25,7 @@ Algorithm 1 of the paper, and where each step lives:
     8  update the PRM with cross-entropy on r_o                      prm_ce_loss
            (metric: does the PRM order responses like r_o?)          prm_pairwise_accuracy
     9  advantages, Eq. 4-5: [PR] first rescales the process rewards  normalize_process_rewards
+       (per worker's share of the step's rows)                       normalize_in_groups
        then leave-one-out returns for process + outcome rewards      rloo_returns
        then whitens the returns over all valid tokens                whiten
    10  update the policy with the PPO clip loss, Eq. 6               ppo_clip_loss
@@ -221,7 +222,7 @@ def normalize_process_rewards(rewards, response_mask):
     the largest absolute reverse cumulative sum (the largest |undiscounted process return|)
     over valid tokens. Returns [B, T], 0 on padding. It normalises exactly the batch it is
     given; [PR] runs it inside each data-parallel worker, i.e. on the local shard of responses
-    (128 of 1024 on 8 GPUs), not the global batch, and train.normalize_in_groups hands it groups
+    (128 of 1024 on 8 GPUs), not the global batch, and normalize_in_groups hands it groups
     of that many rows on any number of ranks.
 
     Step 0: the PRM equals the reference, so all rewards are 0 and stay 0 here (0 / 1e-6).
@@ -233,6 +234,39 @@ def normalize_process_rewards(rewards, response_mask):
     r = torch.where(response_mask.bool(), _f32(rewards), 0.0)    # [B, T]
     reverse_cumsum = r.flip(-1).cumsum(-1).flip(-1)               # [B, T]  sum_{s>=t} r[i,s]
     return r / (reverse_cumsum.abs().max() + 1e-6)
+
+
+def normalize_in_groups(token_rewards, response_mask, group):
+    """normalize_process_rewards over each `group` consecutive rows of the step (0, or a
+    group larger than the step: the whole step), [B, T] -> [B, T]. The step's rows are rank 0's,
+    then rank 1's, ...: with B rows per rank and B a multiple of the group (128 on 1, 2, 4 or 8 GPUs
+    in the recipe) each group lies inside one rank. When a group spans ranks (16 GPUs hold 64 rows
+    each; the toy preset's whole step on 2 ranks) every rank gathers the step's rewards, padded to
+    the longest response (4 MB per 1024 rows x 1024 tokens), and takes its own rows back.
+    train.check_batch makes the group divide the step's responses and hold whole prompts' groups
+    of K."""
+    B, T = token_rewards.shape
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    group = min(group or B * world, B * world)
+    if B * world % group:
+        raise ValueError(f"process_norm_rows={group} does not divide the step's {B * world} responses")
+
+    def by_group(r, m):
+        return torch.cat([normalize_process_rewards(r[s:s + group], m[s:s + group])
+                          for s in range(0, len(r), group)])
+
+    if B % group == 0:
+        return by_group(token_rewards, response_mask)
+    width = torch.tensor(T, device=token_rewards.device)  # the longest response of any rank
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    width = int(width)
+    whole = []  # [world * B, width] each: the step's rewards, then its mask
+    for x in (token_rewards, response_mask):
+        parts = [torch.empty(B, width, dtype=x.dtype, device=x.device) for _ in range(world)]
+        dist.all_gather(parts, F.pad(x, (0, width - T)))
+        whole.append(torch.cat(parts))
+    rank = dist.get_rank()
+    return by_group(*whole)[rank * B:(rank + 1) * B, :T]
 
 
 def _leave_one_out(x, mask, group_size):

@@ -501,39 +501,9 @@ def compute_advantages(token_rewards, outcome, mask, cfg):
         # [PR] normalised inside each data-parallel worker, over its 128 of the step's 1024 rows on
         # the recipe's 8 GPUs. The group is that number of rows here whatever the number of ranks
         # (process_norm_rows), so 1, 2, 4, 8 or 16 GPUs divide by what the paper's run divided by.
-        token_rewards = normalize_in_groups(token_rewards, mask, cfg.process_norm_rows)
+        token_rewards = rewards.normalize_in_groups(token_rewards, mask, cfg.process_norm_rows)
     returns = rewards.rloo_returns(token_rewards, outcome, mask, cfg.samples_per_prompt, cfg.gamma)
     return rewards.whiten(returns, mask)  # over every valid token of every rank
-
-
-def normalize_in_groups(token_rewards, mask, group):
-    """rewards.normalize_process_rewards over each `group` consecutive rows of the step (0, or a
-    group larger than the step: the whole step), [B, T] -> [B, T]. The step's rows are rank 0's,
-    then rank 1's, ...: with B rows per rank and B a multiple of the group (128 on 1, 2, 4 or 8 GPUs
-    in the recipe) each group lies inside one rank. When a group spans ranks (16 GPUs hold 64 rows
-    each; the toy preset's whole step on 2 ranks) every rank gathers the step's rewards, padded to
-    the longest response (4 MB per 1024 rows x 1024 tokens), and takes its own rows back.
-    check_batch makes the group divide the step's responses and hold whole prompts' groups of K."""
-    B, T = token_rewards.shape
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    group = min(group or B * world, B * world)
-    if B * world % group:
-        raise ValueError(f"process_norm_rows={group} does not divide the step's {B * world} responses")
-
-    def by_group(r, m):
-        return torch.cat([rewards.normalize_process_rewards(r[s:s + group], m[s:s + group])
-                          for s in range(0, len(r), group)])
-
-    if B % group == 0:
-        return by_group(token_rewards, mask)
-    width = all_max(T, token_rewards.device)
-    whole = []  # [world * B, width] each: the step's rewards, then its mask
-    for x in (token_rewards, mask):
-        parts = [torch.empty(B, width, dtype=x.dtype, device=x.device) for _ in range(world)]
-        dist.all_gather(parts, torch.nn.functional.pad(x, (0, width - T)))
-        whole.append(torch.cat(parts))
-    rank = dist.get_rank()
-    return by_group(*whole)[rank * B:(rank + 1) * B, :T]
 
 
 def policy_step(policy, optimizer, rollouts, old_logp, advantages, cfg, step, device):

@@ -154,7 +154,7 @@ def _norm_worker(rank, init_file, out_dir):
         process, mask = norm_batch()
         mine = slice(4 * rank, 4 * rank + 4)
         width = max(NORM_LENGTHS[mine])
-        torch.save({group: train.normalize_in_groups(process[mine, :width], mask[mine, :width], group)
+        torch.save({group: rewards.normalize_in_groups(process[mine, :width], mask[mine, :width], group)
                     for group in (2, 4, 8, 0)}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -166,13 +166,13 @@ def test_normaliser_group_is_rows_of_the_step_on_any_number_of_ranks(tmp_path):
     advantages on 1 or 2 ranks (16 GPUs or 8 with the recipe's 128)."""
     process, mask = norm_batch()
     for group in (2, 4, 8):
-        assert torch.equal(train.normalize_in_groups(process, mask, group), by_hand(process, mask, group))
+        assert torch.equal(rewards.normalize_in_groups(process, mask, group), by_hand(process, mask, group))
     whole = rewards.normalize_process_rewards(process, mask)
-    assert torch.equal(train.normalize_in_groups(process, mask, 0), whole)
-    assert torch.equal(train.normalize_in_groups(process, mask, 128), whole)  # a step smaller than the group
+    assert torch.equal(rewards.normalize_in_groups(process, mask, 0), whole)
+    assert torch.equal(rewards.normalize_in_groups(process, mask, 128), whole)  # a step smaller than the group
     assert not torch.allclose(by_hand(process, mask, 4), by_hand(process, mask, 8))  # the group matters
     with pytest.raises(ValueError, match="does not divide"):
-        train.normalize_in_groups(process, mask, 3)
+        rewards.normalize_in_groups(process, mask, 3)
 
     import torch.multiprocessing as mp
     mp.spawn(_norm_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
