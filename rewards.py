@@ -243,7 +243,7 @@ def normalize_in_groups(token_rewards, response_mask, group):
     in the recipe) each group lies inside one rank. When a group spans ranks (16 GPUs hold 64 rows
     each; the toy preset's whole step on 2 ranks) every rank gathers the step's rewards, padded to
     the longest response (4 MB per 1024 rows x 1024 tokens), and takes its own rows back.
-    train.check_batch makes the group divide the step's responses and hold whole prompts' groups
+    support.batches.check_arithmetic makes the group divide the step's responses and hold whole prompts' groups
     of K."""
     B, T = token_rewards.shape
     world = dist.get_world_size() if dist.is_initialized() else 1

@@ -50,7 +50,7 @@ import eval as evaluation
 import rewards
 import rollout
 import verify
-from support import cli, memory, metrics, sandbox, sft
+from support import batches, cli, memory, metrics, sandbox, sft
 from support.batches import Rollouts, all_logprobs, micro_batches, response_logprobs
 from support.checkpoint import export, resume_from, save_checkpoint
 from support.cli import knob, out_of
@@ -183,12 +183,12 @@ def main(argv):
     if plan_cfg.memory_plan:  # the per-GPU memory of every phase, on fake tensors, on any machine
         world, gib = memory.machine(plan_cfg)
         if sft_cfg.stage == "prime":
-            check_batch(cfg, world)
+            batches.check_arithmetic(cfg, world)
         raise SystemExit(memory.run_plan(cfg, sft_cfg, world, gib))
     rank, world, device, mesh = init_distributed(timedelta(minutes=cfg.dist_timeout_minutes))
     os.makedirs(cfg.out_dir, exist_ok=True)
     if sft_cfg.stage == "prime":
-        check_batch(cfg, world)
+        batches.check_arithmetic(cfg, world)
     # The resolved settings, beside the run's outputs: eval.py reads them to rebuild the toy's
     # held-out problems, and a reader can see what produced the metrics.
     if rank == 0:
@@ -571,39 +571,6 @@ def across(cfg, toy_cfg, sft_cfg, plan_cfg):
             problems.append("--stage=sft fine-tunes --model_path (the base model) on --sft_files (chat files): "
                             "give both, or neither for the toy")
     return problems
-
-
-def check_batch(cfg, world):
-    """The numbers every rank must agree on, printed once; a config that does not divide stops."""
-    K = cfg.samples_per_prompt
-    responses = cfg.prompts_per_step * K  # one step's batch, all ranks together
-    # Each rank takes an equal share of the prompts and of every mini-batch; a mini-batch must
-    # divide the step's responses, or the last optimizer step would see a partial batch.
-    problems = [f"prompts_per_step={cfg.prompts_per_step} is not divisible by {world} ranks"] \
-        if cfg.prompts_per_step % world else []
-    problems += [f"{name}={getattr(cfg, name)} must divide the {responses} responses per step and be divisible "
-                 f"by {world} ranks" for name in ("prm_mini_batch", "policy_mini_batch")
-                 if getattr(cfg, name) % world or responses % getattr(cfg, name)]
-    if K < 2:
-        problems.append("samples_per_prompt must be >= 2 (the leave-one-out baseline needs K-1 others)")
-    norm_rows = min(cfg.process_norm_rows or responses, responses)  # a smaller step is one group
-    normalised = cfg.process_rewards and cfg.process_norm == "batch_norm"
-    if normalised and (cfg.process_norm_rows < 0 or responses % norm_rows or norm_rows % K):
-        problems.append(f"process_norm_rows={cfg.process_norm_rows} must divide the {responses} responses per step "
-                        f"and be a multiple of samples_per_prompt={K} (0: the whole step)")
-    if cfg.keep_checkpoints < 1 or cfg.save_every < 1:
-        problems.append("keep_checkpoints and save_every must be >= 1")
-    if problems:
-        raise SystemExit("train.py: " + "; ".join(problems))
-    prm = ("no PRM (outcome-only RLOO)" if not cfg.process_rewards else "PRM frozen (scores only)"
-           if cfg.prm_update == "frozen" else f"PRM: {responses // cfg.prm_mini_batch} optimizer steps of "
-           f"{cfg.prm_mini_batch} responses, in order" + (", then a second forward re-scores them all"
-                                                          if cfg.prm_update == "double" else ""))
-    log(f"batch: {cfg.prompts_per_step} prompts x {K} samples = {responses} responses per step "
-        f"({responses // world} per rank on {world} ranks); {prm}; policy: "
-        f"{cfg.ppo_epochs * responses // cfg.policy_mini_batch} optimizer steps of {cfg.policy_mini_batch} "
-        f"responses, shuffled; micro-batches of <= {cfg.micro_batch_tokens} tokens" +
-        (f"; process rewards normalised over groups of {norm_rows} responses" if normalised else ""))
 
 
 def load_problems(cfg, toy_cfg, tokenizer):

@@ -6,6 +6,8 @@ several rows concatenated, no padding (model.py). These helpers go from one to t
 `Rollouts` holds a rank's kept samples of a step, `micro_batches` splits rows into forwards of a
 bounded number of tokens (as many on every rank: under FSDP2 each forward is a collective), and
 `response_logprobs` / `all_logprobs` score the response tokens and scatter them into [b, T].
+`check_arithmetic` checks, before a run starts, that a step's prompts, mini-batches and
+normaliser groups divide evenly over the ranks.
 """
 
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 
 import model as M
-from support.distributed import all_max
+from support.distributed import all_max, log
 
 
 @dataclass
@@ -99,3 +101,37 @@ def micro_batches(rows, lengths, budget, device):
         batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
         tokens[k:k + 1] = [sum(lengths[i] for i in b) for b in batches[k:k + 2]]
     return batches
+
+
+def check_arithmetic(cfg, world):
+    """The numbers every rank must agree on for a PRIME step of cfg (a train.Config) on `world`
+    ranks, printed once; a config that does not divide stops."""
+    K = cfg.samples_per_prompt
+    responses = cfg.prompts_per_step * K  # one step's batch, all ranks together
+    # Each rank takes an equal share of the prompts and of every mini-batch; a mini-batch must
+    # divide the step's responses, or the last optimizer step would see a partial batch.
+    problems = [f"prompts_per_step={cfg.prompts_per_step} is not divisible by {world} ranks"] \
+        if cfg.prompts_per_step % world else []
+    problems += [f"{name}={getattr(cfg, name)} must divide the {responses} responses per step and be divisible "
+                 f"by {world} ranks" for name in ("prm_mini_batch", "policy_mini_batch")
+                 if getattr(cfg, name) % world or responses % getattr(cfg, name)]
+    if K < 2:
+        problems.append("samples_per_prompt must be >= 2 (the leave-one-out baseline needs K-1 others)")
+    norm_rows = min(cfg.process_norm_rows or responses, responses)  # a smaller step is one group
+    normalised = cfg.process_rewards and cfg.process_norm == "batch_norm"
+    if normalised and (cfg.process_norm_rows < 0 or responses % norm_rows or norm_rows % K):
+        problems.append(f"process_norm_rows={cfg.process_norm_rows} must divide the {responses} responses per step "
+                        f"and be a multiple of samples_per_prompt={K} (0: the whole step)")
+    if cfg.keep_checkpoints < 1 or cfg.save_every < 1:
+        problems.append("keep_checkpoints and save_every must be >= 1")
+    if problems:
+        raise SystemExit("train.py: " + "; ".join(problems))
+    prm = ("no PRM (outcome-only RLOO)" if not cfg.process_rewards else "PRM frozen (scores only)"
+           if cfg.prm_update == "frozen" else f"PRM: {responses // cfg.prm_mini_batch} optimizer steps of "
+           f"{cfg.prm_mini_batch} responses, in order" + (", then a second forward re-scores them all"
+                                                          if cfg.prm_update == "double" else ""))
+    log(f"batch: {cfg.prompts_per_step} prompts x {K} samples = {responses} responses per step "
+        f"({responses // world} per rank on {world} ranks); {prm}; policy: "
+        f"{cfg.ppo_epochs * responses // cfg.policy_mini_batch} optimizer steps of {cfg.policy_mini_batch} "
+        f"responses, shuffled; micro-batches of <= {cfg.micro_batch_tokens} tokens" +
+        (f"; process rewards normalised over groups of {norm_rows} responses" if normalised else ""))

@@ -20,6 +20,7 @@ from torch.distributed.device_mesh import init_device_mesh
 import model as M
 import rewards
 import train
+from support import batches
 from support.distributed import adamw
 from tests.tiny import random_checkpoint, tiny_config, toy_config
 
@@ -189,10 +190,10 @@ def test_normaliser_group_must_divide_the_step_into_whole_prompts():
     cfg = config(prompts_per_step=4)  # 16 responses per step, K = 4
     for rows, ok in ((0, True), (8, True), (16, True), (32, True), (6, False), (12, False), (2, False), (-4, False)):
         if ok:
-            train.check_batch(dataclasses.replace(cfg, process_norm_rows=rows), 1)
+            batches.check_arithmetic(dataclasses.replace(cfg, process_norm_rows=rows), 1)
         else:
             with pytest.raises(SystemExit, match="process_norm_rows"):
-                train.check_batch(dataclasses.replace(cfg, process_norm_rows=rows), 1)
+                batches.check_arithmetic(dataclasses.replace(cfg, process_norm_rows=rows), 1)
 
 
 # ----------------------------------------------------------------------------------------------
