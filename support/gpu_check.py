@@ -189,12 +189,12 @@ def as_accurate_as_sdpa(flash, sdpa):
     return flash <= 2 * sdpa + 0.01
 
 
-def flash_packed_errors(reference, net, device, lengths, generator):
+def flash_packed_errors(reference, net, device, lengths, generator, backends=("sdpa", "flash")):
     """Packed forward (no grad) and forward + backward in score mode, activation checkpointing
-    on, of `net` (bf16) through SDPA and through flash_attn_varlen_func, over random sequences of
-    `lengths` with every token but each sequence's last scored, against `reference` (the same
-    weights in fp32, SDPA). Returns {backend: {"logits", "log-probs", "q_proj gradient"}} of
-    relative errors."""
+    on, of `net` (bf16) through each of `backends` (model.attention's "sdpa", "flash", "varlen"),
+    over random sequences of `lengths` with every token but each sequence's last scored, against
+    `reference` (the same weights in fp32, SDPA). Returns {backend: {"logits", "log-probs",
+    "q_proj gradient"}} of relative errors."""
     V = net.config.vocab_size
     ids = torch.randint(0, V, (sum(lengths),), generator=generator).to(device)
     cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
@@ -207,7 +207,7 @@ def flash_packed_errors(reference, net, device, lengths, generator):
     logp_exact.sum().backward()
     grad_exact = reference.model.layers[0].self_attn.q_proj.weight.grad
     errors = {}
-    for backend in ("sdpa", "flash"):
+    for backend in backends:
         net.attn_backend, net.activation_checkpointing = backend, True
         net.zero_grad()
         with torch.no_grad():

@@ -1,6 +1,8 @@
-"""FSDP2 on two gloo ranks (CPU) against the same step in one process."""
+"""FSDP2 on two gloo ranks (CPU) against the same step in one process; sharded loading, each rank
+reading only its rows."""
 
 import json
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -88,3 +90,78 @@ def test_fsdp_step_equals_single_process_step(tmp_path):
     assert set(shards) == set(saved) and all(t.dtype == torch.bfloat16 for t in shards.values())
     assert all(torch.equal(shards[n], saved[n].to(torch.bfloat16)) for n in saved)
     assert M.load_model(tmp_path / "saved_bf16").config.vocab_size == 97
+
+
+def _load_worker(rank, init_file, checkpoints, out):
+    """Load each checkpoint with load_for_training, recording every read from its files."""
+    from support.distributed import load_for_training
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    reads, real_open = [], M.safe_open
+
+    class Recorder:  # a safetensors file handle that notes how many elements of which weight are read
+        def __init__(self, f):
+            self.f = f
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_tensor(self, name):
+            reads.append((name, "whole"))
+            return self.f.get_tensor(name)
+
+        def get_slice(self, name):
+            stored = self.f.get_slice(name)
+            return type("Slice", (), {"get_shape": lambda _: stored.get_shape(),
+                                      "__getitem__": lambda _, rows: reads.append((name, stored[rows].numel()))
+                                      or stored[rows]})()
+
+    @contextmanager
+    def recording_open(file, framework):
+        with real_open(file, framework=framework) as f:
+            yield Recorder(f)
+
+    M.safe_open = recording_open
+    result = {}
+    for name, ckpt in checkpoints.items():
+        reads.clear()
+        net = load_for_training(ckpt, "cpu", mesh, trainable=True, bf16=False, activation_checkpointing=False)
+        ids, cu, _ = shard_batch(0)
+        with torch.no_grad():
+            logits = net(ids, cu)
+        result[name] = {"shards": {n: (t.to_local().clone(), t.shape) for n, t in net.state_dict().items()},
+                        "reads": list(reads), "logits": logits,
+                        "tied": net.lm_head.weight is net.model.embed_tokens.weight}
+    torch.save(result, f"{out}/load{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sharded_load_reads_each_ranks_rows_only(tmp_path):
+    """load_for_training on two ranks: each rank's shards equal its rows of the full model (rows
+    split as torch.chunk splits them: 97 vocabulary rows are 49 + 48), the tied head stays tied,
+    the sharded model computes what the whole one computes, and each rank read from the files
+    exactly the elements of its own shards, never a whole weight: no rank held the full model."""
+    checkpoints = {"untied": str(tmp_path / "untied"), "tied": str(tmp_path / "tied")}
+    random_checkpoint(checkpoints["untied"], hidden_size=64, heads=4, kv_heads=2)
+    random_checkpoint(checkpoints["tied"], hidden_size=64, heads=4, kv_heads=2, tie=True, seed=1)
+    mp.spawn(_load_worker, args=(str(tmp_path / "init"), checkpoints, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"load{r}.pt") for r in range(2)]
+    for name, ckpt in checkpoints.items():
+        full = M.load_model(ckpt)
+        whole = full.state_dict()
+        with torch.no_grad():
+            expected = full(*shard_batch(0)[:2])
+        assert all(r[name]["tied"] == (name == "tied") for r in ranks)
+        for rank, r in enumerate(ranks):
+            torch.testing.assert_close(r[name]["logits"], expected, rtol=0, atol=1e-6)
+            shards = r[name]["shards"]
+            assert set(shards) == set(whole)
+            for key, (local, shape) in shards.items():
+                rows = -(-shape[0] // 2)
+                assert torch.equal(local, whole[key][rank * rows:(rank + 1) * rows]), (name, key, rank)
+            assert shards["model.embed_tokens.weight"][0].shape[0] == (49, 48)[rank]
+            read = r[name]["reads"]
+            assert all(isinstance(n, int) for _, n in read), read  # slices only, never get_tensor
+            stored = [k for k in shards if not (name == "tied" and k == "lm_head.weight")]
+            assert sorted(k for k, _ in read) == sorted(stored)  # each weight read once
+            assert sum(n for _, n in read) == sum(shards[k][0].numel() for k in stored)
