@@ -118,6 +118,15 @@ def load_for_training(path, device, mesh, trainable, bf16, activation_checkpoint
     return net
 
 
+def local_bytes(tensors):
+    """Bytes of this rank's part of each tensor (the local shard of a DTensor)."""
+    total = 0
+    for t in tensors:
+        t = t.to_local() if isinstance(t, DTensor) else t
+        total += t.numel() * t.element_size()
+    return total
+
+
 def adamw(net, lr, weight_decay):
     """AdamW as the official code configures it (betas 0.9/0.999). The fused implementation
     updates every parameter in one kernel with no temporaries: the for-each one (the CUDA

@@ -51,6 +51,7 @@ import torch
 import model as M
 import rollout
 from support.cli import knob
+from support.distributed import local_bytes
 
 GIB = 2 ** 30
 NON_TORCH_BYTES = 2 * GIB  # CUDA context + cuBLAS workspaces + NCCL buffers, per GPU (an assumption)
@@ -274,16 +275,6 @@ class _Meter:
         out["peak"] = self._total(self.tracker.get_tracker_snapshot("peak"))
 
 
-def _local_bytes(tensors):
-    """Bytes of this rank's part of each tensor (the local shard of a DTensor)."""
-    from torch.distributed.tensor import DTensor
-    total = 0
-    for t in tensors:
-        t = t.to_local() if isinstance(t, DTensor) else t
-        total += t.numel() * t.element_size()
-    return total
-
-
 def compute_dtype(cfg):
     """The dtype a train.Config computes in (sampling, the reference, the export): bf16 under
     cfg.bf16, else fp32."""
@@ -321,7 +312,7 @@ def _optimizer_step(net, optimizer, batches, clip, reference=None):
                 reference(**batch)
         logp, _ = net(**batch)
         logp.sum().backward()
-    grads = _local_bytes(p.grad for p in net.parameters() if p.grad is not None)
+    grads = local_bytes(p.grad for p in net.parameters() if p.grad is not None)
     torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -379,7 +370,7 @@ def _sampling_phases(plan, meter, states, policy, config, cfg, device, rows, max
             logits = rollout.prefill(policy, prompts, cache, device)
             cache.filled = chunk  # the other groups write their rows with the same computation
             logits = torch.cat([logits] * math.ceil(chunk / len(prompts)))[:chunk]  # [chunk, V]
-            kv, fused = cache.nbytes(), _local_bytes(t for pair in cache.qkv for t in pair)
+            kv, fused = cache.nbytes(), local_bytes(t for pair in cache.qkv for t in pair)
         with meter.measure(decode):
             token = rollout.sample(logits, 1.0, 1.0, 0, None, config.vocab_size)
             logits = policy(token, cache=cache)
@@ -427,8 +418,8 @@ def plan(cfg, config, world, gpu_gib, sft_max_tokens=None):
                     for name, net in (("policy", policy), ("prm", prm))}
             meter = _Meter(policy, prm, ref, *opts.values())
             dummy, states = _warm_up(meter, ((policy, opts["policy"]), (prm, opts["prm"])), device)
-            params = _local_bytes(p for net in (policy, prm, ref) for p in net.parameters())
-            moments = _local_bytes(t for o in opts.values() for s in o.state.values() for t in s.values())
+            params = local_bytes(p for net in (policy, prm, ref) for p in net.parameters())
+            moments = local_bytes(t for o in opts.values() for s in o.state.values() for t in s.values())
             result.sizes["model states per GPU: parameters / AdamW moments, GiB"] = \
                 f"{params / GIB:.1f} / {moments / GIB:.1f}"
             base = {"states": states}

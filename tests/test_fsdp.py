@@ -165,3 +165,58 @@ def test_sharded_load_reads_each_ranks_rows_only(tmp_path):
             stored = [k for k in shards if not (name == "tied" and k == "lm_head.weight")]
             assert sorted(k for k, _ in read) == sorted(stored)  # each weight read once
             assert sum(n for _, n in read) == sum(shards[k][0].numel() for k in stored)
+
+
+def _save_worker(rank, init_file, ckpt, root, out):
+    """Two checkpoints saved normally (the second over a half-written leftover), then one with the
+    disk reported short on rank 1 only."""
+    import os
+    import shutil
+
+    from support import checkpoint
+    from support.distributed import adamw, load_for_training
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    net = load_for_training(ckpt, "cpu", init_device_mesh("cpu", (2,)), True, False, False)
+    optimizer = adamw(net, 1e-3, 0.0)
+    sgd_step(net, *shard_batch(rank))  # gradients, for AdamW's moments to exist
+    optimizer.step()
+    estimates = []
+    real_bytes = checkpoint.checkpoint_bytes
+    checkpoint.checkpoint_bytes = lambda state, device: estimates.append(real_bytes(state, device)) or estimates[-1]
+    checkpoint.save_checkpoint(root, 1, {"policy": net}, {"policy": optimizer}, {}, keep=1)
+    if rank == 0:  # a save killed midway: a folder without COMPLETE
+        os.makedirs(f"{root}/step_000002")
+        open(f"{root}/step_000002/__0_0.distcp", "w").close()
+    dist.barrier()
+    checkpoint.save_checkpoint(root, 3, {"policy": net}, {"policy": optimizer}, {}, keep=1)
+    real_usage = shutil.disk_usage
+    shutil.disk_usage = lambda path: real_usage(path)._replace(free=estimates[-1] - 1 if rank == 1 else 10 ** 15)
+    try:
+        checkpoint.save_checkpoint(root, 4, {"policy": net}, {"policy": optimizer}, {}, keep=1)
+        stopped = None
+    except SystemExit as stop:
+        stopped = str(stop)
+    torch.save({"estimates": estimates, "stopped": stopped}, f"{out}/save{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_save_stops_when_the_disk_lacks_room_and_never_leaves_half_a_checkpoint(tmp_path):
+    """The checkpoint's size estimate covers what DCP writes; a leftover of a killed save is
+    removed by the next save; a save with too little room (here on one rank of two) stops both
+    ranks with the numbers before writing anything, and the last complete checkpoint stays."""
+    import os
+
+    from support.checkpoint import checkpoint_dirs
+    ckpt, root = tmp_path / "ckpt", tmp_path / "run" / "checkpoints"
+    random_checkpoint(ckpt, hidden_size=64, heads=4, kv_heads=2)
+    mp.spawn(_save_worker, args=(str(tmp_path / "init"), str(ckpt), str(root), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"save{r}.pt") for r in range(2)]
+    written = sum(os.path.getsize(root / "step_000003" / f) for f in os.listdir(root / "step_000003"))
+    estimate = ranks[0]["estimates"][1]
+    assert all(r["estimates"] == ranks[0]["estimates"] for r in ranks)
+    assert written <= estimate <= 1.5 * written + 2 * 2 ** 21, (written, estimate)  # covers it; 2 MiB JSON allowance
+    assert sorted(os.listdir(root)) == ["step_000003"]  # step 1 rotated out (keep=1), the leftover gone, no step 4
+    assert checkpoint_dirs(str(root)) == [str(root / "step_000003")]
+    for r in ranks:
+        assert r["stopped"] is not None and "not enough disk space" in r["stopped"], r
+        assert "keep_checkpoints + 1 = 2" in r["stopped"] and "resumes from" in r["stopped"] and "step_000003" in r["stopped"]
