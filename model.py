@@ -212,21 +212,28 @@ def fuse_qkv(attn):
 
 def attention_backend(device, dtype, head_dim):
     """Which backend runs attention for activations of `dtype` on `device`: "flash" (flash-attn),
-    "varlen" (torch's varlen_attn) or "sdpa".
-
-    Both flash paths are FlashAttention-2 kernels: CUDA, fp16/bf16, Ampere or newer (compute
-    capability 8.0+). flash-attn is preferred where installed (it pads head dims that are no
-    multiple of 8 itself, and appends to the cache in its kernel); torch's needs head dim <= 256
-    and a multiple of 8 (its kernel's checks; it pads nothing). Everything else gets SDPA."""
-    flash_capable = (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-                     and torch.cuda.get_device_capability(device)[0] >= 8)
-    if flash_capable and flash_attn_varlen_func is not None:
-        return "flash"
-    if flash_capable and varlen_attn is not None and head_dim % 8 == 0 and head_dim <= 256:
-        return "varlen"
-    if flash_capable:
+    "varlen" (torch's varlen_attn) or "sdpa". Both flash paths are FlashAttention-2 kernels:
+    CUDA, fp16/bf16, Ampere or newer (compute capability 8.0+); there, the installed one
+    (`installed_flash_path`). Everything else gets SDPA."""
+    if not (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(device)[0] >= 8):
+        return "sdpa"
+    path = installed_flash_path(head_dim)
+    if path is None:
         _warn_sdpa_on_gpu()
-    return "sdpa"
+    return path or "sdpa"
+
+
+def installed_flash_path(head_dim):
+    """The FlashAttention-2 path this process has for heads of `head_dim`: "flash" where
+    flash-attn is installed (it pads head dims that are no multiple of 8 itself, and appends to
+    the cache in its kernel), else "varlen" where torch has varlen_attn and the head dim suits
+    its kernel (at most 256, a multiple of 8: it pads nothing), else None."""
+    if flash_attn_varlen_func is not None:
+        return "flash"
+    if varlen_attn is not None and head_dim % 8 == 0 and head_dim <= 256:
+        return "varlen"
+    return None
 
 
 @functools.cache

@@ -54,7 +54,8 @@ from support import cli, memory, metrics, sft
 from support.batches import Rollouts, all_logprobs, micro_batches, response_logprobs
 from support.checkpoint import export, resume_from, save_checkpoint
 from support.cli import knob, out_of
-from support.distributed import adamw, all_max, clip_and_step, init_distributed, load_for_training, log, seed_for
+from support.distributed import (adamw, all_max, clip_and_step, init_distributed, load_for_training, log,
+                                 require_torch, seed_for)
 from toy import task as toy
 
 PRM_UPDATES = ("single", "double", "frozen")  # Config.prm_update
@@ -169,6 +170,7 @@ SECTIONS = (Config, toy.ToyConfig, sft.SFTConfig, memory.PlanConfig)  # every --
 
 
 def main(argv):
+    require_torch()  # an older torch stops here, with the reason, not minutes into a run
     cfg, toy_cfg, sft_cfg, plan_cfg = resolved = settings(argv)
     if plan_cfg.memory_plan:  # the per-GPU memory of every phase, on fake tensors, on any machine
         world, gib = memory.machine(plan_cfg)

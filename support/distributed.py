@@ -15,7 +15,6 @@ import socket
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 import model as M
 
@@ -120,6 +119,7 @@ def load_for_training(path, device, mesh, trainable, bf16, activation_checkpoint
 
 def local_bytes(tensors):
     """Bytes of this rank's part of each tensor (the local shard of a DTensor)."""
+    from torch.distributed.tensor import DTensor  # (imported here: require_torch runs before any of this)
     total = 0
     for t in tensors:
         t = t.to_local() if isinstance(t, DTensor) else t
@@ -140,6 +140,7 @@ def clip_and_step(net, optimizer, max_norm):
     # Under FSDP2 every gradient is a DTensor shard; clip_grad_norm_ sums the squares over all
     # ranks' shards, so each rank scales by the same global norm. The norm itself comes back as a
     # DTensor too: full_tensor() makes it a plain number for the metrics.
+    from torch.distributed.tensor import DTensor
     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
