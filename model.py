@@ -241,12 +241,13 @@ def _warn_sdpa_on_gpu():
     """Once per process (rank 0 speaks for all): a GPU that could run flash attention runs SDPA."""
     if not dist.is_initialized() or dist.get_rank() == 0:
         warnings.warn(
-            "model.py: attention runs on SDPA: neither flash-attn nor torch's varlen_attn (torch >= 2.12) is "
-            "available. SDPA pads every packed micro-batch to its longest sequence, so attention's work and its "
-            "copies of q, k and v grow from the tokens to sequences x longest length (several times more at RL's "
-            "long-tailed response lengths), and each decode step attends over a padded cache with a mask. "
-            "Install flash-attn (requirements-gpu.txt) or torch >= 2.12; the memory plan plans SDPA when it "
-            "is what runs (support/memory.py).", stacklevel=3)
+            "model.py: attention runs on SDPA on this GPU: flash-attn is not installed and torch's varlen_attn "
+            "is not usable (it needs torch >= 2.12 and a head dim that is a multiple of 8, at most 256). SDPA "
+            "pads every packed micro-batch to its longest sequence, so attention's work and its copies of q, k "
+            "and v grow from the batch's tokens to sequences x longest length, and each decode step attends "
+            "over the padded cache with a mask. Install flash-attn (requirements-gpu.txt) or torch >= 2.12.",
+            stacklevel=3)
+
 
 def attention(q, k, v, layout, cache, layer_idx, backend):
     """Causal attention of each token over the earlier tokens of its own sequence.

@@ -323,8 +323,9 @@ def test_varlen_signature_is_the_installed_torchs():
     """Every parameter, its kind (keyword-only after max_k), default and annotation, as the
     installed torch's varlen_attn declares them; no *args or **kwargs."""
     real, ours = inspect.signature(installed_varlen_attn()), inspect.signature(varlen_attn)
-    describe = lambda sig: [(p.name, p.kind, p.default, str(p.annotation).replace("tests.flash_standin.", "")  # noqa: E731
-                             .replace("torch.nn.attention.varlen.", "")) for p in sig.parameters.values()]
+    def describe(sig):  # the annotations' AuxRequest is each module's own
+        return [(p.name, p.kind, p.default, str(p.annotation).replace("tests.flash_standin.", "")
+                 .replace("torch.nn.attention.varlen.", "")) for p in sig.parameters.values()]
     assert describe(ours) == describe(real)
     assert AuxRequest._fields == ("lse",) and AuxRequest().lse is False
 
@@ -343,7 +344,8 @@ def varlen_decode_call(used=(1, 4, 8), T=8, heads=(4, 2), d=16, seed=0):
     B = len(used)
     return dict(query=a["q"][:, 0], key=a["k_cache"].view(B * T, *a["k_cache"].shape[2:]),
                 value=a["v_cache"].view(B * T, *a["v_cache"].shape[2:]),
-                cu_seq_q=torch.arange(B + 1, dtype=torch.int32), cu_seq_k=torch.arange(0, B * T + 1, T, dtype=torch.int32),
+                cu_seq_q=torch.arange(B + 1, dtype=torch.int32),
+                cu_seq_k=torch.arange(0, B * T + 1, T, dtype=torch.int32),
                 max_q=1, max_k=max(used), window_size=(-1, 0), enable_gqa=True,
                 seqused_k=torch.tensor(used, dtype=torch.int32))
 

@@ -219,4 +219,5 @@ def test_save_stops_when_the_disk_lacks_room_and_never_leaves_half_a_checkpoint(
     assert checkpoint_dirs(str(root)) == [str(root / "step_000003")]
     for r in ranks:
         assert r["stopped"] is not None and "not enough disk space" in r["stopped"], r
-        assert "keep_checkpoints + 1 = 2" in r["stopped"] and "resumes from" in r["stopped"] and "step_000003" in r["stopped"]
+        assert "keep_checkpoints + 1 = 2" in r["stopped"], r
+        assert "resumes from" in r["stopped"] and "step_000003" in r["stopped"], r

@@ -54,7 +54,8 @@ def test_gpu_check_smoke_on_a_bare_image_plan_matches_the_measured_peaks(tmp_pat
     smoke = run_train(["--smoke", f"--report={report}"], tmp_path, timeout=TIMEOUT, script="support/gpu_check.py")
     out = smoke.stdout
     assert smoke.returncode == 0, out + smoke.stderr
-    assert out.strip().splitlines()[-1] == f"support/gpu_check.py: 4 passed, 0 failed, 2 skipped (report: {report})", out
+    last = out.strip().splitlines()[-1]
+    assert last == f"support/gpu_check.py: 4 passed, 0 failed, 2 skipped (report: {report})", out
     written = json.loads(report.read_text())
     assert written["counts"] == {"PASS": 4, "FAIL": 0, "SKIP": 2}
     verdicts = [line for line in out.splitlines() if line.split("] ", 1)[-1].split(":")[0] in ("PASS", "FAIL", "SKIP")]

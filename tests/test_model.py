@@ -254,7 +254,8 @@ def test_the_model_asks_the_rule_unless_told(monkeypatch):
     SDPA), or the backend it was given."""
     net = M.Qwen2ForCausalLM(gpu_check.qwen2_config(gpu_check.TINY))
     asked = []
-    monkeypatch.setattr(M, "attention_backend", lambda device, dtype, head: asked.append((device, dtype, head)) or "sdpa")
+    monkeypatch.setattr(M, "attention_backend",
+                        lambda device, dtype, head: asked.append((device, dtype, head)) or "sdpa")
     x = torch.zeros(3, 128)
     assert net._backend(x) == "sdpa" and asked == [(x.device, torch.float32, 32)]
     net.attn_backend = "varlen"
