@@ -72,9 +72,8 @@ from support.distributed import local_bytes, sharded_skeleton
 
 GIB = 2 ** 30
 NON_TORCH_BYTES = 2 * GIB  # CUDA context + cuBLAS workspaces + NCCL buffers, per GPU (an assumption)
-# What an "80 GB" H100 gives a process: torch.cuda.mem_get_info's total is 79.1 GiB (80 GB is
-# 74.5 GiB; the card has 81,559 MiB, of which the driver keeps some). Planned from a CPU, a GPU is
-# this; on a GPU machine the plan reads the real figure.
+# What an H100 80GB gives a process: about 79.1 GiB (CUDA's reported total; "80 GB" is the card's
+# marketing figure). Planned from a CPU, a GPU is this; on a GPU machine the plan reads the real one.
 H100_80GB_GIB = 79.1
 BACKENDS = ("flash", "varlen", "sdpa")
 

@@ -4,6 +4,7 @@ reading only its rows."""
 import json
 from contextlib import contextmanager
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -92,9 +93,15 @@ def test_fsdp_step_equals_single_process_step(tmp_path):
     assert M.load_model(tmp_path / "saved_bf16").config.vocab_size == 97
 
 
-def _load_worker(rank, init_file, checkpoints, out):
-    """Load each checkpoint with load_for_training, recording every read from its files."""
-    from support.distributed import load_for_training
+def _load_and_save_worker(rank, init_file, folder):
+    """One spawn for two tests. Load each checkpoint with load_for_training, recording every read
+    from its files; then, with the untied model, save two checkpoints normally (the second over a
+    half-written leftover) and one with the disk reported short on rank 1 only."""
+    import os
+    import shutil
+
+    from support import checkpoint
+    from support.distributed import adamw, load_for_training
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     mesh = init_device_mesh("cpu", (2,))
     reads, real_open = [], M.safe_open
@@ -122,61 +129,22 @@ def _load_worker(rank, init_file, checkpoints, out):
             yield Recorder(f)
 
     M.safe_open = recording_open
-    result = {}
-    for name, ckpt in checkpoints.items():
+    loads = {}
+    for name in ("untied", "tied"):
         reads.clear()
-        net = load_for_training(ckpt, "cpu", mesh, trainable=True, bf16=False, activation_checkpointing=False)
+        net = load_for_training(f"{folder}/{name}", "cpu", mesh, trainable=True, bf16=False,
+                                activation_checkpointing=False)
         ids, cu, _ = shard_batch(0)
         with torch.no_grad():
             logits = net(ids, cu)
-        result[name] = {"shards": {n: (t.to_local().clone(), t.shape) for n, t in net.state_dict().items()},
-                        "reads": list(reads), "logits": logits,
-                        "tied": net.lm_head.weight is net.model.embed_tokens.weight}
-    torch.save(result, f"{out}/load{rank}.pt")
-    dist.destroy_process_group()
+        loads[name] = {"shards": {n: (t.to_local().clone(), t.shape) for n, t in net.state_dict().items()},
+                       "reads": list(reads), "logits": logits,
+                       "tied": net.lm_head.weight is net.model.embed_tokens.weight}
+        if name == "untied":
+            untied = net
+    M.safe_open = real_open
 
-
-def test_sharded_load_reads_each_ranks_rows_only(tmp_path):
-    """load_for_training on two ranks: each rank's shards equal its rows of the full model (rows
-    split as torch.chunk splits them: 97 vocabulary rows are 49 + 48), the tied head stays tied,
-    the sharded model computes what the whole one computes, and each rank read from the files
-    exactly the elements of its own shards, never a whole weight: no rank held the full model."""
-    checkpoints = {"untied": str(tmp_path / "untied"), "tied": str(tmp_path / "tied")}
-    random_checkpoint(checkpoints["untied"], hidden_size=64, heads=4, kv_heads=2)
-    random_checkpoint(checkpoints["tied"], hidden_size=64, heads=4, kv_heads=2, tie=True, seed=1)
-    mp.spawn(_load_worker, args=(str(tmp_path / "init"), checkpoints, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"load{r}.pt") for r in range(2)]
-    for name, ckpt in checkpoints.items():
-        full = M.load_model(ckpt)
-        whole = full.state_dict()
-        with torch.no_grad():
-            expected = full(*shard_batch(0)[:2])
-        assert all(r[name]["tied"] == (name == "tied") for r in ranks)
-        for rank, r in enumerate(ranks):
-            torch.testing.assert_close(r[name]["logits"], expected, rtol=0, atol=1e-6)
-            shards = r[name]["shards"]
-            assert set(shards) == set(whole)
-            for key, (local, shape) in shards.items():
-                rows = -(-shape[0] // 2)
-                assert torch.equal(local, whole[key][rank * rows:(rank + 1) * rows]), (name, key, rank)
-            assert shards["model.embed_tokens.weight"][0].shape[0] == (49, 48)[rank]
-            read = r[name]["reads"]
-            assert all(isinstance(n, int) for _, n in read), read  # slices only, never get_tensor
-            stored = [k for k in shards if not (name == "tied" and k == "lm_head.weight")]
-            assert sorted(k for k, _ in read) == sorted(stored)  # each weight read once
-            assert sum(n for _, n in read) == sum(shards[k][0].numel() for k in stored)
-
-
-def _save_worker(rank, init_file, ckpt, root, out):
-    """Two checkpoints saved normally (the second over a half-written leftover), then one with the
-    disk reported short on rank 1 only."""
-    import os
-    import shutil
-
-    from support import checkpoint
-    from support.distributed import adamw, load_for_training
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    net = load_for_training(ckpt, "cpu", init_device_mesh("cpu", (2,)), True, False, False)
+    net, root = untied, f"{folder}/run/checkpoints"
     optimizer = adamw(net, 1e-3, 0.0)
     sgd_step(net, *shard_batch(rank))  # gradients, for AdamW's moments to exist
     optimizer.step()
@@ -196,21 +164,57 @@ def _save_worker(rank, init_file, ckpt, root, out):
         stopped = None
     except SystemExit as stop:
         stopped = str(stop)
-    torch.save({"estimates": estimates, "stopped": stopped}, f"{out}/save{rank}.pt")
+    torch.save({"loads": loads, "estimates": estimates, "stopped": stopped}, f"{folder}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_save_stops_when_the_disk_lacks_room_and_never_leaves_half_a_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def loaded_and_saved(tmp_path_factory):
+    """(folder, what each of two ranks recorded) of one _load_and_save_worker run."""
+    folder = tmp_path_factory.mktemp("load_and_save")
+    random_checkpoint(folder / "untied", hidden_size=64, heads=4, kv_heads=2)
+    random_checkpoint(folder / "tied", hidden_size=64, heads=4, kv_heads=2, tie=True, seed=1)
+    mp.spawn(_load_and_save_worker, args=(str(folder / "init"), str(folder)), nprocs=2, join=True)
+    return folder, [torch.load(folder / f"rank{r}.pt") for r in range(2)]
+
+
+def test_sharded_load_reads_each_ranks_rows_only(loaded_and_saved):
+    """load_for_training on two ranks: each rank's shards equal its rows of the full model (rows
+    split as torch.chunk splits them: 97 vocabulary rows are 49 + 48), the tied head stays tied,
+    the sharded model computes what the whole one computes, and each rank read from the files
+    exactly the elements of its own shards, never a whole weight: no rank held the full model."""
+    folder, ranks = loaded_and_saved
+    for name in ("untied", "tied"):
+        full = M.load_model(folder / name)
+        whole = full.state_dict()
+        with torch.no_grad():
+            expected = full(*shard_batch(0)[:2])
+        for rank, r in enumerate(ranks):
+            loaded = r["loads"][name]
+            assert loaded["tied"] == (name == "tied")
+            torch.testing.assert_close(loaded["logits"], expected, rtol=0, atol=1e-6)
+            shards = loaded["shards"]
+            assert set(shards) == set(whole)
+            for key, (local, shape) in shards.items():
+                rows = -(-shape[0] // 2)
+                assert torch.equal(local, whole[key][rank * rows:(rank + 1) * rows]), (name, key, rank)
+            assert shards["model.embed_tokens.weight"][0].shape[0] == (49, 48)[rank]
+            read = loaded["reads"]
+            assert all(isinstance(n, int) for _, n in read), read  # slices only, never get_tensor
+            stored = [k for k in shards if not (name == "tied" and k == "lm_head.weight")]
+            assert sorted(k for k, _ in read) == sorted(stored)  # each weight read once
+            assert sum(n for _, n in read) == sum(shards[k][0].numel() for k in stored)
+
+
+def test_save_stops_when_the_disk_lacks_room_and_never_leaves_half_a_checkpoint(loaded_and_saved):
     """The checkpoint's size estimate covers what DCP writes; a leftover of a killed save is
     removed by the next save; a save with too little room (here on one rank of two) stops both
     ranks with the numbers before writing anything, and the last complete checkpoint stays."""
     import os
 
     from support.checkpoint import checkpoint_dirs
-    ckpt, root = tmp_path / "ckpt", tmp_path / "run" / "checkpoints"
-    random_checkpoint(ckpt, hidden_size=64, heads=4, kv_heads=2)
-    mp.spawn(_save_worker, args=(str(tmp_path / "init"), str(ckpt), str(root), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"save{r}.pt") for r in range(2)]
+    folder, ranks = loaded_and_saved
+    root = folder / "run" / "checkpoints"
     written = sum(os.path.getsize(root / "step_000003" / f) for f in os.listdir(root / "step_000003"))
     estimate = ranks[0]["estimates"][1]
     assert all(r["estimates"] == ranks[0]["estimates"] for r in ranks)
