@@ -16,11 +16,15 @@ row of N tokens, with `cu_seqlens` (cumulative lengths, [S+1]) marking where eac
 responses are long-tailed (a few hit 3072 tokens, most are far shorter), so padding every row to
 the longest would waste most of the compute. Rotary positions restart at 0 in each sequence.
 
-Attention has two backends behind one function, `attention()`:
+Attention has three backends behind one function, `attention()`, chosen by one rule,
+`attention_backend()`:
   * flash-attn (CUDA, bf16/fp16, Ampere or newer GPUs): `flash_attn_varlen_func` for packed
     training and prefill, `flash_attn_with_kvcache` for cached decoding;
-  * PyTorch SDPA everywhere else (CPU, tests, CUDA without flash-attn or on older GPUs), with the
-    equivalent masks.
+  * where flash-attn is not installed, PyTorch's own packed flash attention,
+    `torch.nn.attention.varlen.varlen_attn` (torch 2.12 or newer; the same FlashAttention-2
+    kernels, built into torch, so nothing to compile);
+  * PyTorch SDPA everywhere else (CPU, tests, fp32, older GPUs), with the equivalent masks. On a
+    GPU that could run flash attention it warns once: SDPA pads every packed batch.
 
 Also here: `KVCache` (the preallocated cache the sampler in rollout.py fills), memory-frugal
 token log-probs (`chunked_logprobs`, `packed_logprobs`), checkpoint I/O (`load_model`,
@@ -30,11 +34,14 @@ Shapes: N packed tokens, S sequences, H query heads, Hkv key/value heads, D head
 C hidden size, V vocabulary.
 """
 
+import functools
+import inspect
 import json
 import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +50,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 from transformers import Qwen2Config
 
@@ -51,6 +59,20 @@ try:  # CUDA-only fast path; `pip install -r requirements-gpu.txt`
     from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
 except ImportError:
     flash_attn_varlen_func = flash_attn_with_kvcache = None
+
+
+def _torch_varlen_attn():
+    """torch's varlen_attn in the form called here, or None. It appeared in torch 2.10, lost
+    `is_causal` for `window_size` in 2.11 and gained `enable_gqa` and `seqused_k` (decoding from
+    a padded cache) in 2.12 (docs/torch_floor.md); those two keywords mark the form we call."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn if {"enable_gqa", "seqused_k"} <= set(inspect.signature(varlen_attn).parameters) else None
+
+
+varlen_attn = _torch_varlen_attn()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,14 +171,22 @@ class KVCache:
         self.lengths = self.lengths.index_select(0, rows)
         self.rows = self.filled = n
 
-    def prepare_decode(self):
-        """What every layer's SDPA decode step shares, computed once per step: slots [B] long,
-        where row b's new key/value goes in a layer's cache viewed as [B * T_max, Hkv, D]; and
+    def prepare_decode(self, backend):
+        """What every layer's decode step shares, computed once per step: slots [B] long, where
+        row b's new key/value goes in a layer's cache viewed as [B * T_max, Hkv, D]. For SDPA,
         mask [B, 1, 1, L] (L = max_length + 1), 0 where row b may attend and -inf past its end
-        (an additive float mask: SDPA would convert a boolean one in every layer)."""
+        (an additive float mask: SDPA would convert a boolean one in every layer). For varlen_attn,
+        int32 boundaries: cu_rows [B+1] (one query per row), cu_slots [B+1] (row b's slots start at
+        b * T_max) and used [B] (row b's tokens after the append)."""
         B, L = len(self.lengths), self.max_length + 1
         lengths = self.lengths.long()
-        self.slots = torch.arange(B, device=lengths.device) * self.max_len + lengths
+        rows = torch.arange(B + 1, device=lengths.device)
+        self.slots = rows[:B] * self.max_len + lengths
+        if backend == "varlen":
+            self.cu_rows = rows.to(torch.int32)
+            self.cu_slots = (rows * self.max_len).to(torch.int32)
+            self.used = self.lengths + 1
+            return
         past_end = torch.arange(L, device=lengths.device) > lengths[:, None]  # [B, L]
         self.mask = torch.zeros(B, 1, 1, L, dtype=self.k[0].dtype, device=lengths.device).masked_fill_(
             past_end[:, None, None, :], float("-inf"))
@@ -178,7 +208,46 @@ def fuse_qkv(attn):
 
 
 # ----------------------------------------------------------------------------------------------
-# Attention, one function, two backends.
+# Attention, one function, three backends, one rule.
+
+def attention_backend(device, dtype, head_dim):
+    """Which backend runs attention for activations of `dtype` on `device`: "flash" (flash-attn),
+    "varlen" (torch's varlen_attn) or "sdpa". Both flash paths are FlashAttention-2 kernels:
+    CUDA, fp16/bf16, Ampere or newer (compute capability 8.0+); there, the installed one
+    (`installed_flash_path`). Everything else gets SDPA."""
+    if not (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(device)[0] >= 8):
+        return "sdpa"
+    path = installed_flash_path(head_dim)
+    if path is None:
+        _warn_sdpa_on_gpu()
+    return path or "sdpa"
+
+
+def installed_flash_path(head_dim):
+    """The FlashAttention-2 path this process has for heads of `head_dim`: "flash" where
+    flash-attn is installed (it pads head dims that are no multiple of 8 itself, and appends to
+    the cache in its kernel), else "varlen" where torch has varlen_attn and the head dim suits
+    its kernel (at most 256, a multiple of 8: it pads nothing), else None."""
+    if flash_attn_varlen_func is not None:
+        return "flash"
+    if varlen_attn is not None and head_dim % 8 == 0 and head_dim <= 256:
+        return "varlen"
+    return None
+
+
+@functools.cache
+def _warn_sdpa_on_gpu():
+    """Once per process (rank 0 speaks for all): a GPU that could run flash attention runs SDPA."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        warnings.warn(
+            "model.py: attention runs on SDPA on this GPU: flash-attn is not installed and torch's varlen_attn "
+            "is not usable (it needs torch >= 2.12 and a head dim that is a multiple of 8, at most 256). SDPA "
+            "pads every packed micro-batch to its longest sequence, so attention's work and its copies of q, k "
+            "and v grow from the batch's tokens to sequences x longest length, and each decode step attends "
+            "over the padded cache with a mask. Install flash-attn (requirements-gpu.txt) or torch >= 2.12.",
+            stacklevel=3)
+
 
 def attention(q, k, v, layout, cache, layer_idx, backend):
     """Causal attention of each token over the earlier tokens of its own sequence.
@@ -202,6 +271,9 @@ def attention(q, k, v, layout, cache, layer_idx, backend):
         # into dq with atomics, so two GPU runs (a resumed one too) agree only up to rounding.
         return flash_attn_varlen_func(
             q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen, causal=True)
+    if backend == "varlen":  # the same call in torch's spelling: window (-1, 0) is causal
+        return varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen,
+                           window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
     return _sdpa_packed(q, k, v, layout)
 
 
@@ -235,6 +307,11 @@ def _decode_attention(q, k, v, cache, layer_idx, backend):
     k_cache.view(-1, Hkv, D).index_copy_(0, cache.slots, k)  # in place, at (b, lengths[b])
     v_cache.view(-1, Hkv, D).index_copy_(0, cache.slots, v)
     L = cache.max_length + 1  # no row holds more than this after the append
+    if backend == "varlen":
+        # The cache as packed keys [B * T_max, Hkv, D]: row b's slots start at b * T_max
+        # (cu_slots), of which its first lengths[b] + 1 are used (seqused_k); one query per row.
+        return varlen_attn(q, k_cache.view(-1, Hkv, D), v_cache.view(-1, Hkv, D), cache.cu_rows, cache.cu_slots,
+                           1, L, window_size=(-1, 0), enable_gqa=H != Hkv, seqused_k=cache.used)
     # The H/Hkv query heads that share a KV head are laid out as that head's query *rows*
     # ([B, Hkv, H/Hkv, D]): one attention per KV head, and K/V are never repeated per query head.
     # SDPA rather than matmul-softmax-matmul: on the CPU it is 2-4x faster here, since the
@@ -367,17 +444,13 @@ class Qwen2ForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.attn_backend = None  # None: flash-attn where it can run, else SDPA; or "flash"/"sdpa"
+        self.attn_backend = None  # None: attention_backend's choice; or "flash" / "varlen" / "sdpa"
         self.activation_checkpointing = False  # recompute each layer in backward (saves memory)
 
     def _backend(self, x):
         if self.attn_backend is not None:
             return self.attn_backend
-        # flash-attn 2 runs fp16/bf16 on Ampere or newer GPUs (compute capability 8.0+) only
-        if (flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-                and torch.cuda.get_device_capability(x.device)[0] >= 8):
-            return "flash"
-        return "sdpa"
+        return attention_backend(x.device, x.dtype, head_dim(self.config))
 
     def forward(self, input_ids, cu_seqlens=None, *, max_seqlen=None, scored=None, targets=None,
                 temperature=1.0, cache=None):
@@ -420,8 +493,8 @@ class Qwen2ForCausalLM(nn.Module):
                 cache.lengths = torch.zeros(cache.rows, dtype=torch.int32, device=x.device)
             if layout is not None:  # prefill: the cache rows these S prompts go to
                 cache.prefill_rows = layout.seq_ids + cache.filled
-            elif backend != "flash":  # decode: what the layers' SDPA shares
-                cache.prepare_decode()
+            elif backend != "flash":  # decode: what the layers share (flash-attn needs nothing)
+                cache.prepare_decode(backend)
             cos, sin = cache.cos[positions], cache.sin[positions]  # the same values, looked up
         for layer in self.model.layers:
             if self.activation_checkpointing and torch.is_grad_enabled():
@@ -586,34 +659,72 @@ def _weight_files(path):
     return files
 
 
+def _checkpoint_names(path, model):
+    """{safetensors file: the names of `model`'s weights it holds} for the checkpoint folder
+    `path`, checked against the model: no unknown weight, none missing. Reads the files' headers
+    only. A tied head is not read: it *is* the embedding."""
+    expected = set(model.state_dict())
+    if model.config.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    found = {}
+    for file in _weight_files(path):
+        with safe_open(file, framework="pt") as f:
+            names = [name for name in f.keys() if name != "lm_head.weight" or name in expected]
+        unknown = set(names) - expected
+        if unknown:
+            raise ValueError(f"{file}: unexpected weights {sorted(unknown)[:5]} for a Qwen2 model")
+        found[file] = names
+    missing = expected - {name for names in found.values() for name in names}
+    if missing:
+        raise ValueError(f"{path}: weights missing from the checkpoint: {sorted(missing)[:5]}")
+    return found
+
+
+def load_shards(model, path):
+    """Fill `model`'s weights in place from the checkpoint folder `path`, each process reading only
+    the rows it holds. `model` is built to the folder's config, its storage allocated (to_empty),
+    in the dtype it should compute in: each slice is cast as it is copied.
+
+    Under FSDP2 every weight is a DTensor sharded on dim 0: of a weight with n rows, rank r holds
+    rows r*c .. r*c + its local rows, c = ceil(n / world) (torch.chunk's split, which FSDP2 uses;
+    the last ranks may hold fewer rows or none). safetensors' get_slice reads just those rows
+    from the memory-mapped file, so a process holds one weight's slice at a time on the host and
+    only its shard on the device: no rank ever builds the full model, in fp32 or otherwise. A
+    plain module is the one-rank case: every row."""
+    from torch.distributed.tensor import DTensor, Shard
+    state = model.state_dict()
+    with torch.no_grad():
+        for file, names in _checkpoint_names(path, model).items():
+            with safe_open(file, framework="pt") as f:
+                for name in names:
+                    target, first = state[name], 0
+                    stored = f.get_slice(name)
+                    if list(stored.get_shape()) != list(target.shape):
+                        raise ValueError(f"{file}: {name} has shape {stored.get_shape()}, the model's config "
+                                         f"makes it {list(target.shape)}")
+                    if isinstance(target, DTensor):
+                        if target.placements != (Shard(0),):
+                            raise ValueError(f"{name}: sharded as {target.placements}; only dim-0 shards load here")
+                        first = target.device_mesh.get_local_rank() * -(-target.shape[0] // target.device_mesh.size())
+                        target = target.to_local()
+                    if target.shape[0]:
+                        target.copy_(stored[first:first + target.shape[0]])
+
+
 def load_model(path, device="cpu", dtype=torch.float32):
     """Build the network from a Hugging Face folder (config.json + model.safetensors, or shards
     with model.safetensors.index.json), with weights on `device` in `dtype`.
 
-    The module is first built on the meta device (shapes, no memory); each shard is then read
-    straight to `device` and its tensors are assigned into place, so the weights exist once.
+    The module is first built on the meta device (shapes, no memory), then given storage on
+    `device` and filled a weight at a time (`load_shards`), so the weights exist once.
     """
     config = load_config(path)
     with torch.device("meta"):
-        model = Qwen2ForCausalLM(config)
-    expected = set(model.state_dict().keys())
-    if config.tie_word_embeddings:
-        expected.discard("lm_head.weight")  # the head *is* the embedding
-    loaded = set()
-    for file in _weight_files(path):
-        shard = load_file(file, device=str(device))
-        if config.tie_word_embeddings:
-            shard.pop("lm_head.weight", None)
-        unknown = set(shard) - expected
-        if unknown:
-            raise ValueError(f"{file}: unexpected weights {sorted(unknown)[:5]} for a Qwen2 model")
-        model.load_state_dict({k: v.to(dtype) for k, v in shard.items()}, strict=False, assign=True)
-        loaded |= set(shard)
-    missing = expected - loaded
-    if missing:
-        raise ValueError(f"{path}: weights missing from the checkpoint: {sorted(missing)[:5]}")
-    if config.tie_word_embeddings:  # assign replaced the embedding Parameter: tie again
+        model = Qwen2ForCausalLM(config).to(dtype)
+    model.to_empty(device=device)
+    if config.tie_word_embeddings:  # to_empty gave the head storage of its own: tie it again
         model.lm_head.weight = model.model.embed_tokens.weight
+    load_shards(model, path)
     return model
 
 

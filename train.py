@@ -55,7 +55,7 @@ from support.batches import Rollouts, all_logprobs, micro_batches, response_logp
 from support.checkpoint import export, resume_from, save_checkpoint
 from support.cli import knob, out_of
 from support.distributed import (adamw, all_max, all_sum, clip_and_step, init_distributed, load_for_training, log,
-                                 seed_for)
+                                 require_torch, seed_for)
 from toy import task as toy
 
 PRM_UPDATES = ("single", "double", "frozen")  # Config.prm_update
@@ -179,12 +179,13 @@ SECTIONS = (Config, toy.ToyConfig, sft.SFTConfig, memory.PlanConfig)  # every --
 
 
 def main(argv):
+    require_torch()  # an older torch stops here, with the reason, not minutes into a run
     cfg, toy_cfg, sft_cfg, plan_cfg = resolved = settings(argv)
     if plan_cfg.memory_plan:  # the per-GPU memory of every phase, on fake tensors, on any machine
-        world, gib = memory.machine(plan_cfg)
+        world, gpu = memory.machine(plan_cfg)
         if sft_cfg.stage == "prime":
             batches.check_arithmetic(cfg, world)
-        raise SystemExit(memory.run_plan(cfg, sft_cfg, world, gib))
+        raise SystemExit(memory.run_plan(cfg, sft_cfg, world, gpu))
     rank, world, device, mesh = init_distributed(timedelta(minutes=cfg.dist_timeout_minutes))
     os.makedirs(cfg.out_dir, exist_ok=True)
     if sft_cfg.stage == "prime":

@@ -1,31 +1,38 @@
 """support/gpu_check.py: the GPU acceptance check. One command, about ten minutes, nothing downloaded.
 
-    python support/gpu_check.py          # on a machine with one or more CUDA GPUs (install
-                                         # requirements.txt and requirements-gpu.txt first)
+    python support/gpu_check.py          # on a machine with one or more CUDA GPUs
     python support/gpu_check.py --smoke  # the same code on the CPU at tiny sizes (the test suite runs it)
+
+It needs only torch (2.8 or newer), transformers and tqdm: a bare CUDA image runs it as it comes
+(nothing it imports needs datasets or math-verify). flash-attn (requirements-gpu.txt) is used
+when installed; torch's own varlen_attn (torch 2.12 or newer) otherwise.
 
 Weights are random, at the shapes that matter (Qwen2.5-0.5B's and Qwen2.5-Math-7B's). Each check
 prints lines tagged with its name and a verdict (PASS, FAIL or SKIP with the reason); the last
-line counts them and the exit status is 1 if any check failed.
+line counts them and the exit status is 1 if any check failed. The same lines and verdicts go
+to a JSON report (--report, default gpu_check.json in the current folder).
 
-  env      torch, CUDA, the GPUs, flash-attn; the memory a process holds outside PyTorch's
-           allocator (CUDA context, cuBLAS workspace), which memory.py assumes to be at most
-           memory.NON_TORCH_BYTES
-  flash    flash-attn against PyTorch's SDPA at Qwen2.5-7B's attention geometry (28 query and 4
-           KV heads of 128) in bf16: a packed forward and backward with activation checkpointing,
-           and prefill + cached decode + batch shrink; each backend's error against the same
-           network in fp32 (flash must be about as accurate as SDPA)
+  env      torch, CUDA, the GPUs, the flash paths installed and the attention backend the model
+           will run; the memory a process holds outside PyTorch's allocator (CUDA context, cuBLAS
+           workspace), which memory.py assumes to be at most memory.NON_TORCH_BYTES
+  flash    each flash path installed (flash-attn's, torch's varlen_attn) against PyTorch's SDPA
+           at Qwen2.5-7B's attention geometry (28 query and 4 KV heads of 128) in bf16: a packed
+           forward and backward with activation checkpointing, and prefill + cached decode +
+           batch shrink; each backend's error against the same network in fp32 (a flash path
+           must be about as accurate as SDPA)
   sampler  rollout.generate against transformers' generate, greedy, bf16, Qwen2.5-0.5B's shapes,
            64 and 128 prompts: how many rows agree token for token, and each sampler's tokens/s
   prime    train.py itself: two bf16 PRIME steps with activation checkpointing on a 0.5B-shaped
            model (the toy task and tokenizer), on one GPU and then FSDP2 over all of them: losses
            finite, every process reward exactly 0 at step 1 (one PRM mini-batch: the PRM is the
            reference), and a resumed third step
-  memory   memory.py's plan beside the measured peak (torch.cuda.max_memory_allocated, the largest
-           over the ranks) of each phase of a step, run by train.py's own functions with the
-           recipe's lengths: Qwen2.5-Math-7B when there are 8 or more GPUs of 80 GiB or more (the
-           README's command), else Qwen2.5-0.5B's shapes on the GPUs there are. A phase passes
-           when its measured peak is within 10% of the plan or under it.
+  memory   memory.py's plan (for the attention backend that runs) beside the measured peak
+           (torch.cuda.max_memory_allocated, the largest over the ranks) of each phase of a step,
+           run by train.py's own functions with the recipe's lengths: Qwen2.5-Math-7B when there
+           are 8 or more GPUs of 79 GiB or more (the README's command), else Qwen2.5-0.5B's shapes
+           on the GPUs there are. A phase passes when its measured peak is within 10% of the plan
+           or under it; its peak reserved memory (caches included, each phase started with the
+           caches emptied) must stay within the plan's peak and FSDP2 stream caches, +10%.
 """
 
 import argparse
@@ -48,12 +55,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the reposi
 if not __package__:  # run as `python support/gpu_check.py`: it starts in support/, the modules are one up
     sys.path[0] = ROOT
 
-import model as M  # noqa: E402  (after the path)
+from support.distributed import require_torch  # noqa: E402  (after the path)
+
+require_torch()  # before anything that needs the newer torch
+
+import model as M  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
 from support import memory  # noqa: E402
 from support.batches import Rollouts, all_logprobs  # noqa: E402
-from support.distributed import adamw  # noqa: E402
+from support.distributed import adamw, sharded_skeleton  # noqa: E402
 from toy import task as toy  # noqa: E402
 
 # Public configs of the two models whose shapes are checked (their config.json, the fields that
@@ -77,22 +88,36 @@ def qwen2_config(shape):
 
 
 class Report:
-    """Collects verdicts; prints each line as it comes."""
+    """Collects every line and verdict; prints each as it comes; `write` saves them as JSON."""
 
     def __init__(self):
-        self.verdicts = []
+        self.verdicts = []  # (check, PASS / FAIL / SKIP, text)
+        self.lines = []  # (check, text), verdicts included, in order
 
     def line(self, check, text):
+        self.lines.append((check, text))
         print(f"[{check}] {text}", flush=True)
 
     def verdict(self, check, ok, text):
-        word = "PASS" if ok else "FAIL"
-        self.verdicts.append(word)
-        self.line(check, f"{word}: {text}")
+        self._record(check, "PASS" if ok else "FAIL", text)
 
     def skip(self, check, why):
-        self.verdicts.append("SKIP")
-        self.line(check, f"SKIP: {why}")
+        self._record(check, "SKIP", why)
+
+    def _record(self, check, word, text):
+        self.verdicts.append((check, word, text))
+        self.line(check, f"{word}: {text}")
+
+    def counts(self):
+        return {word: sum(v[1] == word for v in self.verdicts) for word in ("PASS", "FAIL", "SKIP")}
+
+    def write(self, path, device):
+        """The report as JSON: where it ran, the counts, every verdict and every line."""
+        with open(path, "w") as f:
+            json.dump({"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
+                       "counts": self.counts(),
+                       "verdicts": [dict(check=c, verdict=w, text=t) for c, w, t in self.verdicts],
+                       "lines": [dict(check=c, text=t) for c, t in self.lines]}, f, indent=2)
 
 
 def random_model(config, device, dtype, seed=0, head_scale=1.0):
@@ -132,10 +157,13 @@ def synchronize(device):
 def check_env(report, device):
     report.line("env", f"torch {torch.__version__}, CUDA {torch.version.cuda}, python {sys.version.split()[0]}")
     flash = sys.modules.get("flash_attn")
-    report.line("env", f"flash-attn {getattr(flash, '__version__', 'not installed')}")
+    report.line("env", f"flash-attn {getattr(flash, '__version__', 'not installed')}; torch's varlen_attn "
+                       f"{'available' if M.varlen_attn is not None else 'not in this torch (2.12 or newer has it)'}")
     if device.type != "cuda":
         report.skip("env", "no CUDA device")
         return
+    report.line("env", f"attention backend at Qwen2.5's shapes (bf16, head dim 128): "
+                       f"{M.attention_backend(device, torch.bfloat16, 128)}")
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
         report.line("env", f"GPU {i}: {props.name}, compute capability {props.major}.{props.minor}, "
@@ -151,16 +179,22 @@ def check_env(report, device):
 # flash
 # ==============================================================================================
 
+FLASH_PATHS = {"flash": "flash-attn (flash_attn_varlen_func, flash_attn_with_kvcache)",
+               "varlen": "torch's varlen_attn"}
+
+
 def check_flash(report, device):
     if device.type != "cuda":
         report.skip("flash", "no CUDA device")
         return
-    if M.flash_attn_varlen_func is None:
-        report.skip("flash", "flash-attn is not installed (pip install -r requirements-gpu.txt)")
-        return
     if torch.cuda.get_device_capability(device)[0] < 8:
-        report.skip("flash", "flash-attn 2 needs an Ampere or newer GPU (compute capability 8.0+); the model "
+        report.skip("flash", "FlashAttention-2 needs an Ampere or newer GPU (compute capability 8.0+); the model "
                              "runs SDPA here")
+        return
+    paths = [p for p, installed in (("flash", M.flash_attn_varlen_func), ("varlen", M.varlen_attn)) if installed]
+    if not paths:
+        report.skip("flash", "no flash path: neither flash-attn (pip install -r requirements-gpu.txt) nor torch's "
+                             "varlen_attn (torch 2.12 or newer); the model runs SDPA")
         return
     shape = dict(QWEN25_MATH_7B, num_hidden_layers=2, intermediate_size=1024, vocab_size=1024)
     config = qwen2_config(shape)
@@ -169,32 +203,33 @@ def check_flash(report, device):
     net.load_state_dict(reference.state_dict())
     net = net.to(torch.bfloat16)
     g = torch.Generator().manual_seed(0)
-    errors = flash_packed_errors(reference, net, device, [700, 3, 1200, 1, 2000], g)
+    backends = ("sdpa", *paths)
+    errors = flash_packed_errors(reference, net, device, [700, 3, 1200, 1, 2000], g, backends)
     report.line("flash", "packed forward + backward, relative error vs fp32 (logits, log-probs, q_proj gradient): " +
                 ", ".join(f"{b} " + " / ".join(f"{x:.4f}" for x in e.values()) for b, e in errors.items()))
-    ok = all(as_accurate_as_sdpa(flash, errors["sdpa"][what]) for what, flash in errors["flash"].items())
-    report.verdict("flash", ok, "flash_attn_varlen_func forward and backward as accurate as SDPA")
-
     # Prefill (in two forwards) + decode + a finished row dropped, against a full fp32 recompute.
     worst = {b: e["worst"] for b, e in flash_decode_errors(reference, net, device, [40, 300, 1, 77], 6, [0, 2, 3],
-                                                             g).items()}
+                                                             g, backends).items()}
     report.line("flash", "prefill + decode + batch shrink, worst relative error vs fp32: " +
                 ", ".join(f"{b} {e:.4f}" for b, e in worst.items()))
-    report.verdict("flash", as_accurate_as_sdpa(worst["flash"], worst["sdpa"]),
-                   "flash_attn_with_kvcache decode as accurate as SDPA")
+    for path in paths:
+        ok = all(as_accurate_as_sdpa(error, errors["sdpa"][what]) for what, error in errors[path].items())
+        report.verdict("flash", ok, f"{FLASH_PATHS[path]}: packed forward and backward as accurate as SDPA")
+        report.verdict("flash", as_accurate_as_sdpa(worst[path], worst["sdpa"]),
+                       f"{FLASH_PATHS[path]}: cached decode as accurate as SDPA")
 
 
 def as_accurate_as_sdpa(flash, sdpa):
-    """The flash check's pass rule for one relative error of the flash-attn path against SDPA's."""
+    """The flash check's pass rule for one relative error of a flash path against SDPA's."""
     return flash <= 2 * sdpa + 0.01
 
 
-def flash_packed_errors(reference, net, device, lengths, generator):
+def flash_packed_errors(reference, net, device, lengths, generator, backends=("sdpa", "flash")):
     """Packed forward (no grad) and forward + backward in score mode, activation checkpointing
-    on, of `net` (bf16) through SDPA and through flash_attn_varlen_func, over random sequences of
-    `lengths` with every token but each sequence's last scored, against `reference` (the same
-    weights in fp32, SDPA). Returns {backend: {"logits", "log-probs", "q_proj gradient"}} of
-    relative errors."""
+    on, of `net` (bf16) through each of `backends` (model.attention's "sdpa", "flash", "varlen"),
+    over random sequences of `lengths` with every token but each sequence's last scored, against
+    `reference` (the same weights in fp32, SDPA). Returns {backend: {"logits", "log-probs",
+    "q_proj gradient"}} of relative errors."""
     V = net.config.vocab_size
     ids = torch.randint(0, V, (sum(lengths),), generator=generator).to(device)
     cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
@@ -207,7 +242,7 @@ def flash_packed_errors(reference, net, device, lengths, generator):
     logp_exact.sum().backward()
     grad_exact = reference.model.layers[0].self_attn.q_proj.weight.grad
     errors = {}
-    for backend in ("sdpa", "flash"):
+    for backend in backends:
         net.attn_backend, net.activation_checkpointing = backend, True
         net.zero_grad()
         with torch.no_grad():
@@ -385,12 +420,10 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
     config = M.load_config(folder)
     compute = memory.compute_dtype(cfg)
     torch.manual_seed(rank)
-    policy = memory.meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
-    prm = memory.meta_model(config, mesh, torch.float32, True, cfg.bf16, cfg.activation_checkpointing)
-    ref = memory.meta_model(config, mesh, compute, False, False, False)
-    for net in (policy, prm, ref):
+    policy, prm = (sharded_skeleton(config, mesh, True, cfg.bf16, cfg.activation_checkpointing) for _ in range(2))
+    ref = sharded_skeleton(config, mesh, False, cfg.bf16, cfg.activation_checkpointing)
+    for net in (policy, prm, ref):  # attention as model.attention_backend picks it, as in train.py
         net.to_empty(device=device)
-        net.attn_backend = None  # flash-attn where it runs, as in train.py
         with torch.no_grad():
             M.init_weights(net)
     opts = {"policy": adamw(policy, cfg.policy_lr, 0.01), "prm": adamw(prm, cfg.prm_lr, 0.0)}
@@ -403,17 +436,20 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
                               outcome=torch.tensor([1.0, 0.0] * (n // 2), device=device), truncated=[True] * n)
 
     small, worst = rollouts(mini, 8, 8), rollouts(mini, cfg.max_prompt_tokens, cfg.max_response_tokens)
+    reserved = {}
     if cuda:
-        def measure(phase):
+        def measure(phase, name=None):
             synchronize(device)
+            torch.cuda.empty_cache()  # the phase's own caches only, as the plan's stream caches count them
             torch.cuda.reset_peak_memory_stats(device)
             phase()
             synchronize(device)
+            reserved[name] = torch.cuda.max_memory_reserved(device)
             return torch.cuda.max_memory_allocated(device)
     else:
         meter = memory._Meter(policy, prm, ref, *opts.values())
 
-        def measure(phase):
+        def measure(phase, name=None):
             peak = {}
             with meter.measure(peak):
                 phase()
@@ -437,16 +473,18 @@ def _measure(rank, world, folder, overrides, init_file, out, smoke, gpu_gib):
     peaks = {
         "sampling": measure(lambda: rollout.generate(policy, prompts, cfg.max_response_tokens, eos, seed=rank,
                                                      max_batch_tokens=max_batch_tokens,
-                                                     max_prefill_tokens=max_prefill_tokens)),
-        "old log-probs": measure(lambda: old.update(lp=all_logprobs(policy, worst, cfg, device)[0])),
-        "PRM update": measure(lambda: train.prm_step(prm, ref, opts["prm"], worst, cfg, device)),
+                                                     max_prefill_tokens=max_prefill_tokens), "sampling"),
+        "old log-probs": measure(lambda: old.update(lp=all_logprobs(policy, worst, cfg, device)[0]), "old log-probs"),
+        "PRM update": measure(lambda: train.prm_step(prm, ref, opts["prm"], worst, cfg, device), "PRM update"),
         "policy update": measure(lambda: train.policy_step(policy, opts["policy"], worst, old["lp"],
-                                                           torch.randn_like(old["lp"]), cfg, 1, device)),
-        "export": measure(lambda: M.save_model(policy, os.path.join(out, "export"), dtype=compute)),
+                                                           torch.randn_like(old["lp"]), cfg, 1, device),
+                                 "policy update"),
+        "export": measure(lambda: M.save_model(policy, os.path.join(out, "export"), dtype=compute), "export"),
         "rows per chunk": min(rows, max_batch_tokens // (cfg.max_prompt_tokens + cfg.max_response_tokens)),
     }
     if cuda:
         peaks["outside PyTorch"] = memory.outside_bytes(device)
+        peaks["reserved"] = reserved
     with open(os.path.join(out, f"peaks{rank}.json"), "w") as f:
         json.dump(peaks, f)
     dist.destroy_process_group()
@@ -461,18 +499,18 @@ PLANNED = {  # measured phase -> the plan's phases it covers (prm_step runs the 
 }
 
 
-def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
-    if not smoke and M.flash_attn_varlen_func is None:
-        report.skip("memory", "flash-attn is not installed: the plan models flash-attn's memory")
-        return None
+def check_memory(report, world, gpu_gib, shape, workdir, env, smoke, device):
     folder = os.path.join(workdir, "memory_model")
-    qwen2_config(shape).save_pretrained(folder)  # the plan and the ranks need only config.json
+    config = qwen2_config(shape)
+    config.save_pretrained(folder)  # the plan and the ranks need only config.json
     overrides = recipe_overrides(world, smoke)
     plan_dir = os.path.join(workdir, "memory_plan")
     args = [f"--{k}={v}" for k, v in overrides.items()]
+    backend = M.attention_backend(device, torch.bfloat16, M.head_dim(config))  # what the ranks will run
     planned_run = subprocess.run(
         [sys.executable, "train.py", "--preset=eurus2-7b-prime", f"--model_path={folder}", "--memory_plan=true",
-         f"--world_size={world}", f"--gpu_memory_gib={gpu_gib}", f"--out_dir={plan_dir}", *args],
+         f"--world_size={world}", f"--gpu_memory_gib={gpu_gib}", f"--plan_attention={backend}",
+         f"--out_dir={plan_dir}", *args],
         cwd=ROOT, env={**env, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=1200)
     plan_file = os.path.join(plan_dir, "memory_plan.json")
     if planned_run.returncode not in (0, 1) or not os.path.exists(plan_file):
@@ -481,8 +519,8 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
         return None
     with open(plan_file) as f:
         plan = json.load(f)
-    report.line("memory", f"plan (world {world}, {gpu_gib:.0f} GiB per GPU, {shape['num_hidden_layers']} layers x "
-                f"{shape['hidden_size']}): " + planned_run.stdout.strip().splitlines()[-1])
+    report.line("memory", f"plan (world {world}, {gpu_gib:.1f} GiB per GPU, {shape['num_hidden_layers']} layers x "
+                f"{shape['hidden_size']}, attention {backend}): " + planned_run.stdout.strip().splitlines()[-1])
     if not plan["fits"] and not smoke:
         report.verdict("memory", False, "the plan says this machine cannot run the recipe; nothing measured")
         return None
@@ -518,6 +556,14 @@ def check_memory(report, world, gpu_gib, shape, workdir, env, smoke):
         report.line("memory", f"the plan is more than 20% above the measurement in: {', '.join(low)}")
     report.verdict("memory", all(ratio <= 1.10 for ratio in ratios.values()),
                    "every phase's measured peak within 10% of the plan or under it")
+    if "reserved" in ranks[0]:  # the CUDA caching allocator's view: the plan's peak and stream caches
+        cached_of = {p["name"]: p["peak_bytes"] + p["cached_bytes"] for p in plan["phases"]}
+        held = {phase: max(r["reserved"][phase] for r in ranks) / max(cached_of[n] for n in names)
+                for phase, names in PLANNED.items()}
+        report.line("memory", "peak reserved / (planned peak + FSDP2 stream caches): " +
+                    ", ".join(f"{phase} {ratio:.3f}" for phase, ratio in held.items()))
+        report.verdict("memory", all(ratio <= 1.10 for ratio in held.values()),
+                       "every phase's reserved memory within 10% of the plan's peak with its stream caches, or under")
     if "outside PyTorch" in ranks[0]:  # with NCCL's buffers, in every rank; less this process's on GPU 0
         outside = max(r["outside PyTorch"] - (parent_bytes if i == 0 else 0) for i, r in enumerate(ranks))
         report.verdict("memory", outside <= memory.NON_TORCH_BYTES,
@@ -537,6 +583,7 @@ def main(argv=None):
                         help="run only these checks")
     parser.add_argument("--workdir", help="where the checks write (checkpoints, exports: up to ~25 GB at 7B; "
                                           "default: the system's temporary folder)")
+    parser.add_argument("--report", default="gpu_check.json", help="the JSON report (default: gpu_check.json here)")
     args = parser.parse_args(argv)
     checks = args.only or ["env", "flash", "sampler", "prime", "memory"]
     report = Report()
@@ -561,7 +608,7 @@ def main(argv=None):
         "prime": lambda: check_prime(report, world, TINY if args.smoke else QWEN25_05B, workdir, env),
         "memory": lambda: check_memory(report, world, gpu_gib,
                                        TINY if args.smoke else QWEN25_MATH_7B if big else QWEN25_05B,
-                                       workdir, env, args.smoke),
+                                       workdir, env, args.smoke, device),
     }
     with tempfile.TemporaryDirectory(prefix="gpu_check-", dir=args.workdir) as workdir:
         for name in checks:
@@ -572,8 +619,10 @@ def main(argv=None):
             if cuda:  # what a check left cached must not count against the next one's ranks
                 gc.collect()
                 torch.cuda.empty_cache()
-    counts = {word: report.verdicts.count(word) for word in ("PASS", "FAIL", "SKIP")}
-    print(f"support/gpu_check.py: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped", flush=True)
+    counts = report.counts()
+    report.write(args.report, device)
+    print(f"support/gpu_check.py: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped "
+          f"(report: {os.path.abspath(args.report)})", flush=True)
     return 1 if counts["FAIL"] else 0
 
 

@@ -1,5 +1,5 @@
 """Shared test setup: make the flat top-level modules importable; the fixture that routes
-model.py's flash-attn call sites to the pure-PyTorch stand-ins; the code sandbox, jailed and not,
+model.py's flash call sites to the pure-PyTorch stand-ins; the code sandbox, jailed and not,
 with a check that nothing it ran is left behind; a private `datasets` cache."""
 import os
 import signal
@@ -15,11 +15,12 @@ from support import sandbox, workers  # noqa: E402  (after the path)
 
 @pytest.fixture
 def flash_standin_backend(monkeypatch):
-    """Route model.py's flash-attn call sites to the pure-PyTorch stand-ins."""
+    """Route model.py's flash-attn and torch varlen_attn call sites to the pure-PyTorch stand-ins."""
     import model as M
     from tests import flash_standin
     monkeypatch.setattr(M, "flash_attn_varlen_func", flash_standin.flash_attn_varlen_func)
     monkeypatch.setattr(M, "flash_attn_with_kvcache", flash_standin.flash_attn_with_kvcache)
+    monkeypatch.setattr(M, "varlen_attn", flash_standin.varlen_attn)
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,12 @@
-"""Strict pure-PyTorch stand-ins for the two flash-attn 2 functions model.py calls.
+"""Strict pure-PyTorch stand-ins for the two flash-attn 2 functions model.py calls, and for
+torch's own `torch.nn.attention.varlen.varlen_attn` (the "varlen" backend).
 
-flash-attn only runs on CUDA, so the tests monkeypatch these into `model` and force
-`attn_backend = "flash"`: that runs model.py's flash call sites (argument order, tensor layouts,
-in-place cache writes) on the CPU. They take exactly the real signatures and reject at least what
-the real functions reject, so a call that passes here should pass on a GPU.
+flash-attn only runs on CUDA, and so does torch's varlen_attn (on the CPU it has no kernel), so
+the tests monkeypatch these into `model` and force `attn_backend = "flash"` or `"varlen"`: that
+runs model.py's call sites (argument order, tensor layouts, in-place cache writes) on the CPU.
+They take exactly the real signatures and reject at least what the real functions reject, so a
+call that passes here should pass on a GPU. varlen_attn's contract is described above its
+stand-in, at the end of this file.
 
 Reference: Dao-AILab/flash-attention at tag v2.8.3 (the latest 2.x tag; v2.8.3.post1 leaves both
 files alone). Each error message names where its check lives:
@@ -35,6 +38,8 @@ Semantics, written as plainly as possible (a loop over sequences, explicit softm
     a query that sees no key gets output 0 and softmax_lse +inf, as the kernel writes;
   * flash_attn_with_kvcache writes k/v into the caches at cache_seqlens before attending.
 """
+
+from typing import NamedTuple
 
 import torch
 
@@ -195,3 +200,109 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             v_cache[b, n:n + S_new] = v[b]
         out[b], lse[b] = _attend(q[b], k_cache[b, :n + S_new], v_cache[b, :n + S_new], causal, scale)
     return (out, lse) if return_softmax_lse else out
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.nn.attention.varlen.varlen_attn, in the form of torch 2.12 - 2.15 (the one model.py calls;
+# 2.10 and 2.11 spell it differently, docs/torch_floor.md).
+#
+# Reference: torch/nn/attention/varlen.py of the 2.12.0 - 2.15.0 wheels (read from 2.13.0 here)
+# and FlashAttention-2's mha_varlen_fwd / mha_varlen_bwd as vendored in ATen
+# (aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp), which varlen_attn reaches
+# through aten::_flash_attention_forward. Where each check lives:
+#   * the Python wrapper: the GQA head checks (ValueError) and, inside the custom op,
+#     window_size's length (ValueError); under autograd, seqused_k / block_table are refused as
+#     inference-only (RuntimeError, the op's setup_context);
+#   * the op schema torch_attn::_varlen_attn: max_q and max_k are SymInt (a float is a
+#     RuntimeError);
+#   * the C++ kernel (RuntimeError): fp16/bf16 q with k and v of its dtype, int32 contiguous
+#     cu_seq of shape (batch + 1,), batch > 0, q/k/v with a contiguous last dimension (torch's
+#     path copies nothing, unlike flash-attn's wrappers), head dim <= 256 and a multiple of 8
+#     (nothing pads it), k/v heads dividing q heads, v with q's head dim, cu_seq_k given
+#     ("both set or both not set"), seqused_k int32 contiguous of shape (batch,).
+# Stricter here (ValueError, "[stand-in]"): cu_seq contents (from 0, non-decreasing, ending at
+# the token count), every length at most max_q / max_k (the kernel trusts both and would read
+# out of bounds or skip work), seqused_k within its sequence's slots; a Python int for max_q /
+# max_k (the schema also takes a bool or a 0-dim tensor); a scale > 0 (torch 2.15's check).
+# Not implemented (NotImplementedError): paged KV (block_table), num_splits, sliding windows
+# (any window but (-1, -1) and causal (-1, 0)).
+# Semantics: window (-1, 0) is causal, aligned to the bottom right as flash-attn's; with
+# seqused_k, sequence b's keys are the first seqused_k[b] of its slots; lse is [H, total_q] fp32
+# (what the op returns, whatever the docstring says).
+
+class AuxRequest(NamedTuple):
+    """torch.nn.attention.varlen.AuxRequest: which auxiliary outputs to return."""
+    lse: bool = False
+
+
+def varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_q: torch.Tensor,
+                cu_seq_k: torch.Tensor | None, max_q: int, max_k: int, *, return_aux: AuxRequest | None = None,
+                scale: float | None = None, window_size: tuple[int, int] = (-1, -1), enable_gqa: bool = False,
+                seqused_k: torch.Tensor | None = None, block_table: torch.Tensor | None = None,
+                num_splits: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Packed sequences: query [total_q, H, D], key/value [total_k, Hkv, D]; sequence b is rows
+    cu_seq_q[b]:cu_seq_q[b+1] of query and cu_seq_k[b]:cu_seq_k[b+1] of key/value (only the
+    first seqused_k[b] of those with seqused_k). Returns out [total_q, H, D], with
+    return_aux=AuxRequest(lse=True) (out, lse [H, total_q] fp32)."""
+    _unsupported(block_table=block_table is not None, num_splits=num_splits is not None)
+    H, Hkv = query.size(1), key.size(1)
+    _check(enable_gqa or H == Hkv, f"[varlen_attn] Expect query and key/value to have the same number of heads "
+                                   f"but got Hq={H} and Hkv={Hkv}. Try setting enable_gqa=True for GQA.", ValueError)
+    _check(not enable_gqa or H % Hkv == 0, f"[varlen_attn] Expect number of query heads to be a multiple of kv "
+                                           f"heads for GQA but got Hq={H} and Hkv={Hkv}.", ValueError)
+    _check(len(window_size) == 2, f"[_varlen_attn] window_size must have length 2, got {len(window_size)}",
+           ValueError)
+    _unsupported(window_size=tuple(window_size) not in ((-1, -1), (-1, 0)))
+    for name, m in (("max_q", max_q), ("max_k", max_k)):
+        _check(isinstance(m, int) and not isinstance(m, bool),
+               f"[torch_attn::_varlen_attn's SymInt schema; stand-in: a Python int] {name} must be an int, "
+               f"got {type(m).__name__}")
+    _check(scale is None or scale > 0, f"[varlen_attn, torch 2.15] scale must be greater than 0, got {scale}",
+           ValueError)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    _check(seqused_k is None or not grad, "[_varlen_attn setup_context] seqused_k is an inference-only parameter.")
+    where = "mha_varlen_fwd"
+    _check(cu_seq_k is not None, f"[{where}] cumulative_sequence_length_q and cumulative_sequence_length_k must "
+                                 f"be both set or both not set")
+    _check_tensors(where, query, key=key, value=value)
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check(t.dim() == 3, f"[{where}] {name} must be [tokens, heads, head dim], got {tuple(t.shape)}")
+        _check(t.stride(-1) == 1, f"[{where}] {name}: Input tensor must have contiguous last dimension")
+    total_q, _, D = query.shape
+    total_k = key.shape[0]
+    _check(D % 8 == 0, f"[{where}] head_size must be a multiple of 8, got {D} (varlen_attn pads nothing)")
+    _check_heads(where, H, Hkv, D)
+    _check(key.shape == (total_k, Hkv, D) and value.shape == key.shape,
+           f"[{where}] key and value must both be [{total_k}, {Hkv}, {D}], got {tuple(key.shape)}, "
+           f"{tuple(value.shape)}")
+    B = cu_seq_q.numel() - 1
+    _check(B > 0, f"[{where}] batch size must be positive")
+    _check_int32_vector(where, "cu_seq_q", cu_seq_q, B + 1, query.device)
+    _check_int32_vector(where, "cu_seq_k", cu_seq_k, B + 1, query.device)
+    if seqused_k is not None:
+        _check_int32_vector(where, "seqused_k", seqused_k, B, query.device)
+    q_lengths, slots = _consecutive_runs("cu_seq_q", cu_seq_q, total_q), _consecutive_runs("cu_seq_k", cu_seq_k,
+                                                                                           total_k)
+    k_lengths = slots if seqused_k is None else seqused_k.tolist()
+    for b, (used, n) in enumerate(zip(k_lengths, slots)):
+        _check(0 <= used <= n, f"[stand-in] seqused_k[{b}] = {used} is outside its {n} slots", ValueError)
+    for name, lengths, bound in (("max_q", q_lengths, max_q), ("max_k", k_lengths, max_k)):
+        _check(max(lengths) <= bound, f"[stand-in] a sequence is longer than {name} = {bound}: the kernel sizes its "
+                                      f"work by it", ValueError)
+    causal, scale = tuple(window_size) == (-1, 0), D ** -0.5 if scale is None else scale
+    out = torch.empty_like(query)
+    lse = torch.empty(H, total_q, dtype=torch.float32, device=query.device)
+    for b in range(B):
+        qa, qb, ka = int(cu_seq_q[b]), int(cu_seq_q[b + 1]), int(cu_seq_k[b])
+        out[qa:qb], lse[:, qa:qb] = _attend(query[qa:qb], key[ka:ka + k_lengths[b]], value[ka:ka + k_lengths[b]],
+                                            causal, scale)
+    return (out, lse) if return_aux is not None and return_aux.lse else out
+
+
+def _consecutive_runs(name, cu, total):
+    """The lengths of the runs cu [B+1] marks, checked to split `total` tokens in order."""
+    lengths = cu.diff().tolist()
+    _check(int(cu[0]) == 0 and int(cu[-1]) == total and min(lengths) >= 0,
+           f"[stand-in] {name} must split the {total} tokens into consecutive runs: starting at 0, non-decreasing, "
+           f"ending at {total}", ValueError)
+    return lengths

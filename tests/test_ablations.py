@@ -211,8 +211,8 @@ def test_build_models_loads_only_what_the_switches_need(tmp_path, monkeypatch, s
     path = str(tmp_path / "sft")
     random_checkpoint(path, hidden_size=32, layers=1)
     loaded = []
-    real_load = M.load_model
-    monkeypatch.setattr(M, "load_model", lambda *a, **k: loaded.append(a[0]) or real_load(*a, **k))
+    real_load = M.load_shards  # every model load_for_training builds is filled by it: (model, path)
+    monkeypatch.setattr(M, "load_shards", lambda *a, **k: loaded.append(a[1]) or real_load(*a, **k))
     policy, prm, ref, models, optimizers = train.build_models(config(**switches), path, torch.device("cpu"),
                                                                init_device_mesh("cpu", (1,)))
 

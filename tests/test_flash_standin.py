@@ -1,6 +1,6 @@
-"""tests/flash_standin.py against flash-attn 2.8.3's contract: the real signatures, every input the
-real functions (or their kernels) cannot take, and the maths against float64 SDPA at
-Qwen2.5-Math-7B's attention geometry."""
+"""tests/flash_standin.py against flash-attn 2.8.3's contract and torch's varlen_attn's (2.12+):
+the real signatures, every input the real functions (or their kernels) cannot take, and the
+maths against float64 SDPA at Qwen2.5-Math-7B's attention geometry."""
 
 import inspect
 import itertools
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.flash_standin import flash_attn_varlen_func, flash_attn_with_kvcache
+from tests.flash_standin import AuxRequest, flash_attn_varlen_func, flash_attn_with_kvcache, varlen_attn
 
 H, HKV, D = 28, 4, 128  # Qwen2.5-Math-7B: 28 query heads share 4 key/value heads of dim 128
 BF16 = torch.bfloat16
@@ -303,3 +303,153 @@ def test_kvcache_writes_new_tokens_at_cache_seqlens_and_nowhere_else(case):
     flash_attn_with_kvcache(**a)
     assert a["k_cache"] is k_cache and a["v_cache"] is v_cache
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.nn.attention.varlen.varlen_attn (torch 2.12 - 2.15)
+
+def installed_varlen_attn():
+    """torch's own varlen_attn where the installed torch has the 2.12+ form, else skip."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn as real
+    except ImportError:
+        pytest.skip("the installed torch has no torch.nn.attention.varlen")
+    if "enable_gqa" not in inspect.signature(real).parameters:
+        pytest.skip("the installed torch's varlen_attn predates 2.12")
+    return real
+
+
+def test_varlen_signature_is_the_installed_torchs():
+    """Every parameter, its kind (keyword-only after max_k), default and annotation, as the
+    installed torch's varlen_attn declares them; no *args or **kwargs."""
+    real, ours = inspect.signature(installed_varlen_attn()), inspect.signature(varlen_attn)
+    def describe(sig):  # the annotations' AuxRequest is each module's own
+        return [(p.name, p.kind, p.default, str(p.annotation).replace("tests.flash_standin.", "")
+                 .replace("torch.nn.attention.varlen.", "")) for p in sig.parameters.values()]
+    assert describe(ours) == describe(real)
+    assert AuxRequest._fields == ("lse",) and AuxRequest().lse is False
+
+
+def varlen_call(lengths=(3, 1, 4), heads=(4, 2), d=16, seed=0):
+    """Valid varlen_attn arguments as model.py's packed forward makes them: causal, GQA."""
+    a = varlen_args(lengths, heads, d, seed)
+    return dict(query=a["q"], key=a["k"], value=a["v"], cu_seq_q=a["cu_seqlens_q"], cu_seq_k=a["cu_seqlens_k"],
+                max_q=a["max_seqlen_q"], max_k=a["max_seqlen_k"], window_size=(-1, 0), enable_gqa=heads[0] != heads[1])
+
+
+def varlen_decode_call(used=(1, 4, 8), T=8, heads=(4, 2), d=16, seed=0):
+    """Valid varlen_attn arguments as model.py's decode makes them: one query per row, the cache
+    [B, T, Hkv, D] as packed keys [B * T, Hkv, D], row b's first used[b] slots attended."""
+    a = kvcache_args(seqlens=tuple(n - 1 for n in used), T=T, heads=heads, d=d, seed=seed)
+    B = len(used)
+    return dict(query=a["q"][:, 0], key=a["k_cache"].view(B * T, *a["k_cache"].shape[2:]),
+                value=a["v_cache"].view(B * T, *a["v_cache"].shape[2:]),
+                cu_seq_q=torch.arange(B + 1, dtype=torch.int32),
+                cu_seq_k=torch.arange(0, B * T + 1, T, dtype=torch.int32),
+                max_q=1, max_k=max(used), window_size=(-1, 0), enable_gqa=True,
+                seqused_k=torch.tensor(used, dtype=torch.int32))
+
+
+VARLEN_TORCH_REJECTS = [  # what torch's own varlen_attn refuses (in Python, the schema or its kernel)
+    ("misspelled keyword", lambda a: {**a, "is_causal": True}, TypeError),
+    ("GQA without enable_gqa", lambda a: {**a, "enable_gqa": False}, ValueError),
+    ("4 heads over 3 KV heads", lambda a: varlen_call(heads=(4, 3)), ValueError),
+    ("window of 3", lambda a: {**a, "window_size": (-1, 0, 0)}, ValueError),
+    ("max_q a float", lambda a: {**a, "max_q": 4.0}, RuntimeError),
+    ("fp32", lambda a: {**a, **{n: a[n].float() for n in ("query", "key", "value")}}, RuntimeError),
+    ("key fp16 with query bf16", lambda a: {**a, "key": a["key"].half()}, RuntimeError),
+    ("value on another device", lambda a: {**a, "value": a["value"].to("meta")}, RuntimeError),
+    ("query strided last dim", lambda a: {**a, "query": strided(a["query"])}, RuntimeError),
+    ("key strided last dim", lambda a: {**a, "key": strided(a["key"])}, RuntimeError),
+    ("cu_seq_q int64", lambda a: {**a, "cu_seq_q": a["cu_seq_q"].long()}, RuntimeError),
+    ("cu_seq_k strided", lambda a: {**a, "cu_seq_k": strided(a["cu_seq_k"])}, RuntimeError),
+    ("cu_seq_k on another device", lambda a: {**a, "cu_seq_k": a["cu_seq_k"].to("meta")}, RuntimeError),
+    ("cu_seq_k not batch + 1 long", lambda a: {**a, "cu_seq_k": a["cu_seq_k"][:-1]}, RuntimeError),
+    ("cu_seq_k None", lambda a: {**a, "cu_seq_k": None}, RuntimeError),
+    ("no sequence", lambda a: {**a, "cu_seq_q": a["cu_seq_q"][:1], "cu_seq_k": a["cu_seq_k"][:1]}, RuntimeError),
+    ("head dim 100 (no padding)", lambda a: varlen_call(d=100), RuntimeError),
+    ("head dim 264", lambda a: varlen_call(d=264), RuntimeError),
+    ("query 4-D", lambda a: {**a, "query": a["query"][None]}, RuntimeError),
+    ("value fewer tokens than key", lambda a: {**a, "value": a["value"][:-1]}, RuntimeError),
+    ("value head dim unlike query's", lambda a: {**a, "value": a["value"][..., :8].contiguous()}, RuntimeError),
+]
+VARLEN_STRICTER = [  # what the kernel would take and misuse, or what the stand-in does not implement
+    ("max_k a tensor", lambda a: {**a, "max_k": torch.tensor(4)}, RuntimeError),
+    ("max_q a bool", lambda a: {**a, "max_q": True}, RuntimeError),
+    ("max_k too small", lambda a: {**a, "max_k": 3}, ValueError),
+    ("cu_seq_q not from 0", lambda a: {**a, "cu_seq_q": torch.tensor([1, 3, 4, 8], dtype=torch.int32)}, ValueError),
+    ("cu_seq_k short of total_k", lambda a: {**a, "cu_seq_k": torch.tensor([0, 3, 4, 7], dtype=torch.int32)},
+     ValueError),
+    ("cu_seq_q decreasing", lambda a: {**a, "cu_seq_q": torch.tensor([0, 4, 3, 8], dtype=torch.int32)}, ValueError),
+    ("scale 0", lambda a: {**a, "scale": 0.0}, ValueError),
+    ("sliding window", lambda a: {**a, "window_size": (8, 0)}, NotImplementedError),
+    ("paged KV", lambda a: {**a, "block_table": torch.zeros(3, 1, dtype=torch.int32)}, NotImplementedError),
+    ("num_splits", lambda a: {**a, "num_splits": 1}, NotImplementedError),
+]
+VARLEN_DECODE_REJECTS = [
+    ("seqused_k int64", lambda a: {**a, "seqused_k": a["seqused_k"].long()}, RuntimeError),
+    ("seqused_k not batch long", lambda a: {**a, "seqused_k": a["seqused_k"][:2]}, RuntimeError),
+    ("seqused_k strided", lambda a: {**a, "seqused_k": strided(a["seqused_k"])}, RuntimeError),
+    ("seqused_k under autograd", lambda a: {**a, "query": a["query"].clone().requires_grad_()}, RuntimeError),
+    ("seqused_k past its slots", lambda a: {**a, "seqused_k": torch.tensor([1, 4, 9], dtype=torch.int32),
+                                            "max_k": 9}, ValueError),
+    ("seqused_k over max_k", lambda a: {**a, "max_k": 7}, ValueError),
+]
+
+
+@pytest.mark.parametrize("make, change, error",
+                         [(varlen_call, *c[1:]) for c in VARLEN_TORCH_REJECTS + VARLEN_STRICTER] +
+                         [(varlen_decode_call, *c[1:]) for c in VARLEN_DECODE_REJECTS],
+                         ids=[c[0] for c in VARLEN_TORCH_REJECTS + VARLEN_STRICTER + VARLEN_DECODE_REJECTS])
+def test_varlen_attn_rejects(make, change, error):
+    varlen_attn(**make())  # the unchanged arguments pass
+    with pytest.raises(error):
+        varlen_attn(**change(make()))
+
+
+@pytest.mark.parametrize("change, error", [c[1:] for c in VARLEN_TORCH_REJECTS[:5]],
+                         ids=[c[0] for c in VARLEN_TORCH_REJECTS[:5]])
+def test_varlen_attn_rejects_as_the_installed_torch_does(change, error):
+    """The refusals torch makes before its kernel (which the CPU lacks): the stand-in raises the
+    same error type for the same call; the unchanged call gets past them in both (torch's then
+    stops at the missing CPU kernel)."""
+    real = installed_varlen_attn()
+    with pytest.raises(NotImplementedError):
+        real(**varlen_call())
+    for fn in (real, varlen_attn):
+        with pytest.raises(error):
+            fn(**change(varlen_call()))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen_attn_equals_reference_values_and_gradients(causal):
+    """Packed forward at the 7B geometry against float64 SDPA per sequence, lse included, and the
+    backward (what training uses) against the reference's gradients."""
+    lengths = (5, 1, 17, 9, 30)
+    a = {**varlen_call(lengths, heads=(H, HKV), d=D), "window_size": (-1, 0) if causal else (-1, -1)}
+    q, k, v = (a[n].clone().requires_grad_() for n in ("query", "key", "value"))
+    out, lse = varlen_attn(**{**a, "query": q, "key": k, "value": v}, return_aux=AuxRequest(lse=True))
+    assert out.shape == q.shape and out.dtype == BF16 and lse.shape == (H, sum(lengths)) and lse.dtype == torch.float32
+    # bf16-valued, so that the backward's cast of it to out's dtype is exact
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(BF16).float()
+    (out.float() * upstream).sum().backward()
+    cu = a["cu_seq_q"].tolist()
+    for s in range(len(lengths)):
+        rows = slice(cu[s], cu[s + 1])
+        ref_q, ref_k, ref_v = (a[n][rows].double().requires_grad_() for n in ("query", "key", "value"))
+        ref_out, ref_lse = reference(ref_q, ref_k, ref_v, causal)
+        assert_bf16_close(out[rows], ref_out)
+        torch.testing.assert_close(lse[:, rows].double(), ref_lse, rtol=1e-5, atol=1e-5)
+        (ref_out * upstream[rows].double()).sum().backward()
+        for ours, theirs in ((q, ref_q), (k, ref_k), (v, ref_v)):
+            assert_bf16_close(ours.grad[rows], theirs.grad)  # gradients rounded once to bf16
+
+
+def test_varlen_attn_decode_from_a_padded_cache_equals_reference():
+    """model.py's decode form (seqused_k over a [B * T] cache): row b attends its first used[b]
+    slots only, whatever the others hold."""
+    a = varlen_decode_call(used=(1, 4, 8, 5), T=8, heads=(H, HKV), d=D)
+    out = varlen_attn(**a)
+    for b, n in enumerate((1, 4, 8, 5)):
+        keys, values = a["key"][8 * b:8 * b + n], a["value"][8 * b:8 * b + n]
+        assert_bf16_close(out[b:b + 1], reference(a["query"][b:b + 1], keys, values, causal=True)[0])

@@ -1,9 +1,10 @@
 """model.py against transformers' Qwen2 (the ground truth we did not write), and against itself
 across its code paths: packed vs per-sequence, flash-attn call sites vs SDPA, cached decode vs
-full recompute, chunked vs naive log-probs, FSDP2 on two gloo ranks vs one process."""
+full recompute, chunked vs naive log-probs; the attention backend rule."""
 
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -209,39 +210,85 @@ def test_rotary_equals_rotate_half_bit_for_bit(dtype):
 
 
 # ----------------------------------------------------------------------------------------------
-# The flash-attn call sites at Qwen2.5-7B's attention geometry, in bf16 (the strict stand-in
-# takes only what flash-attn takes: fp16/bf16, int32 lengths, Python-int max_seqlen, ...)
+# The backend rule, and the flash call sites (flash-attn's and torch's varlen_attn) at
+# Qwen2.5-7B's attention geometry, in bf16 (the strict stand-ins take only what the real
+# functions take: fp16/bf16, int32 lengths, Python-int maximum lengths, ...)
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("is_cuda, dtype, capability, expected", [
-    (True, torch.bfloat16, (8, 0), "flash"),   # A100
-    (True, torch.float16, (9, 0), "flash"),    # H100
-    (True, torch.bfloat16, (7, 5), "sdpa"),    # T4: flash-attn 2 would raise
-    (True, torch.float32, (8, 0), "sdpa"),     # flash-attn takes fp16/bf16 only
-    (False, torch.bfloat16, None, "sdpa"),     # the CPU
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+
+@pytest.mark.parametrize("flash_attn, torch_varlen, device, dtype, capability, head, expected", [
+    (True, True, "cuda", BF16, (8, 0), 128, "flash"),     # A100 with flash-attn installed
+    (False, True, "cuda", FP16, (9, 0), 128, "varlen"),   # H100, no flash-attn, torch >= 2.12
+    (False, True, "cuda", BF16, (9, 0), 100, "sdpa"),     # torch's kernel takes head dims % 8 == 0 only
+    (False, True, "cuda", BF16, (9, 0), 264, "sdpa"),     # ... and at most 256
+    (True, False, "cuda", BF16, (9, 0), 100, "flash"),    # flash-attn pads the head dim itself
+    (False, False, "cuda", BF16, (9, 0), 128, "sdpa"),    # neither flash path: SDPA, with the warning
+    (True, True, "cuda", BF16, (7, 5), 128, "sdpa"),      # T4: FlashAttention-2 needs Ampere
+    (True, True, "cuda", FP32, (8, 0), 128, "sdpa"),      # FlashAttention-2 takes fp16/bf16 only
+    (True, True, "cpu", BF16, None, 128, "sdpa"),         # the CPU
 ])
-def test_flash_only_where_flash_attn_runs(flash_standin_backend, monkeypatch, is_cuda, dtype, capability, expected):
-    """With no backend forced, flash-attn serves fp16/bf16 activations on Ampere or newer GPUs
-    and SDPA everything else (the activation is a stand-in: only its device and dtype are read)."""
+def test_the_backend_rule(monkeypatch, flash_attn, torch_varlen, device, dtype, capability, head, expected):
+    """model.attention_backend: flash-attn where installed, else torch's varlen_attn where the
+    installed torch has it, else SDPA; both flash paths only where FlashAttention-2 runs. The one
+    warning comes only when a GPU that could run flash attention falls back to SDPA, once."""
+    from tests import flash_standin
+    monkeypatch.setattr(M, "flash_attn_varlen_func", flash_standin.flash_attn_varlen_func if flash_attn else None)
+    monkeypatch.setattr(M, "varlen_attn", flash_standin.varlen_attn if torch_varlen else None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    M._warn_sdpa_on_gpu.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = [M.attention_backend(torch.device(device), dtype, head) for _ in range(3)]
+    assert chosen == [expected] * 3
+    warned = [str(w.message) for w in caught]
+    if expected == "sdpa" and capability == (9, 0):
+        assert len(warned) == 1 and "pads every packed micro-batch" in warned[0] and "flash-attn" in warned[0], warned
+    else:
+        assert warned == []
+
+
+def test_the_model_asks_the_rule_unless_told(monkeypatch):
+    """A model's forward uses attention_backend's answer for its activations (here: the CPU's
+    SDPA), or the backend it was given."""
     net = M.Qwen2ForCausalLM(gpu_check.qwen2_config(gpu_check.TINY))
-    x = type("Activation", (), {"is_cuda": is_cuda, "dtype": dtype, "device": "cuda:0" if is_cuda else "cpu"})()
-    assert net._backend(x) == expected
+    asked = []
+    monkeypatch.setattr(M, "attention_backend",
+                        lambda device, dtype, head: asked.append((device, dtype, head)) or "sdpa")
+    x = torch.zeros(3, 128)
+    assert net._backend(x) == "sdpa" and asked == [(x.device, torch.float32, 32)]
+    net.attn_backend = "varlen"
+    assert net._backend(x) == "varlen" and len(asked) == 1
 
 
-def test_flash_call_sites_at_7b_geometry_forward_and_backward(flash_standin_backend):
-    """Packed forward and backward (activation checkpointing on) through flash_attn_varlen_func:
-    in bf16 as close to the fp32 network as SDPA's bf16 path is, gradients included (the
-    comparisons of gpu_check.py's flash check, at small lengths)."""
+def test_installed_torch_varlen_attn_is_taken_in_the_form_called():
+    """model.varlen_attn is torch's own where the installed torch has the 2.12+ form (enable_gqa,
+    seqused_k), and None on older ones."""
+    import inspect
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        assert M.varlen_attn is None
+        return
+    has_form = {"enable_gqa", "seqused_k"} <= set(inspect.signature(varlen_attn).parameters)
+    assert M.varlen_attn is (varlen_attn if has_form else None)
+
+
+@pytest.mark.parametrize("backend", ["flash", "varlen"])
+def test_flash_call_sites_at_7b_geometry_forward_and_backward(flash_standin_backend, backend):
+    """Packed forward and backward (activation checkpointing on) through flash_attn_varlen_func
+    or torch's varlen_attn: in bf16 as close to the fp32 network as SDPA's bf16 path is,
+    gradients included (the comparisons of gpu_check.py's flash check, at small lengths)."""
     reference, net = seven_b_attention()
     errors = gpu_check.flash_packed_errors(reference, net, torch.device("cpu"), [6, 3, 10, 1],
-                                           torch.Generator().manual_seed(0))
-    assert set(errors["flash"]) == {"logits", "log-probs", "q_proj gradient"}, errors
-    for what, flash in errors["flash"].items():
+                                           torch.Generator().manual_seed(0), backends=("sdpa", backend))
+    assert set(errors[backend]) == {"logits", "log-probs", "q_proj gradient"}, errors
+    for what, flash in errors[backend].items():
         assert gpu_check.as_accurate_as_sdpa(flash, errors["sdpa"][what]), (what, errors)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flash"])
+@pytest.mark.parametrize("backend", ["sdpa", "flash", "varlen"])
 def test_cached_decode_at_7b_geometry(flash_standin_backend, backend):
     """Prefill in two forwards into one cache, decode, drop a finished row (the cache compacts in
     place): each step's logits match a full fp32 recompute to bf16 accuracy (the comparisons of
