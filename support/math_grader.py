@@ -312,7 +312,7 @@ def _quick_verdict(pred: str, gold: str) -> bool | None:
 
 def _symbolic_equal(pred: str, gold: str) -> bool:
     """Math-Verify's verdict on two answer strings. Runs only inside a worker process
-    (see _SymbolicPool), so its own signal-based timeouts are switched off (they only
+    (_POOL, support/workers.py), so its own signal-based timeouts are switched off (they only
     work on a main thread) and our pool's hard kill bounds the time instead."""
     from math_verify import parse, verify
 
