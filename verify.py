@@ -366,7 +366,6 @@ FAILURES = ("timeout", "crash", "malformed")
 
 def score_batch(samples: list[dict], workers: int | None = None, math_timeout: float = MATH_TIMEOUT,
                 code_timeout: float = CODE_TIMEOUT, failures: dict | None = None) -> list[float]:
-
     """Outcome rewards r_o for a batch, in input order, each in [0, 1].
 
     Each sample is a dict in the spirit of an Eurus-2-RL-Data row:

@@ -67,7 +67,7 @@ import torch
 
 import model as M
 import rollout
-from support.cli import knob
+from support.cli import knob, out_of
 from support.distributed import local_bytes, sharded_skeleton
 
 GIB = 2 ** 30
@@ -90,6 +90,9 @@ class PlanConfig:
     plan_attention: str = knob("auto", "memory plan: the attention backend to plan, flash (flash-attn), varlen "
                                        "(torch's varlen_attn) or sdpa; auto: the one this machine runs on its GPU, or "
                                        "without GPUs the flash path its packages have (else sdpa)")
+
+    def problems(self):
+        return [p for p in [out_of("plan_attention", self.plan_attention, ("auto", *BACKENDS))] if p]
 
 
 # ==============================================================================================
@@ -362,9 +365,7 @@ def planned_backend(choice, config, compute):
     """The attention backend to plan (--plan_attention): `choice` unless "auto"; else what
     model.attention_backend picks for this machine's GPU 0, or planned from a CPU the flash path
     this machine's packages have (else SDPA)."""
-    if choice != "auto":
-        if choice not in BACKENDS:
-            raise SystemExit(f"train.py: --plan_attention={choice!r}: one of auto, {', '.join(BACKENDS)}")
+    if choice != "auto":  # (PlanConfig.problems checked it)
         return choice
     if torch.cuda.is_available():
         return M.attention_backend(torch.device("cuda", 0), compute, M.head_dim(config))

@@ -287,6 +287,18 @@ def _prime_format_intervals(prediction: str) -> str:
     return prediction
 
 
+def _number_matches(p, r, include_percentage, equal) -> bool:
+    """Both graders' number rule: the prediction `p` against the gold `r` or, a percentage written
+    either way, r / 100 or r * 100, each compared by `equal`; a comparison that raises is no match."""
+    for candidate in ([r / 100, r, r * 100] if include_percentage else [r]):
+        try:
+            if equal(candidate, p):
+                return True
+        except Exception:
+            continue
+    return False
+
+
 def _prime_math_equal(prediction, reference, include_percentage: bool = True,
                       tolerance: float = 1e-4, pi: float = math.pi) -> bool:
     """grader.py::math_equal, rule by rule. May raise (handle_base's float(), an index into an
@@ -309,13 +321,7 @@ def _prime_math_equal(prediction, reference, include_percentage: bool = True,
     try:
         if _prime_is_digit(prediction)[0] and _prime_is_digit(reference)[0]:
             p, r = _prime_is_digit(prediction)[1], _prime_is_digit(reference)[1]
-            for candidate in ([r / 100, r, r * 100] if include_percentage else [r]):
-                try:
-                    if math.isclose(candidate, p, rel_tol=tolerance):
-                        return True
-                except Exception:
-                    continue
-            return False
+            return _number_matches(p, r, include_percentage, lambda x, y: math.isclose(x, y, rel_tol=tolerance))
     except Exception:
         pass
 
@@ -754,13 +760,8 @@ def _qwen_math_equal(prediction, reference, include_percentage: bool = True,
     try:
         p, r = _qwen_parse_digits(prediction), _qwen_parse_digits(reference)
         if p is not None and r is not None:
-            for candidate in ([r / 100, r, r * 100] if include_percentage else [r]):
-                try:
-                    if (math.isclose(candidate, p, rel_tol=1e-4) if is_close else candidate == p):
-                        return True
-                except Exception:
-                    continue
-            return False
+            return _number_matches(p, r, include_percentage,
+                                   (lambda x, y: math.isclose(x, y, rel_tol=1e-4)) if is_close else operator.eq)
     except Exception:
         pass
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import model as M
+import train
 from support import gpu_check, memory
 from support.distributed import require_torch
 from test_train import run_train
@@ -174,8 +175,8 @@ def test_planned_backend_and_gpu(monkeypatch):
     8 H100 80GB at 79.1 GiB each."""
     config = tiny_config(hidden_size=64, heads=4)  # head dim 16
     assert memory.planned_backend("sdpa", config, torch.bfloat16) == "sdpa"
-    with pytest.raises(SystemExit, match="auto, flash, varlen, sdpa"):
-        memory.planned_backend("fast", config, torch.bfloat16)
+    with pytest.raises(SystemExit, match="--plan_attention must be one of auto, flash, varlen, sdpa, got 'fast'"):
+        train.settings(["--plan_attention=fast"])
     monkeypatch.setattr(M, "flash_attn_varlen_func", None)
     monkeypatch.setattr(M, "varlen_attn", None)
     assert memory.planned_backend("auto", config, torch.bfloat16) == "sdpa"
